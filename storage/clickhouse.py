@@ -1,0 +1,130 @@
+"""ClickHouse access through clickhouse-connect, whatever the URL: an http(s) server or chDB in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from storage.errors import DatabaseUnavailable, QueryFailed, first_line
+from storage.queries import queries
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where a CLICKHOUSE_URL points: a server (host, port) or a chDB data directory, and the database."""
+
+    database: str
+    host: str | None = None
+    port: int | None = None
+    username: str = "default"
+    password: str = ""
+    secure: bool = False
+    chdb_path: str | None = None
+
+    @property
+    def is_embedded(self) -> bool:
+        """True for chdb:// URLs, opened in this process."""
+        return self.host is None
+
+    def describe(self) -> str:
+        """`ClickHouse at host:port/database` for messages (never the password)."""
+        where = f"chDB at {self.chdb_path or ':memory:'}" if self.is_embedded else f"ClickHouse at {self.host}:{self.port}"
+        return f"{where}/{self.database}"
+
+
+def parse_clickhouse_url(url: str) -> ClickHouseTarget:
+    """Reads `http(s)://user:password@host:port/database` or `chdb:///dir/database` (`chdb://memory/database`)."""
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        segments = [s for s in parts.path.split("/") if s]
+        if parts.netloc in ("memory", ":memory:"):
+            return ClickHouseTarget(database=segments[0] if segments else "default")
+        if not segments:
+            raise ValueError("a chdb:// URL needs a directory and a database, as in chdb:///var/lib/rules/rules")
+        directory = "/" + "/".join(segments[:-1]) if len(segments) > 1 else "/"
+        return ClickHouseTarget(database=segments[-1], chdb_path=directory)
+    secure = parts.scheme == "https"
+    return ClickHouseTarget(
+        database=parts.path.strip("/") or "default",
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8443 if secure else 8123),
+        username=unquote(parts.username) if parts.username else "default",
+        password=unquote(parts.password) if parts.password else "",
+        secure=secure,
+    )
+
+
+@contextmanager
+def translated_errors(target: ClickHouseTarget, what: str) -> Iterator[None]:
+    """Turns clickhouse-connect errors raised inside the block into StorageError subclasses."""
+    try:
+        yield
+    except OperationalError as error:
+        raise DatabaseUnavailable(f"{target.describe()}: {what} failed: {first_line(error)}") from error
+    except ClickHouseError as error:
+        raise QueryFailed(f"{target.describe()}: {what} failed: {first_line(error)}") from error
+
+
+
+def connect(target: ClickHouseTarget, database: str | None = None, **settings: Any) -> Client:
+    """A clickhouse-connect client for `target` (default settings, compression on), bound to `database`."""
+    database = database or target.database
+    with translated_errors(target, "connecting"):
+        if target.is_embedded:
+            path = target.chdb_path
+            return clickhouse_connect.get_client(interface="chdb", path=path, database=database, settings=settings)
+        return clickhouse_connect.get_client(
+            host=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            secure=target.secure,
+            database=database,
+            settings=settings,
+            connect_timeout=5,
+            send_receive_timeout=300,
+        )
+
+
+class ClickHouse:
+    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database."""
+
+    def __init__(self, url: str, **settings: Any) -> None:
+        self.target = parse_clickhouse_url(url)
+        self._client = connect(self.target, **settings)
+
+    @property
+    def database(self) -> str:
+        """The database this client is bound to."""
+        return self.target.database
+
+    def rows(self, name: str, **parameters: Any) -> list[dict[str, Any]]:
+        """Runs named query `name` with server-side parameters; returns rows as dicts."""
+        return self.sql_rows(queries("clickhouse")[name], parameters, what=f"query {name}")
+
+    def sql_rows(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> list[dict[str, Any]]:
+        """Runs SQL built by the engine with server-side parameters; returns rows as dicts."""
+        with translated_errors(self.target, what):
+            result = self._client.query(sql, parameters=parameters)
+            return list(result.named_results())
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None, *, what: str = "statement") -> Any:
+        """Runs a statement that returns no rows (DDL, INSERT ... SELECT)."""
+        with translated_errors(self.target, what):
+            return self._client.command(sql, parameters=parameters)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+        """Inserts rows into `table` of this database."""
+        with translated_errors(self.target, f"insert into {table}"):
+            self._client.insert(table, rows, column_names=list(columns))
+
+    def close(self) -> None:
+        """Releases the client."""
+        self._client.close()

@@ -1,0 +1,111 @@
+"""Shared fixtures: one embedded ClickHouse per test session, fresh databases per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RULESCTL = str(Path(sys.executable).with_name("rulesctl"))
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ClickHouseLocal:
+    """A running `rulesctl clickhouse-local` process."""
+
+    host: str
+    port: int
+    path: Path
+    process: subprocess.Popen | None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, database: str) -> str:
+        """A CLICKHOUSE_URL for `database` on this server."""
+        return f"http://default@{self.host}:{self.port}/{database}"
+
+    def client(self, database: str = "default", **kwargs):
+        return clickhouse_connect.get_client(host=self.host, port=self.port, database=database, **kwargs)
+
+
+def start_clickhouse_local(path: Path, port: int, *extra: str, log=None) -> subprocess.Popen:
+    """Starts `rulesctl clickhouse-local` on `port` and waits until it answers /ping."""
+    process = subprocess.Popen(
+        [RULESCTL, "clickhouse-local", "--path", str(path), "--port", str(port), *extra],
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"clickhouse-local exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("clickhouse-local did not answer /ping within 60 s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stops a child process, politely first."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_local(tmp_path_factory) -> ClickHouseLocal:
+    """One embedded ClickHouse server for the whole test session, on a free port."""
+    path = tmp_path_factory.mktemp("clickhouse")
+    port = free_port()
+    log = open(path.parent / "clickhouse-local.log", "wb")
+    process = start_clickhouse_local(path / "data", port, log=log)
+    yield ClickHouseLocal("127.0.0.1", port, path / "data", process)
+    stop_process(process)
+    log.close()
+
+
+@pytest.fixture
+def ch_database(clickhouse_local) -> str:
+    """A fresh, empty ClickHouse database on the session's server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = clickhouse_local.client()
+    admin.command(f"CREATE DATABASE {name}")
+    yield name
+    admin.command(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+@pytest.fixture
+def ch(clickhouse_local, ch_database):
+    """A clickhouse-connect client (default settings) bound to a fresh database."""
+    client = clickhouse_local.client(ch_database)
+    yield client
+    client.close()
