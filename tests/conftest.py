@@ -109,3 +109,65 @@ def ch(clickhouse_local, ch_database):
     client = clickhouse_local.client(ch_database)
     yield client
     client.close()
+
+
+PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def postgres_url(database: str) -> str:
+    """A DATABASE_URL for `database` on the test PostgreSQL server."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(PG_SERVER, dbname=database)
+
+
+def admin_sql(statement: str) -> None:
+    """Runs one statement on the test server's maintenance database, outside a transaction."""
+    import psycopg
+
+    with psycopg.connect(PG_SERVER, autocommit=True) as connection:
+        connection.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """A migrated PostgreSQL database used as the template for each test's fresh database."""
+    from storage.migrations import ensure_postgres_database, migrate_postgres
+
+    name = f"rules_template_{uuid.uuid4().hex[:8]}"
+    ensure_postgres_database(postgres_url(name))
+    migrate_postgres(postgres_url(name))
+    yield name
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_template) -> str:
+    """The URL of a fresh, migrated PostgreSQL database (copied from the template), dropped afterwards."""
+    name = f"rules_t_{uuid.uuid4().hex[:12]}"
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield postgres_url(name)
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_pg_url() -> str:
+    """The URL of a PostgreSQL database that does not exist yet; dropped afterwards if a test created it."""
+    name = f"rules_e_{uuid.uuid4().hex[:12]}"
+    yield postgres_url(name)
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def ch_url(clickhouse_local, ch_database) -> str:
+    """A CLICKHOUSE_URL naming a fresh, empty database on the session's embedded ClickHouse."""
+    return clickhouse_local.url(ch_database)
+
+
+@pytest.fixture
+def migrated_ch_url(ch_url) -> str:
+    """A CLICKHOUSE_URL naming a fresh database with every ClickHouse migration applied."""
+    from storage.migrations import migrate_clickhouse
+
+    migrate_clickhouse(ch_url)
+    return ch_url
