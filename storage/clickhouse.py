@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +16,9 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from storage.errors import DatabaseUnavailable, QueryFailed, first_line
 from storage.queries import queries
+
+# clickhouse-connect logs a failure before raising it; the error translated here already says everything.
+logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,16 @@ def translated_errors(target: ClickHouseTarget, what: str) -> Iterator[None]:
     try:
         yield
     except OperationalError as error:
-        raise DatabaseUnavailable(f"{target.describe()}: {what} failed: {first_line(error)}") from error
+        raise DatabaseUnavailable(f"{target.describe()}: {what} failed: {_network_reason(error)}") from error
     except ClickHouseError as error:
         raise QueryFailed(f"{target.describe()}: {what} failed: {first_line(error)}") from error
 
+
+
+def _network_reason(error: Exception) -> str:
+    # urllib3 nests the useful part ("[Errno 111] Connection refused") deep inside a long message.
+    found = re.search(r"\[Errno -?\d+\] ([^\"')]+)", str(error))
+    return found.group(1).strip().lower() if found else first_line(error)
 
 
 def connect(target: ClickHouseTarget, database: str | None = None, **settings: Any) -> Client:
@@ -108,6 +119,10 @@ class ClickHouse:
     def rows(self, name: str, **parameters: Any) -> list[dict[str, Any]]:
         """Runs named query `name` with server-side parameters; returns rows as dicts."""
         return self.sql_rows(queries("clickhouse")[name], parameters, what=f"query {name}")
+
+    def command_named(self, name: str, **parameters: Any) -> Any:
+        """Runs named statement `name` (no rows back) with server-side parameters."""
+        return self.command(queries("clickhouse")[name], parameters, what=f"statement {name}")
 
     def sql_rows(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> list[dict[str, Any]]:
         """Runs SQL built by the engine with server-side parameters; returns rows as dicts."""

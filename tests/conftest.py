@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +117,7 @@ PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1
 
 def postgres_url(database: str) -> str:
     """A DATABASE_URL for `database` on the test PostgreSQL server."""
-    from psycopg.conninfo import make_conninfo
-
-    return make_conninfo(PG_SERVER, dbname=database)
+    return urlunsplit(urlsplit(PG_SERVER)._replace(path=f"/{database}"))
 
 
 def admin_sql(statement: str) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 from storage.errors import StorageError
+from worker.errors import CommandFailed
 from worker.settings import ConfigurationError
 
 
 class UsageError(Exception):
     """A bad argument: printed as one line, exit 2."""
-
-
-class CommandFailed(Exception):
-    """The command could not do its job: printed as one line, exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +30,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     config = settings()
     for line in migrate_all(config.database_url, config.clickhouse_url):
-        print(line)
+        print(line, flush=True)
     return 0
 
 
@@ -37,6 +38,97 @@ def _cmd_clickhouse_local(args: argparse.Namespace) -> int:
     from storage.chlocal import serve
 
     serve(args.path, host=args.host, port=args.port, password=args.password)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from worker.service import run_service
+    from worker.settings import settings
+
+    return run_service(settings(), Path(args.data_dir).resolve(), demo=args.demo)
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _parse_rule_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise UsageError(f"RULE_ID: not a rule id (a UUID): {text!r}") from None
+
+
+def _print_summary(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    print(f"run {result['run_id']} of rule {result['rule_id']} (organization {result['org_id']}) "
+          f"as of {result['scheduled_for']}: {result['status']}"
+          + (f" on the {result['path']} path" if result["path"] else "")
+          + (" (dry run)" if result["dry_run"] else ""))
+    print(f"  entities {result['entities']}, matched {result['matched']}, alerts {result['alerts']}, "
+          f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
+    if result["error"]:
+        print(f"  error: {result['error']}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from worker.context import open_runner
+    from worker.runner import BadRunRequest, RuleNotFound, RunRequest
+
+    request = RunRequest(rule_id=_parse_rule_id(args.rule_id), scheduled_for=_parse_at(args.at), dry_run=args.dry_run,
+                         trigger="manual", triggered_by=args.user)
+    with open_runner() as runner:
+        try:
+            result = runner.run(request)
+        except (RuleNotFound, BadRunRequest) as error:
+            raise UsageError(str(error)) from None
+    _print_summary(result, args.json)
+    return 1 if result["status"] == "failed" else 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from engine.model import validate_document
+    from worker.settings import settings
+
+    source = "standard input" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as error:
+        raise UsageError(f"cannot read {source}: {error.strerror}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        print(f"{source}: not JSON: {error}")
+        return 1
+    problems = validate_document(document, allowed_hosts=settings().notify_allowed_hosts)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{source}: valid")
+    return 1 if problems else 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from engine.model import rule_json_schema
+
+    print(json.dumps(rule_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from worker.context import open_stores
+    from worker.demo import load_demo_data
+
+    with open_stores() as (postgres, clickhouse):
+        print(load_demo_data(postgres, clickhouse))
     return 0
 
 
@@ -54,6 +146,29 @@ def _build_parser() -> _Parser:
     local.add_argument("--port", type=int, default=8123, help="port to listen on (default 8123)")
     local.add_argument("--password", default=None, help="require this password for every request")
     local.set_defaults(handler=_cmd_clickhouse_local)
+
+    run = commands.add_parser("run", help="evaluate one rule now, or as of --at, and print the run summary")
+    run.add_argument("rule_id", metavar="RULE_ID", help="the rule's id (a UUID)")
+    run.add_argument("--at", help="evaluate as of this ISO 8601 time (default now; without an offset, UTC)")
+    run.add_argument("--dry-run", action="store_true", help="evaluate but write and notify nothing")
+    run.add_argument("--user", type=int, help="the id of the user asking (the run is audited)")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.set_defaults(handler=_cmd_run)
+
+    validate = commands.add_parser("validate", help="check a rule document {\"conditions\": ..., \"actions\": ...}")
+    validate.add_argument("file", nargs="?", default="-", metavar="FILE", help="the document (default - : standard input)")
+    validate.set_defaults(handler=_cmd_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of rule documents")
+    schema.set_defaults(handler=_cmd_schema)
+
+    demo = commands.add_parser("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
+    demo.set_defaults(handler=_cmd_demo_data)
+
+    up = commands.add_parser("up", help="run the whole service in the foreground (Ctrl-C stops it)")
+    up.add_argument("--demo", action="store_true", help="load the demo data set first")
+    up.add_argument("--data-dir", default="./data", help="where the embedded ClickHouse keeps its data (default ./data)")
+    up.set_defaults(handler=_cmd_up)
     return parser
 
 
