@@ -116,11 +116,11 @@ class ClickHouse:
         """The database this client is bound to."""
         return self.target.database
 
-    def rows(self, name: str, **parameters: Any) -> list[dict[str, Any]]:
+    def rows(self, name: str, /, **parameters: Any) -> list[dict[str, Any]]:
         """Runs named query `name` with server-side parameters; returns rows as dicts."""
         return self.sql_rows(queries("clickhouse")[name], parameters, what=f"query {name}")
 
-    def command_named(self, name: str, **parameters: Any) -> Any:
+    def command_named(self, name: str, /, **parameters: Any) -> Any:
         """Runs named statement `name` (no rows back) with server-side parameters."""
         return self.command(queries("clickhouse")[name], parameters, what=f"statement {name}")
 

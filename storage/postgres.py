@@ -47,19 +47,19 @@ class Transaction:
         self._connection = connection
         self._url = url
 
-    def _run(self, name: str, params: Mapping[str, Any]) -> psycopg.Cursor:
+    def _run(self, name: str, params: Mapping[str, Any], /) -> psycopg.Cursor:
         with translated_errors(self._url, f"query {name}"):
             return self._connection.execute(queries("postgres")[name], params, prepare=True)
 
-    def execute(self, name: str, **params: Any) -> int:
+    def execute(self, name: str, /, **params: Any) -> int:
         """Runs query `name`; returns the number of rows it touched."""
         return self._run(name, params).rowcount
 
-    def one(self, name: str, **params: Any) -> dict[str, Any] | None:
+    def one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
         """Runs query `name`; returns its first row as a dict, or None."""
         return self._run(name, params).fetchone()
 
-    def all(self, name: str, **params: Any) -> list[dict[str, Any]]:
+    def all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
         """Runs query `name`; returns every row as a dict."""
         return self._run(name, params).fetchall()
 
@@ -84,23 +84,29 @@ class Postgres:
     def transaction(self) -> Iterator[Transaction]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         if not self._opened:
-            self._pool.open()
-            self._opened = True
+            self._open()
         with translated_errors(self.url, "the transaction"), self._pool.connection() as connection:
             with connection.transaction():
                 yield Transaction(connection, self.url)
 
-    def execute(self, name: str, **params: Any) -> int:
+    def _open(self) -> None:
+        # One direct connection first: the pool would only retry quietly and time out without saying why.
+        with translated_errors(self.url, "connecting"):
+            psycopg.connect(self.url, connect_timeout=5).close()
+        self._pool.open()
+        self._opened = True
+
+    def execute(self, name: str, /, **params: Any) -> int:
         """Runs query `name` in a transaction of its own; returns the rows touched."""
         with self.transaction() as tx:
             return tx.execute(name, **params)
 
-    def one(self, name: str, **params: Any) -> dict[str, Any] | None:
+    def one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
         """Runs query `name` in a transaction of its own; returns the first row or None."""
         with self.transaction() as tx:
             return tx.one(name, **params)
 
-    def all(self, name: str, **params: Any) -> list[dict[str, Any]]:
+    def all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
         """Runs query `name` in a transaction of its own; returns all rows."""
         with self.transaction() as tx:
             return tx.all(name, **params)

@@ -9,3 +9,36 @@ ORDER BY name;
 
 -- name: applied_migrations
 SELECT DISTINCT name FROM schema_migrations ORDER BY name;
+
+-- name: evaluation_counts
+SELECT count() AS entities, countIf(matched = 1) AS matched
+FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+
+-- name: matched_evaluations
+SELECT entity_id, condition_results
+FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID}
+  AND matched = 1
+ORDER BY entity_id;
+
+-- name: delete_evaluations
+DELETE FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+
+-- name: delete_alerts
+DELETE FROM alert_events
+WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+
+-- name: alerts_in_cooldown
+SELECT DISTINCT entity_type, entity_id
+FROM alert_events
+WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
+  AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
+  AND entity_id IN {entity_ids:Array(String)};
+
+-- name: campaign_names
+SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name
+FROM campaign_metrics_daily
+WHERE org_id = {org_id:UInt32} AND campaign_id IN {entity_ids:Array(String)} AND date <= {last:Date}
+GROUP BY campaign_id;

@@ -1,0 +1,196 @@
+"""The ClickHouse SQL of one rule run: entity rows over the window, and the evaluation built on them.
+
+Everything here builds text and parameters; nothing runs. Values from a rule travel only as server-side
+parameters (`{name:Type}`); identifiers are the fixed field names of engine.fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.compiler import CompiledLogic
+from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
+from engine.windows import WindowBounds
+
+ENTITY_ID = "__entity_id"
+ENTITY_TYPE = "__entity_type"
+CONDITIONS_KEY = "conditions"
+
+_CAMPAIGN_COUNTERS = ("impressions", "clicks", "conversions", "spend")
+_CAMPAIGN_ATTRIBUTES = ("campaign_name", "advertiser_id", "dsp_type")
+_PACING_NUMBERS = ("booked_amount", "delivered_amount", "pacing_rate", "days_elapsed", "days_remaining",
+                   "projected_spend", "margin_percent")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """SQL text and the server-side parameters it references."""
+
+    sql: str
+    parameters: dict[str, Any]
+
+
+def quote_identifier(name: str) -> str:
+    """A backquoted ClickHouse identifier; field names may hold a dot (`prev.spend`)."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def utc_text(moment: datetime) -> str:
+    """`YYYY-MM-DD HH:MM:SS` of an instant in UTC, as DateTime('UTC') parameters take it."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[str, Sequence[str]] | None,
+                with_previous: bool) -> Statement:
+    """One row per entity of the rule's organization with data in the window (or the previous period).
+
+    Columns: `__entity_id`, `__entity_type`, then every field of engine.fields under its own name (and
+    `prev.<field>` with `with_previous`), numbers as Float64 and text as String.
+    """
+    parameters: dict[str, Any] = {"r_org": org_id}
+    filters = ["org_id = {r_org:UInt32}"]
+    for index, (column, values) in enumerate(sorted((scope or {}).items())):
+        parameters[f"r_scope{index}"] = list(values)
+        filters.append(f"{quote_identifier(column)} IN {{r_scope{index}:Array(String)}}")
+    if source == CAMPAIGN_METRICS:
+        return _campaign_rows(parameters, filters, bounds, with_previous)
+    if source == PACING_SNAPSHOTS:
+        return _pacing_rows(parameters, filters, bounds, with_previous)
+    raise ValueError(f"unknown source {source!r}")
+
+
+def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
+                   with_previous: bool) -> Statement:
+    parameters["r_last"] = bounds.last
+    filters.append("date <= {r_last:Date}")
+    earliest = bounds.previous_first if with_previous else bounds.first
+    if earliest is not None:
+        parameters["r_earliest"] = earliest
+        filters.append("date >= {r_earliest:Date}")
+    if bounds.first is None:
+        current = "1"
+    else:
+        parameters["r_first"] = bounds.first
+        current = "date >= {r_first:Date}"
+    # Raw columns are renamed (m_*) so that no output alias can shadow the column it is computed from.
+    columns = [f"m_campaign_id AS {quote_identifier(ENTITY_ID)}", f"'campaign' AS {quote_identifier(ENTITY_TYPE)}"]
+    sides = [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
+    for prefix, side in sides:
+        def out(name: str) -> str:
+            return quote_identifier(prefix + name)
+
+        columns.append(f"if(countIf({side}) > 0, m_campaign_id, '') AS {out('campaign_id')}" if prefix
+                       else f"m_campaign_id AS {out('campaign_id')}")
+        for attribute in _CAMPAIGN_ATTRIBUTES:
+            # The latest date with data on this side; for the window, else the previous period's.
+            pick = (f"argMaxIf(m_{attribute}, m_date, {side})" if prefix
+                    else f"if(countIf(in_window) > 0, argMaxIf(m_{attribute}, m_date, in_window), "
+                         f"argMax(m_{attribute}, m_date))")
+            columns.append(f"{pick} AS {out(attribute)}")
+        for counter in _CAMPAIGN_COUNTERS:
+            columns.append(f"toFloat64(sumIf(m_{counter}, {side})) AS {out(counter)}")
+        columns.append(f"if({out('impressions')} = 0, 0, {out('spend')} * 1000 / {out('impressions')}) AS {out('cpm')}")
+        columns.append(f"if({out('impressions')} = 0, 0, {out('clicks')} / {out('impressions')}) AS {out('ctr')}")
+        columns.append(f"if({out('clicks')} = 0, 0, {out('conversions')} / {out('clicks')}) AS {out('cvr')}")
+        columns.append(f"toFloat64(uniqExactIf(m_date, {side})) AS {out('days')}")
+    raw = ", ".join(f"{name} AS m_{name}" for name in ("date", "campaign_id", *_CAMPAIGN_COUNTERS))
+    raw += ", " + ", ".join(f"toString({name}) AS m_{name}" for name in _CAMPAIGN_ATTRIBUTES)
+    sql = (
+        f"SELECT {', '.join(columns)} FROM ("
+        f"SELECT {raw}, {current} AS in_window FROM campaign_metrics_daily WHERE {' AND '.join(filters)}"
+        f") GROUP BY m_campaign_id"
+    )
+    return Statement(sql, parameters)
+
+
+def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
+                 with_previous: bool) -> Statement:
+    parameters["r_end"] = utc_text(bounds.utc_end)
+    filters.append("snapshot_time < {r_end:DateTime('UTC')}")
+    earliest = bounds.previous_utc_start if with_previous else bounds.utc_start
+    if earliest is not None:
+        parameters["r_earliest"] = utc_text(earliest)
+        filters.append("snapshot_time >= {r_earliest:DateTime('UTC')}")
+    if bounds.utc_start is None:
+        current = "1"
+    else:
+        parameters["r_start"] = utc_text(bounds.utc_start)
+        current = "snapshot_time >= {r_start:DateTime('UTC')}"
+    columns = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
+    sides = [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
+    for prefix, side in sides:
+        def out(name: str) -> str:
+            return quote_identifier(prefix + name)
+
+        present = f"countIf({side}) > 0"
+        columns.append(f"if({present}, m_entity_type, '') AS {out('entity_type')}")
+        columns.append(f"if({present}, m_entity_id, '') AS {out('entity_id')}")
+        for number in _PACING_NUMBERS:
+            columns.append(f"toFloat64(argMaxIf(m_{number}, m_snapshot_time, {side})) AS {out(number)}")
+        columns.append(
+            f"if({present}, formatDateTime(maxIf(m_snapshot_time, {side}), '%Y-%m-%d %H:%i:%S', 'UTC'), '') "
+            f"AS {out('snapshot_time')}"
+        )
+    raw = ", ".join(f"{name} AS m_{name}" for name in ("snapshot_time", "entity_id", *_PACING_NUMBERS))
+    sql = (
+        f"SELECT {', '.join(columns)} FROM ("
+        f"SELECT {raw}, toString(entity_type) AS m_entity_type, {current} AS in_window "
+        f"FROM pacing_snapshots WHERE {' AND '.join(filters)}"
+        f") GROUP BY m_entity_type, m_entity_id"
+    )
+    return Statement(sql, parameters)
+
+
+def condition_results_sql(compiled: CompiledLogic, source: str) -> str:
+    """A SQL expression building the JSON object of every variable the logic reads and each condition's outcome.
+
+    For pacing snapshots it also holds `entity_type`, which tells apart entities that share an id.
+    """
+    columns = {name: name for name in compiled.variables}
+    if source == PACING_SNAPSHOTS:
+        columns["entity_type"] = ENTITY_TYPE
+    parts = ["'{'"]
+    for key, column in columns.items():
+        parts.append(_sql_string(f'"{key}":'))
+        parts.append(f"toJSONString({quote_identifier(column)})")
+        parts.append("','")
+    outcomes = ", ',', ".join(f"if({condition}, 'true', 'false')" for condition in compiled.conditions)
+    parts.append(_sql_string(f'"{CONDITIONS_KEY}":['))
+    if outcomes:
+        parts.append(outcomes)
+    parts.append("']}'")
+    return f"concat({', '.join(parts)})"
+
+
+def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Statement:
+    """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity."""
+    sql = (
+        f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, toUInt8({compiled.matched}) AS matched, "
+        f"{condition_results_sql(compiled, source)} AS condition_results FROM ({entities.sql})"
+    )
+    return Statement(sql, {**entities.parameters, **compiled.parameters})
+
+
+def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str, *,
+                      org_id: int, rule_id: str, eval_time: datetime, started_at: datetime) -> Statement:
+    """INSERT ... SELECT writing one `rule_evaluations` row per entity, evaluated by ClickHouse itself.
+
+    `execution_time_ms` is the time from `started_at` (the run's start) until ClickHouse evaluates the rows.
+    """
+    inner = evaluation(entities, compiled, source)
+    sql = (
+        "INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, "
+        "execution_time_ms) SELECT {r_org:UInt32}, {r_eval_time:DateTime('UTC')}, {r_rule:UUID}, entity_id, matched, "
+        "condition_results, toUInt32(greatest(0, dateDiff('millisecond', {r_started:DateTime64(3, 'UTC')}, "
+        f"now64(3, 'UTC')))) FROM ({inner.sql})"
+    )
+    parameters = {**inner.parameters, "r_eval_time": utc_text(eval_time), "r_rule": rule_id,
+                  "r_started": started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]}
+    return Statement(sql, parameters)

@@ -1,0 +1,35 @@
+"""The connections a process needs, made from the settings in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from storage.clickhouse import ClickHouse
+from storage.postgres import Postgres
+from worker.runner import RuleRunner
+from worker.settings import settings
+
+RUN_TIME_LIMIT_SECONDS = 120
+
+
+@contextmanager
+def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
+    """The configured PostgreSQL pool and ClickHouse client (queries limited to the run time limit), closed after."""
+    config = settings()
+    postgres = Postgres(config.database_url)
+    try:
+        clickhouse = ClickHouse(config.clickhouse_url, max_execution_time=RUN_TIME_LIMIT_SECONDS)
+        try:
+            yield postgres, clickhouse
+        finally:
+            clickhouse.close()
+    finally:
+        postgres.close()
+
+
+@contextmanager
+def open_runner() -> Iterator[RuleRunner]:
+    """A RuleRunner on the configured PostgreSQL and ClickHouse, closed when the block ends."""
+    with open_stores() as (postgres, clickhouse):
+        yield RuleRunner(postgres, clickhouse, allowed_hosts=settings().notify_allowed_hosts)

@@ -1,0 +1,180 @@
+"""`rulesctl demo-data`: a demo organization whose data makes some rules match now.
+
+The organization (slug `demo`) works in America/New_York and has every module. Its users cover every role and
+every kind of grant; 36 campaigns on three DSP accounts have 60 days of metrics up to today, 12 insertion orders
+have pacing snapshots every six hours, and four rules watch them: overspend, a collapsing CTR, under-pacing and
+the naming convention. The numbers come from a fixed seed, so two loads on the same day are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from storage.clickhouse import ClickHouse
+from storage.postgres import Postgres, Transaction
+
+DEMO_SLUG = "demo"
+DEMO_TIMEZONE = "America/New_York"
+DAYS = 60
+CENT = Decimal("0.0001")
+
+ACCOUNTS = (("DV360", "adv-100", "Northwind DV360"), ("TTD", "adv-200", "Northwind TTD"), ("META", "adv-300", "Northwind Meta"))
+TACTICS = ("Prospecting", "Retargeting", "Brand", "Video")
+MARKETS = ("US", "CA", "GB")
+USERS = (
+    # email, full name, role, verified
+    ("owner@demo.example", "Olivia Owner", "owner", True),
+    ("admin@demo.example", "Adam Admin", "admin", True),
+    ("buyer@demo.example", "Mia Buyer", "member", True),
+    ("trader@demo.example", "Theo Trader", "member", True),
+    ("viewer@demo.example", "Vera Viewer", "viewer", True),
+    ("former@demo.example", "Frank Former", "member", True),
+    ("unverified@demo.example", "Uma Unverified", "member", False),
+)
+NAMING_CONVENTION = r"^NWM_(DV360|TTD|META)_Q[1-4]_[A-Za-z]+_[A-Z]{2}$"
+
+
+def demo_rules() -> list[dict]:
+    """The demo's rules: name, module, conditions and actions."""
+    notify = {"channels": ["in_app", "email"], "roles": ["owner", "admin", "member"]}
+    return [
+        {"name": "Overspend yesterday", "module": "alerts",
+         "conditions": {"window": "yesterday", "schedule": "* * * * *",
+                        "logic": {">": [{"var": "spend"}, 1000]}},
+         "actions": {"severity": "critical", "cooldown_minutes": 60, "notify": notify}},
+        {"name": "CTR collapsed week over week", "module": "alerts",
+         "conditions": {"window": "last_7_days", "compare_to": "previous_period", "schedule": "*/5 * * * *",
+                        "logic": {"and": [{">": [{"var": "impressions"}, 50000]},
+                                          {"<": [{"var": "ctr"}, {"*": [{"var": "prev.ctr"}, 0.5]}]}]}},
+         "actions": {"severity": "warning", "cooldown_minutes": 240, "notify": notify}},
+        {"name": "Insertion orders under-pacing", "module": "qa",
+         "conditions": {"source": "pacing_snapshots", "window": "today", "schedule": "* * * * *",
+                        "scope": {"entity_type": ["io"]},
+                        "logic": {"<": [{"var": "pacing_rate"}, 0.8]}},
+         "actions": {"severity": "warning", "cooldown_minutes": 120, "notify": notify}},
+        {"name": "Campaign names break the convention", "module": "taxonomy",
+         "conditions": {"window": "yesterday", "schedule": "*/5 * * * *",
+                        "logic": {"!": {"matches": [{"var": "campaign_name"}, NAMING_CONVENTION]}}},
+         "actions": {"severity": "info", "cooldown_minutes": 1440, "notify": {"roles": ["owner", "admin"]}}},
+    ]
+
+
+def demo_campaigns() -> list[dict]:
+    """36 campaigns: 12 per DSP account; five break the naming convention, some overspend or lose their CTR."""
+    campaigns = []
+    for account_index, (dsp, advertiser, _name) in enumerate(ACCOUNTS):
+        for number in range(12):
+            tactic, market = TACTICS[number % 4], MARKETS[number % 3]
+            campaign_id = f"{dsp.lower()}-{1000 + account_index * 100 + number}"
+            name = f"NWM_{dsp}_Q{number % 4 + 1}_{tactic}_{market}"
+            campaigns.append({"campaign_id": campaign_id, "name": name, "dsp_type": dsp, "advertiser_id": advertiser,
+                              "overspends": number in (0, 7), "ctr_collapses": number == 3})
+    for index, broken in zip((2, 9, 14, 22, 31), ("summer sale test", "NWM-TTD-Q4-Retargeting", "nwm_ttd_q1_brand_us",
+                                                   "NWM_META_Q5_Video_US", "Copy of NWM_META_Q2_Brand_CA")):
+        campaigns[index]["name"] = broken
+    return campaigns
+
+
+def campaign_metric_rows(org_id: int, today: date, campaigns: list[dict], rng: random.Random) -> list[list]:
+    """Daily metrics of every campaign for the 60 days up to today (today's day partly delivered)."""
+    rows = []
+    for campaign in campaigns:
+        base_impressions = rng.randint(20_000, 120_000)
+        base_ctr = rng.uniform(0.002, 0.008)
+        base_cpm = Decimal(str(round(rng.uniform(2.0, 9.0), 2)))
+        for age in range(DAYS - 1, -1, -1):
+            day = today - timedelta(days=age)
+            impressions = int(base_impressions * rng.uniform(0.85, 1.15) * (0.4 if age == 0 else 1))
+            cpm = base_cpm
+            if campaign["overspends"] and age <= 1:
+                impressions, cpm = max(impressions * 4, 250_000), base_cpm * 4
+            ctr = base_ctr * (0.25 if campaign["ctr_collapses"] and 1 <= age <= 7 else 1)
+            clicks = int(impressions * ctr * rng.uniform(0.9, 1.1))
+            conversions = int(clicks * rng.uniform(0.01, 0.05))
+            spend = (Decimal(impressions) * cpm / 1000).quantize(CENT)
+            rows.append([
+                org_id, day, campaign["dsp_type"], campaign["campaign_id"], campaign["name"], campaign["advertiser_id"],
+                impressions, clicks, conversions, spend,
+                (spend * 1000 / impressions).quantize(CENT) if impressions else Decimal(0),
+                (Decimal(clicks) / impressions).quantize(Decimal("0.000001")) if impressions else Decimal(0),
+                (Decimal(conversions) / clicks).quantize(Decimal("0.000001")) if clicks else Decimal(0),
+            ])
+    return rows
+
+
+def pacing_rows(org_id: int, now: datetime, rng: random.Random) -> list[list]:
+    """Snapshots every six hours for 12 insertion orders over 60 days; IO-1003, IO-1007 and IO-1011 under-pace."""
+    rows = []
+    first = (now - timedelta(days=DAYS)).replace(minute=0, second=0, microsecond=0)
+    for number in range(12):
+        entity_id = f"IO-{1000 + number}"
+        booked = Decimal(rng.randint(20, 200) * 1000)
+        under = number % 4 == 3
+        moment = first
+        while moment <= now:
+            elapsed = (moment - first).days
+            rate = Decimal(str(round(rng.uniform(0.55, 0.7) if under else rng.uniform(0.92, 1.08), 4)))
+            delivered = (booked * Decimal(elapsed) / (DAYS + 30) * rate).quantize(CENT)
+            rows.append([org_id, moment.replace(tzinfo=None), "io", entity_id, booked, delivered, rate, elapsed,
+                         DAYS + 30 - elapsed, (delivered / max(elapsed, 1) * (DAYS + 30)).quantize(CENT),
+                         Decimal(str(round(rng.uniform(12, 30), 4)))])
+            moment += timedelta(hours=6)
+    return rows
+
+
+def _add_people(tx: Transaction, org_id: int, campaigns: list[dict], account_ids: dict[str, int],
+                now: datetime) -> dict[str, int]:
+    users = {}
+    for email, full_name, role, verified in USERS:
+        user_id = tx.one("insert_user", email=email, password_hash="!demo-account-no-login", full_name=full_name,
+                         email_verified=verified)["id"]
+        users[email] = user_id
+        tx.execute("insert_membership", user_id=user_id, org_id=org_id, role=role,
+                   invited_by=users.get("owner@demo.example"))
+    owner = users["owner@demo.example"]
+    grants = [
+        ("buyer@demo.example", "campaign", campaigns[0]["campaign_id"], None),
+        ("buyer@demo.example", "campaign", campaigns[7]["campaign_id"], None),
+        ("trader@demo.example", "dsp_account", str(account_ids["TTD"]), None),
+        ("viewer@demo.example", "campaign", campaigns[0]["campaign_id"], None),
+        ("former@demo.example", "campaign", campaigns[0]["campaign_id"], now - timedelta(days=3)),
+        ("unverified@demo.example", "campaign", campaigns[0]["campaign_id"], None),
+    ]
+    for email, entity_type, entity_id, expires in grants:
+        tx.execute("insert_grant", user_id=users[email], org_id=org_id, entity_type=entity_type, entity_id=entity_id,
+                   permission="view", granted_by=owner, expires_at=expires.replace(tzinfo=None) if expires else None)
+    return users
+
+
+def load_demo_data(postgres: Postgres, clickhouse: ClickHouse, now: datetime | None = None) -> str:
+    """Loads the demo data set unless it is there already; returns one line saying what happened."""
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    existing = postgres.one("organization_by_slug", slug=DEMO_SLUG)
+    if existing:
+        return f"demo data already loaded: organization {existing['name']!r} (id {existing['id']})"
+    rng = random.Random(20261125)
+    campaigns = demo_campaigns()
+    with postgres.transaction() as tx:
+        org_id = tx.one("insert_organization", name="Northwind Media (demo)", slug=DEMO_SLUG, timezone=DEMO_TIMEZONE,
+                        currency="USD", enabled_modules=json.dumps(["alerts", "qa", "taxonomy"]))["id"]
+        account_ids = {dsp: tx.one("insert_dsp_account", org_id=org_id, dsp_type=dsp, external_id=advertiser,
+                                   name=name)["id"] for dsp, advertiser, name in ACCOUNTS}
+        users = _add_people(tx, org_id, campaigns, account_ids, now)
+        rule_ids = [tx.one("insert_rule", org_id=org_id, name=rule["name"], module=rule["module"],
+                           conditions=json.dumps(rule["conditions"]), actions=json.dumps(rule["actions"]),
+                           created_by=users["owner@demo.example"])["id"] for rule in demo_rules()]
+        today = now.astimezone(ZoneInfo(DEMO_TIMEZONE)).date()
+        metrics = campaign_metric_rows(org_id, today, campaigns, rng)
+        clickhouse.insert("campaign_metrics_daily", metrics,
+                          ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
+                           "clicks", "conversions", "spend", "cpm", "ctr", "cvr"])
+        pacing = pacing_rows(org_id, now, rng)
+        clickhouse.insert("pacing_snapshots", pacing,
+                          ["org_id", "snapshot_time", "entity_type", "entity_id", "booked_amount", "delivered_amount",
+                           "pacing_rate", "days_elapsed", "days_remaining", "projected_spend", "margin_percent"])
+    return (f"demo data loaded: organization {org_id} ({DEMO_TIMEZONE}), {len(users)} users, {len(campaigns)} campaigns, "
+            f"{len(metrics)} metric rows, {len(pacing)} pacing snapshots, rules {', '.join(rule_ids)}")

@@ -1,0 +1,335 @@
+"""One run of one rule as of T: the state machine of engine.run_states, driven against PostgreSQL and ClickHouse.
+
+Exactly one non-dry run exists per (rule, T): the claim is an INSERT that the unique index
+`rule_runs_one_per_fire_time` lets through once. A second request for the same (rule, T) gets the first run's
+summary and writes nothing. A run whose holder died (its lease expired) is taken over and resumed from its last
+recorded state; before rewriting a stage it deletes whatever that stage may have half-written, so the rows for
+(rule, T) are never doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from engine.compiler import compile_logic
+from engine.errors import NotCompilable, RuleError, RuleValidationError
+from engine.fields import CAMPAIGN_METRICS
+from engine.interpreter import evaluate_row, truthy
+from engine.model import Rule, parse_rule
+from engine.query import (CONDITIONS_KEY, ENTITY_ID, ENTITY_TYPE, Statement, entity_rows, evaluation,
+                          evaluation_insert, utc_text)
+from engine.run_states import FINAL_STATES, RunState, check_transition, reached
+from engine.windows import WindowBounds, resolve_window
+from storage.clickhouse import ClickHouse
+from storage.errors import StorageError
+from storage.postgres import Postgres
+
+DEFAULT_LEASE_SECONDS = 180
+_ALERT_COLUMNS = ("org_id", "alert_time", "rule_id", "rule_name", "severity", "entity_type", "entity_id",
+                  "entity_name", "condition_details", "notified_users")
+_EVALUATION_COLUMNS = ("org_id", "eval_time", "rule_id", "entity_id", "matched", "condition_results",
+                       "execution_time_ms")
+
+
+class RuleNotFound(Exception):
+    """No rule has the requested id."""
+
+
+class BadRunRequest(Exception):
+    """The request itself is wrong (unknown user, rule without organization); nothing was written."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run: a rule, as of `scheduled_for` (None: now), and who or what asked."""
+
+    rule_id: str
+    scheduled_for: datetime | None = None
+    dry_run: bool = False
+    trigger: str = "manual"
+    triggered_by: int | None = None
+
+
+@dataclass(frozen=True)
+class AlertedEntity:
+    """A matched entity that is not in cooldown: it gets an `alert_events` row."""
+
+    entity_type: str
+    entity_id: str
+    entity_name: str
+    condition_details: str
+
+
+class Audience(Protocol):
+    """Who is told about a run's alerts: user ids per (entity_type, entity_id)."""
+
+    def recipients(self, org_id: int, roles: Sequence[str], entities: Sequence[AlertedEntity],
+                   at: datetime) -> dict[tuple[str, str], list[int]]: ...
+
+
+class NobodyYet:
+    """The audience until notifications exist: nobody, so `notified_users` stays empty."""
+
+    def recipients(self, org_id: int, roles: Sequence[str], entities: Sequence[AlertedEntity],
+                   at: datetime) -> dict[tuple[str, str], list[int]]:
+        return {}
+
+
+@dataclass
+class _Run:
+    """The run in hand: its `rule_runs` row and what the stages learned."""
+
+    row: dict[str, Any]
+    rule: Rule | None = None
+    bounds: WindowBounds | None = None
+    path: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def state(self) -> RunState:
+        return RunState(self.row["state"])
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+
+def evaluation_time(scheduled_for: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
+    """T: `scheduled_for` (naive means UTC) or now, in UTC, to the second."""
+    moment = scheduled_for or now()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The run summary of the contract (§2) from a `rule_runs` row."""
+    return {
+        "run_id": str(row["id"]),
+        "rule_id": str(row["rule_id"]),
+        "org_id": row["org_id"],
+        "status": row["status"],
+        "trigger": row["trigger"],
+        "dry_run": row["dry_run"],
+        "scheduled_for": row["scheduled_for"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "entities": row["entities"],
+        "matched": row["matched"],
+        "alerts": row["alerts"],
+        "notified_users": sorted(row["notified_users"] or []),
+        "duration_ms": row["duration_ms"],
+        "error": row["error"],
+        "path": row["path"],
+    }
+
+
+class RuleRunner:
+    """Runs rules; one instance is shared by the runs of a process."""
+
+    def __init__(self, postgres: Postgres, clickhouse: ClickHouse, *, allowed_hosts: frozenset[str] = frozenset(),
+                 audience: Audience | None = None, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
+        self._postgres = postgres
+        self._clickhouse = clickhouse
+        self._allowed_hosts = allowed_hosts
+        self._audience = audience or NobodyYet()
+        self._lease_seconds = lease_seconds
+
+    def run(self, request: RunRequest) -> dict[str, Any]:
+        """Runs `request` to a final state and returns its summary.
+
+        Raises RuleNotFound or BadRunRequest before writing anything when the request is wrong. A repeated
+        (rule, T) returns the existing run's summary without writing; a rule that fails gives a `failed` summary.
+        """
+        at = evaluation_time(request.scheduled_for)
+        rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
+        if rule_row is None:
+            raise RuleNotFound(f"no rule with id {request.rule_id}")
+        if not rule_row["organization_exists"]:
+            raise BadRunRequest(f"rule {request.rule_id} belongs to no existing organization")
+        run = self._claim(request, rule_row, at)
+        if run is None:
+            return summary(self._postgres.one("run_for_fire_time", rule_id=request.rule_id, scheduled_for=at.replace(tzinfo=None)))
+        try:
+            self._advance(run, rule_row, at)
+        except (RuleError, StorageError) as error:
+            self._transition(run, RunState.FAILED, str(error), error=str(error))
+        return summary(run.row)
+
+    def _claim(self, request: RunRequest, rule_row: dict[str, Any], at: datetime) -> _Run | None:
+        """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""
+        with self._postgres.transaction() as tx:
+            if request.triggered_by is not None and tx.one("user_exists", user_id=request.triggered_by) is None:
+                raise BadRunRequest(f"no user with id {request.triggered_by}")
+            row = tx.one("claim_run", rule_id=request.rule_id, org_id=rule_row["org_id"], trigger=request.trigger,
+                         scheduled_for=at.replace(tzinfo=None), triggered_by=request.triggered_by,
+                         dry_run=request.dry_run, lease_seconds=self._lease_seconds,
+                         detail=f"{request.trigger} run" + (" (dry run)" if request.dry_run else ""))
+            if row is None:
+                existing = tx.one("run_for_fire_time", rule_id=request.rule_id, scheduled_for=at.replace(tzinfo=None))
+                if existing is None or existing["status"] != "running":
+                    return None
+                row = tx.one("take_over_run", run_id=existing["id"], lease_seconds=self._lease_seconds)
+                return _Run(row) if row else None
+            if request.trigger == "manual" and request.triggered_by is not None:
+                tx.execute("record_audit", org_id=rule_row["org_id"], user_id=request.triggered_by, action="rule.run",
+                           resource_type="rule", resource_id=request.rule_id,
+                           details=json.dumps({"run_id": str(row["id"]), "dry_run": request.dry_run}))
+        return _Run(row)
+
+    def _advance(self, run: _Run, rule_row: dict[str, Any], at: datetime) -> None:
+        """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
+        modules = rule_row["enabled_modules"] or []
+        if run.state is RunState.CLAIMED and rule_row["module"] not in modules:
+            reason = f"module {rule_row['module']!r} is not enabled for organization {rule_row['org_id']}"
+            self._transition(run, RunState.SKIPPED, reason, error=reason)
+            return
+        run.rule = parse_rule(rule_row["conditions"], rule_row["actions"], timezone=rule_row["timezone"],
+                              allowed_hosts=self._allowed_hosts)
+        conditions = run.rule.conditions
+        run.bounds = resolve_window(at, rule_row["timezone"], conditions.window, conditions.compare_to)
+        try:
+            compiled = compile_logic(conditions.logic, run.rule.fields)
+            run.path, reason = "sql", "compiled to SQL"
+        except NotCompilable as refusal:
+            compiled, run.path, reason = None, "interpreter", f"runs on the interpreter: {refusal}"
+        if run.state is RunState.CLAIMED:
+            self._transition(run, RunState.COMPILED, reason, path=run.path)
+        entities = entity_rows(conditions.source, rule_row["org_id"], run.bounds, conditions.scope,
+                               conditions.compare_to is not None)
+        if run.row["dry_run"]:
+            matched = self._dry_evaluation(run, entities, compiled)
+            self._transition(run, RunState.EVALUATED, "evaluated without writing",
+                             entities=run.row["entities"], matched=len(matched))
+            self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
+            return
+        if not reached(run.state, RunState.EVALUATED):
+            counts = self._write_evaluations(run, rule_row, entities, compiled, at)
+            self._transition(run, RunState.EVALUATED, "rule_evaluations written", **counts)
+        if not reached(run.state, RunState.ALERTED):
+            alerts, notified = self._write_alerts(run, rule_row, at)
+            self._transition(run, RunState.ALERTED, "alert_events written", alerts=alerts, notified_users=notified)
+        self._transition(run, RunState.SUCCEEDED, "done")
+
+    def _scope(self, rule_row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+        return {"org_id": rule_row["org_id"], "rule_id": rule_row["rule_id"], "eval_time": utc_text(at)}
+
+    def _write_evaluations(self, run: _Run, rule_row: Mapping[str, Any], entities: Statement, compiled,
+                           at: datetime) -> dict[str, int]:
+        """Writes every entity's `rule_evaluations` row once; returns the entity and match counts."""
+        keys = self._scope(rule_row, at)
+        if run.row["attempts"] > 1:
+            self._clickhouse.command_named("delete_evaluations", **keys)
+        started = datetime.now(UTC) - timedelta(seconds=time.monotonic() - run.started)
+        if compiled is not None:
+            statement = evaluation_insert(entities, compiled, run.rule.conditions.source, org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
+                                          eval_time=at, started_at=started)
+            self._clickhouse.command(statement.sql, statement.parameters, what="the rule's evaluation")
+        else:
+            rows = self._interpreted(run, entities)
+            elapsed_ms = int((time.monotonic() - run.started) * 1000)
+            self._clickhouse.insert("rule_evaluations", [
+                [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], entity_id, int(matched), results,
+                 elapsed_ms] for entity_id, matched, results in rows
+            ], _EVALUATION_COLUMNS)
+        counts = self._clickhouse.rows("evaluation_counts", **keys)[0]
+        return {"entities": int(counts["entities"]), "matched": int(counts["matched"])}
+
+    def _interpreted(self, run: _Run, entities: Statement) -> list[tuple[str, bool, str]]:
+        """Evaluates every entity row in Python: (entity id, matched, condition_results JSON)."""
+        assert run.rule is not None
+        logic = run.rule.conditions.logic
+        conditions = _top_level_conditions(logic)
+        variables = sorted(run.rule.variables)
+        results = []
+        for row in self._clickhouse.sql_rows(entities.sql, entities.parameters, what="fetching entity rows"):
+            data = {name: row[name] for name in run.rule.fields}
+            outcome = truthy(evaluate_row(logic, data))
+            details = {name: data[name] for name in variables}
+            details[CONDITIONS_KEY] = [truthy(evaluate_row(c, data)) for c in conditions]
+            if ENTITY_TYPE in row and run.rule.conditions.source != CAMPAIGN_METRICS:
+                details["entity_type"] = row[ENTITY_TYPE]
+            results.append((row[ENTITY_ID], outcome, json.dumps(details, separators=(",", ":"))))
+        return results
+
+    def _dry_evaluation(self, run: _Run, entities: Statement, compiled) -> list[tuple[str, str]]:
+        """Evaluates without writing; records the entity count on the run and returns the matched rows."""
+        if compiled is not None:
+            statement = evaluation(entities, compiled, run.rule.conditions.source)
+            rows = self._clickhouse.sql_rows(statement.sql, statement.parameters, what="the rule's evaluation")
+            evaluated = [(r["entity_id"], bool(r["matched"]), r["condition_results"]) for r in rows]
+        else:
+            evaluated = self._interpreted(run, entities)
+        run.row["entities"] = len(evaluated)
+        return [(entity_id, results) for entity_id, matched, results in evaluated if matched]
+
+    def _write_alerts(self, run: _Run, rule_row: Mapping[str, Any], at: datetime) -> tuple[int, list[int]]:
+        """Writes one `alert_events` row per matched entity out of cooldown; returns (alerts, notified users)."""
+        assert run.rule is not None and run.bounds is not None
+        keys = self._scope(rule_row, at)
+        if run.row["attempts"] > 1:
+            self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
+                                           alert_time=keys["eval_time"])
+        matched = self._clickhouse.rows("matched_evaluations", **keys)
+        if not matched:
+            return 0, []
+        entities = self._alertable(run, rule_row, matched, at)
+        actions = run.rule.actions
+        recipients = self._audience.recipients(rule_row["org_id"], actions.notify.roles, entities, at)
+        rows = []
+        for entity in entities:
+            users = sorted(recipients.get((entity.entity_type, entity.entity_id), []))
+            rows.append([rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"],
+                         actions.severity, entity.entity_type, entity.entity_id, entity.entity_name,
+                         entity.condition_details, users])
+        if rows:
+            self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
+        notified = sorted({user for users in recipients.values() for user in users})
+        return len(rows), notified
+
+    def _alertable(self, run: _Run, rule_row: Mapping[str, Any], matched: list[dict[str, Any]],
+                   at: datetime) -> list[AlertedEntity]:
+        """The matched entities with no alert for this rule within the cooldown before T, with their names."""
+        assert run.rule is not None and run.bounds is not None
+        is_campaign = run.rule.conditions.source == CAMPAIGN_METRICS
+        ids = [row["entity_id"] for row in matched]
+        cooldown = timedelta(minutes=run.rule.actions.cooldown_minutes)
+        cooling = {
+            (row["entity_type"], row["entity_id"])
+            for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
+                                             since=utc_text(at - cooldown), until=utc_text(at), entity_ids=ids)
+        } if cooldown else set()
+        names = {}
+        if is_campaign:
+            names = {row["entity_id"]: row["entity_name"] for row in self._clickhouse.rows(
+                "campaign_names", org_id=rule_row["org_id"], entity_ids=ids, last=run.bounds.last)}
+        entities = []
+        for row in matched:
+            entity_type = "campaign" if is_campaign else json.loads(row["condition_results"]).get("entity_type", "")
+            if (entity_type, row["entity_id"]) in cooling:
+                continue
+            entities.append(AlertedEntity(entity_type, row["entity_id"], names.get(row["entity_id"], row["entity_id"]),
+                                          row["condition_results"]))
+        return entities
+
+    def _transition(self, run: _Run, target: RunState, detail: str, *, path: str | None = None,
+                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
+                    notified_users: list[int] | None = None, error: str | None = None) -> None:
+        """Records `run` moving to `target` in `rule_runs` (state, transition entry, counters)."""
+        check_transition(run.state, target)
+        run.row = self._postgres.one(
+            "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
+            entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
+            lease_seconds=self._lease_seconds,
+        )
+
+
+def _top_level_conditions(logic: Any) -> list[Any]:
+    if isinstance(logic, dict) and len(logic) == 1:
+        operator, operands = next(iter(logic.items()))
+        if operator in ("and", "or") and isinstance(operands, list):
+            return operands
+    return [logic]

@@ -1,0 +1,76 @@
+"""The service as one foreground command: embedded ClickHouse when needed, migrations, then the processes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from storage.clickhouse import ClickHouseTarget, parse_clickhouse_url
+from storage.migrations import migrate_all
+from worker.context import open_stores
+from worker.demo import load_demo_data
+from worker.errors import CommandFailed
+from worker.settings import Settings
+from worker.supervisor import AlreadyRunning, InstanceLock, ProcessSpec, Supervisor
+
+
+def clickhouse_answers(target: ClickHouseTarget) -> bool:
+    """True when something at the target's host and port answers the ClickHouse /ping."""
+    scheme = "https" if target.secure else "http"
+    try:
+        with urllib.request.urlopen(f"{scheme}://{target.host}:{target.port}/ping", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def embedded_clickhouse_spec(target: ClickHouseTarget, data_dir: Path) -> ProcessSpec:
+    """The process serving the embedded ClickHouse where CLICKHOUSE_URL points."""
+    argv = [sys.executable, "-m", "worker.cli", "clickhouse-local", "--path", str(data_dir / "clickhouse"),
+            "--host", target.host or "127.0.0.1", "--port", str(target.port)]
+    if target.password:
+        argv += ["--password", target.password]
+    return ProcessSpec("clickhouse", argv, ready=lambda: clickhouse_answers(target))
+
+
+def run_service(config: Settings, data_dir: Path, *, demo: bool) -> int:
+    """Runs the service in the foreground until Ctrl-C or a process dies; stops every process it started."""
+    target = parse_clickhouse_url(config.clickhouse_url)
+    if target.is_embedded:
+        raise CommandFailed(
+            "CLICKHOUSE_URL: rulesctl up runs several processes, and a chdb:// database opens in one process only; "
+            "use the default http://default@127.0.0.1:8123/rules to get the embedded server"
+        )
+    lock = InstanceLock(data_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as error:
+        raise CommandFailed(str(error)) from None
+    supervisor = Supervisor()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        if _is_loopback(target.host or "") and not clickhouse_answers(target):
+            supervisor.start(embedded_clickhouse_spec(target, data_dir), env)
+        for line in migrate_all(config.database_url, config.clickhouse_url):
+            supervisor.log("migrate", line)
+        if demo:
+            with open_stores() as (postgres, clickhouse):
+                supervisor.log("demo-data", load_demo_data(postgres, clickhouse))
+        supervisor.log("rulesctl", "the service is up; press Ctrl-C to stop it")
+        supervisor.log("rulesctl", f"stopping: {supervisor.wait()}")
+    finally:
+        supervisor.stop_all()
+        lock.release()
+    return 0
