@@ -50,6 +50,14 @@ def ensure_postgres_database(url: str) -> bool:
     return True
 
 
+def drop_postgres_database(url: str) -> None:
+    """Drops the database named in `url`, closing its connections first (for scratch databases)."""
+    name = conninfo_to_dict(url).get("dbname") or ""
+    with pg_errors(url, "dropping the database"):
+        with psycopg.connect(make_conninfo(url, dbname="postgres", connect_timeout=5), autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def migrate_postgres(url: str) -> list[str]:
     """Applies pending PostgreSQL migrations in order, one transaction each; returns the names applied."""
     applied_now: list[str] = []
@@ -82,6 +90,19 @@ def ensure_clickhouse_database(url: str) -> None:
     try:
         with ch_errors(target, "creating the database"):
             client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+    finally:
+        client.close()
+
+
+def drop_clickhouse_database(url: str) -> None:
+    """Drops the ClickHouse database named in `url` (for scratch databases)."""
+    target = parse_clickhouse_url(url)
+    if not _IDENTIFIER.match(target.database):
+        raise MigrationFailed(f"{target.describe()}: database name must be letters, digits and underscores")
+    client = connect(target, database="default")
+    try:
+        with ch_errors(target, "dropping the database"):
+            client.command(f"DROP DATABASE IF EXISTS `{target.database}`")
     finally:
         client.close()
 

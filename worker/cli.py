@@ -7,7 +7,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from storage.errors import StorageError
@@ -123,6 +123,61 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_day(option: str, text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{option}: not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from engine.errors import RuleValidationError
+    from engine.model import parse_rule
+    from worker.backfill import backfill, format_table
+    from worker.context import open_runner, open_stores
+
+    rule_id = _parse_rule_id(args.rule_id)
+    first_day, last_day = _parse_day("--from", args.first_day), _parse_day("--to", args.last_day)
+    if last_day < first_day:
+        raise UsageError("--to: must not be before --from")
+    with open_stores() as (postgres, _clickhouse):
+        row = postgres.one("rule_with_organization", rule_id=rule_id)
+    if row is None:
+        raise UsageError(f"no rule with id {rule_id}")
+    try:
+        rule = parse_rule(row["conditions"], row["actions"], timezone=row["timezone"])
+    except RuleValidationError as error:
+        raise CommandFailed(f"rule {rule_id} is not valid: {error}") from None
+    with open_runner() as runner:
+        summaries = backfill(runner, rule_id, rule.conditions.schedule, row["timezone"], first_day, last_day,
+                             write=args.write)
+    print(format_table(summaries))
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import run_bench
+    from worker.settings import settings
+
+    figures = run_bench(settings(), args.entities, args.days, args.rules)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<24} {value}")
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from worker.context import open_stores
     from worker.demo import load_demo_data
@@ -161,6 +216,20 @@ def _build_parser() -> _Parser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of rule documents")
     schema.set_defaults(handler=_cmd_schema)
+
+    replay = commands.add_parser("backfill", help="replay a rule at each fire time of its schedule in a date range")
+    replay.add_argument("rule_id", metavar="RULE_ID", help="the rule's id (a UUID)")
+    replay.add_argument("--from", dest="first_day", required=True, metavar="DATE", help="first local date (YYYY-MM-DD)")
+    replay.add_argument("--to", dest="last_day", required=True, metavar="DATE", help="last local date, included")
+    replay.add_argument("--write", action="store_true", help="write rule_evaluations and alert_events (never notifies)")
+    replay.set_defaults(handler=_cmd_backfill)
+
+    bench = commands.add_parser("bench", help="measure the SQL path against the interpreter on synthetic metrics")
+    bench.add_argument("--entities", type=_positive, default=100_000, help="campaigns (default 100000)")
+    bench.add_argument("--days", type=_positive, default=30, help="days of metrics (default 30)")
+    bench.add_argument("--rules", type=_positive, default=10, help="rules (default 10)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_cmd_bench)
 
     demo = commands.add_parser("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
     demo.set_defaults(handler=_cmd_demo_data)

@@ -131,12 +131,14 @@ class RuleRunner:
     """Runs rules; one instance is shared by the runs of a process."""
 
     def __init__(self, postgres: Postgres, clickhouse: ClickHouse, *, allowed_hosts: frozenset[str] = frozenset(),
-                 audience: Audience | None = None, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
+                 audience: Audience | None = None, lease_seconds: int = DEFAULT_LEASE_SECONDS,
+                 interpreter_only: bool = False) -> None:
         self._postgres = postgres
         self._clickhouse = clickhouse
         self._allowed_hosts = allowed_hosts
         self._audience = audience or NobodyYet()
         self._lease_seconds = lease_seconds
+        self._interpreter_only = interpreter_only
 
     def run(self, request: RunRequest) -> dict[str, Any]:
         """Runs `request` to a final state and returns its summary.
@@ -192,6 +194,8 @@ class RuleRunner:
         conditions = run.rule.conditions
         run.bounds = resolve_window(at, rule_row["timezone"], conditions.window, conditions.compare_to)
         try:
+            if self._interpreter_only:
+                raise NotCompilable("this runner evaluates every rule on the interpreter")
             compiled = compile_logic(conditions.logic, run.rule.fields)
             run.path, reason = "sql", "compiled to SQL"
         except NotCompilable as refusal:

@@ -1,0 +1,9 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY engine engine
+COPY storage storage
+COPY worker worker
+COPY sql sql
+RUN pip install --no-cache-dir -e .
+ENTRYPOINT []

@@ -1,0 +1,155 @@
+"""`rulesctl bench`: the engine's speed on synthetic metrics, the SQL path against the interpreter.
+
+Builds N campaigns x D days in a scratch ClickHouse database (and a scratch PostgreSQL database for the rules
+and their runs), runs R rules as real runs through the SQL path and the same R rules through the interpreter,
+times the rules' aggregations alone as the floor, and drops both scratch databases at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+from engine.model import parse_rule
+from engine.query import entity_rows
+from engine.windows import resolve_window
+from storage.clickhouse import ClickHouse
+from storage.migrations import (drop_clickhouse_database, drop_postgres_database, ensure_clickhouse_database,
+                                ensure_postgres_database, migrate_clickhouse, migrate_postgres)
+from storage.postgres import Postgres
+from worker.progress import ProgressBar
+from worker.runner import RuleRunner, RunRequest
+from worker.settings import Settings
+
+BENCH_TIMEZONE = "UTC"
+
+RULE_TEMPLATES: tuple[dict, ...] = (
+    {"window": "yesterday", "logic": {">": [{"var": "spend"}, 500]}},
+    {"window": "last_7_days", "logic": {"<": [{"var": "ctr"}, 0.002]}},
+    {"window": "last_7_days", "logic": {"and": [{">": [{"var": "impressions"}, 300000]}, {"<": [{"var": "cvr"}, 0.05]}]}},
+    {"window": "last_7_days", "compare_to": "previous_period",
+     "logic": {">": [{"var": "cpm"}, {"*": [{"var": "prev.cpm"}, 1.2]}]}},
+    {"window": "last_14_days", "logic": {"or": [{">": [{"var": "spend"}, 9000]}, {"<": [{"var": "days"}, 14]}]}},
+    {"window": "yesterday", "logic": {"matches": [{"var": "campaign_name"}, "7$"]}},
+    {"window": "yesterday", "logic": {"and": [{"in": [{"var": "dsp_type"}, ["DV360", "TTD"]]}, {">": [{"var": "cpm"}, 12]}]}},
+    {"window": "last_30_days", "logic": {">": [{"var": "spend"}, 15000]}},
+    {"window": "last_7_days", "compare_to": "previous_period",
+     "logic": {"<": [{"var": "spend"}, {"*": [{"var": "prev.spend"}, 0.8]}]}},
+    {"window": "last_14_days", "logic": {"!": {"<=": [0.001, {"var": "ctr"}, 0.01]}}},
+)
+
+
+def _scratch_url(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _load_metrics(clickhouse: ClickHouse, org_id: int, entities: int, days: int, last_day) -> None:
+    bar = ProgressBar("loading metrics", days)
+    try:
+        for age in range(days, 0, -1):
+            clickhouse.command_named("bench_campaign_metrics", org_id=org_id, day=last_day - timedelta(days=age - 1),
+                                     campaigns=entities)
+            bar.advance()
+    finally:
+        bar.close()
+
+
+def _rules(count: int) -> list[dict]:
+    return [{**RULE_TEMPLATES[i % len(RULE_TEMPLATES)], "schedule": "0 * * * *"} for i in range(count)]
+
+
+def _insert_rules(postgres: Postgres, org_id: int, rules: list[dict], label: str) -> list[str]:
+    with postgres.transaction() as tx:
+        return [tx.one("insert_rule", org_id=org_id, name=f"bench {label} {i}", module="alerts",
+                       conditions=json.dumps(conditions), actions=json.dumps({"cooldown_minutes": 0}),
+                       created_by=None)["id"] for i, conditions in enumerate(rules)]
+
+
+def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: str) -> tuple[float, int]:
+    """Runs each rule at `at`; returns (seconds, entities evaluated)."""
+    bar = ProgressBar(label, len(rule_ids))
+    seconds, evaluations = 0.0, 0
+    try:
+        for rule_id in rule_ids:
+            started = time.perf_counter()
+            result = runner.run(RunRequest(rule_id, at, trigger="manual"))
+            seconds += time.perf_counter() - started
+            if result["status"] != "succeeded":
+                raise RuntimeError(f"bench rule {rule_id} {result['status']}: {result['error']}")
+            evaluations += result["entities"]
+            bar.advance()
+    finally:
+        bar.close()
+    return seconds, evaluations
+
+
+def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, at: datetime) -> float:
+    seconds = 0.0
+    for conditions in rules:
+        rule = parse_rule(conditions, {})
+        bounds = resolve_window(at, BENCH_TIMEZONE, rule.conditions.window, rule.conditions.compare_to)
+        statement = entity_rows(rule.conditions.source, org_id, bounds, rule.conditions.scope,
+                                rule.conditions.compare_to is not None)
+        started = time.perf_counter()
+        # ignore(*) makes ClickHouse compute every column of every entity row without sending them anywhere.
+        clickhouse.sql_rows(f"SELECT count() AS entities FROM ({statement.sql}) WHERE NOT ignore(*)",
+                            statement.parameters, what="the bare aggregation")
+        seconds += time.perf_counter() - started
+    return seconds
+
+
+def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> dict:
+    """Runs the benchmark on scratch databases beside the configured ones; returns the figures of CONTRACT §8."""
+    suffix = uuid.uuid4().hex[:10]
+    pg_url = _scratch_url(config.database_url, f"rules_bench_{suffix}")
+    ch_url = _scratch_url(config.clickhouse_url, f"rules_bench_{suffix}")
+    ensure_postgres_database(pg_url)
+    postgres = Postgres(pg_url)
+    clickhouse = None
+    try:
+        migrate_postgres(pg_url)
+        ensure_clickhouse_database(ch_url)
+        migrate_clickhouse(ch_url)
+        clickhouse = ClickHouse(ch_url)
+        at = datetime.now(UTC).replace(microsecond=0)
+        with postgres.transaction() as tx:
+            org_id = tx.one("insert_organization", name="bench", slug=f"bench-{suffix}", timezone=BENCH_TIMEZONE,
+                            currency="USD", enabled_modules=json.dumps(["alerts"]))["id"]
+        _load_metrics(clickhouse, org_id, entities, days, at.date())
+        rules = _rules(rule_count)
+        sql_ids = _insert_rules(postgres, org_id, rules, "sql")
+        interpreter_ids = _insert_rules(postgres, org_id, rules, "interpreter")
+        bare_s = _bare_query_seconds(clickhouse, rules, org_id, at)
+        engine_s, evaluations = _timed_runs(RuleRunner(postgres, clickhouse), sql_ids, at, "sql path")
+        interpreter_s, interpreted = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
+                                                 interpreter_ids, at, "interpreter")
+    finally:
+        postgres.close()
+        if clickhouse is not None:
+            clickhouse.close()
+        drop_postgres_database(pg_url)
+        drop_clickhouse_database(ch_url)
+    sql_rate = evaluations / engine_s if engine_s else 0.0
+    interpreter_rate = interpreted / interpreter_s if interpreter_s else 0.0
+    return {
+        "entities": entities,
+        "days": days,
+        "rules": rule_count,
+        "evaluations": evaluations,
+        "sql_evals_per_s": round(sql_rate),
+        "interpreter_evals_per_s": round(interpreter_rate),
+        "speedup": round(sql_rate / interpreter_rate, 1) if interpreter_rate else None,
+        "bare_query_s": round(bare_s, 3),
+        "engine_s": round(engine_s, 3),
+        "interpreter_s": round(interpreter_s, 3),
+        "peak_rss_mb": _peak_rss_mb(),
+        "clickhouse": urlsplit(config.clickhouse_url).scheme,
+    }
