@@ -58,11 +58,11 @@ def _parse_at(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _parse_rule_id(text: str) -> str:
+def _parse_rule_id(text: str, option: str = "RULE_ID") -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
-        raise UsageError(f"RULE_ID: not a rule id (a UUID): {text!r}") from None
+        raise UsageError(f"{option}: not a rule id (a UUID): {text!r}") from None
 
 
 def _print_summary(result: dict, as_json: bool) -> None:
@@ -92,6 +92,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
     _print_summary(result, args.json)
     return 1 if result["status"] == "failed" else 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from worker.context import open_stores
+    from worker.runner import summary
+
+    rule_id = _parse_rule_id(args.rule, "--rule") if args.rule else None
+    with open_stores() as (postgres, _clickhouse):
+        rows = postgres.all("recent_runs", rule_id=rule_id, limit=args.limit)
+    summaries = [summary(row) for row in rows]
+    if args.json:
+        for result in summaries:
+            print(json.dumps(result, sort_keys=True))
+        return 0
+    print(f"{'rule':<36}  {'trigger':<8}  {'scheduled for':<20}  {'status':<9}  {'entities':>8}  {'matched':>7}  "
+          f"{'alerts':>6}  {'duration':>8}  error")
+    for r in summaries:
+        duration = f"{r['duration_ms']} ms" if r["duration_ms"] is not None else "-"
+        print(f"{r['rule_id']:<36}  {r['trigger']:<8}  {r['scheduled_for']:<20}  {r['status']:<9}  {r['entities']:>8}  "
+              f"{r['matched']:>7}  {r['alerts']:>6}  {duration:>8}  {(r['error'] or '')[:80]}")
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -209,6 +230,12 @@ def _build_parser() -> _Parser:
     run.add_argument("--user", type=int, help="the id of the user asking (the run is audited)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.set_defaults(handler=_cmd_run)
+
+    runs = commands.add_parser("runs", help="the latest runs, newest first")
+    runs.add_argument("--rule", metavar="RULE_ID", help="only this rule's runs")
+    runs.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
+    runs.add_argument("--json", action="store_true", help="one run summary per line")
+    runs.set_defaults(handler=_cmd_runs)
 
     validate = commands.add_parser("validate", help="check a rule document {\"conditions\": ..., \"actions\": ...}")
     validate.add_argument("file", nargs="?", default="-", metavar="FILE", help="the document (default - : standard input)")

@@ -30,6 +30,8 @@ from storage.errors import StorageError
 from storage.postgres import Postgres
 
 DEFAULT_LEASE_SECONDS = 180
+# rule_evaluations has a TTL of 90 days: ClickHouse drops older rows as they are written.
+EVALUATION_RETENTION = timedelta(days=90)
 _ALERT_COLUMNS = ("org_id", "alert_time", "rule_id", "rule_name", "severity", "entity_type", "entity_id",
                   "entity_name", "condition_details", "notified_users")
 _EVALUATION_COLUMNS = ("org_id", "eval_time", "rule_id", "entity_id", "matched", "condition_results",
@@ -147,6 +149,9 @@ class RuleRunner:
         (rule, T) returns the existing run's summary without writing; a rule that fails gives a `failed` summary.
         """
         at = evaluation_time(request.scheduled_for)
+        if not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1):
+            raise BadRunRequest(f"{at:%Y-%m-%dT%H:%M:%SZ} is older than the 90 days rule_evaluations keeps; "
+                                "use a dry run to look that far back")
         rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
         if rule_row is None:
             raise RuleNotFound(f"no rule with id {request.rule_id}")

@@ -107,3 +107,9 @@ VALUES (%(user_id)s, %(org_id)s, %(entity_type)s, %(entity_id)s, %(permission)s,
 INSERT INTO rules (org_id, name, module, enabled, conditions, actions, created_by)
 VALUES (%(org_id)s, %(name)s, %(module)s, TRUE, %(conditions)s, %(actions)s, %(created_by)s)
 RETURNING id::text AS id;
+
+-- name: recent_runs
+SELECT * FROM rule_runs
+WHERE %(rule_id)s::uuid IS NULL OR rule_id = %(rule_id)s::uuid
+ORDER BY started_at DESC, id
+LIMIT %(limit)s;
