@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from engine.compiler import compile_logic
+from engine.compiler import compile_logic, logic_variables, top_level_conditions
 from engine.errors import NotCompilable, RuleError, RuleValidationError
 from engine.fields import CAMPAIGN_METRICS
 from engine.interpreter import evaluate_row, truthy
@@ -251,8 +251,8 @@ class RuleRunner:
         """Evaluates every entity row in Python: (entity id, matched, condition_results JSON)."""
         assert run.rule is not None
         logic = run.rule.conditions.logic
-        conditions = _top_level_conditions(logic)
-        variables = sorted(run.rule.variables)
+        conditions = top_level_conditions(logic)
+        variables = logic_variables(logic, run.rule.fields)
         results = []
         for row in self._clickhouse.sql_rows(entities.sql, entities.parameters, what="fetching entity rows"):
             data = {name: row[name] for name in run.rule.fields}
@@ -334,11 +334,3 @@ class RuleRunner:
             entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
             lease_seconds=self._lease_seconds,
         )
-
-
-def _top_level_conditions(logic: Any) -> list[Any]:
-    if isinstance(logic, dict) and len(logic) == 1:
-        operator, operands = next(iter(logic.items()))
-        if operator in ("and", "or") and isinstance(operands, list):
-            return operands
-    return [logic]

@@ -715,10 +715,6 @@ def refused_candidate():
     pytest.fail("the compiler now compiles every candidate: add one it refuses")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "product bug: worker/runner.py RuleRunner._interpreted reads `run.rule.variables`, but engine.model.Rule has "
-    "only conditions/actions/fields, so every rule the compiler refuses raises AttributeError out of "
-    "RuleRunner.run (not even a failed run) instead of running on the interpreter path"))
 def test_interpreter_path_matches_the_sql_path(env):
     org = env.org()
     env.metrics(*({"org_id": org, "date": YESTERDAY, "campaign_id": key, "campaign_name": name, "spend": str(spend),
