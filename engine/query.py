@@ -6,7 +6,7 @@ parameters (`{name:Type}`); identifiers are the fixed field names of engine.fiel
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,11 +48,12 @@ def utc_text(moment: datetime) -> str:
 
 
 def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[str, Sequence[str]] | None,
-                with_previous: bool) -> Statement:
+                with_previous: bool, fields: Collection[str] | None = None) -> Statement:
     """One row per entity of the rule's organization with data in the window (or the previous period).
 
-    Columns: `__entity_id`, `__entity_type`, then every field of engine.fields under its own name (and
-    `prev.<field>` with `with_previous`), numbers as Float64 and text as String.
+    Columns: `__entity_id`, `__entity_type`, then each field of engine.fields named in `fields` (None: every one,
+    with `prev.<field>` too when `with_previous`) under its own name, numbers as Float64 and text as String.
+    Leaving out the fields a rule does not read spares ClickHouse their aggregation.
     """
     parameters: dict[str, Any] = {"r_org": org_id}
     filters = ["org_id = {r_org:UInt32}"]
@@ -60,14 +61,24 @@ def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[s
         parameters[f"r_scope{index}"] = list(values)
         filters.append(f"{quote_identifier(column)} IN {{r_scope{index}:Array(String)}}")
     if source == CAMPAIGN_METRICS:
-        return _campaign_rows(parameters, filters, bounds, with_previous)
-    if source == PACING_SNAPSHOTS:
-        return _pacing_rows(parameters, filters, bounds, with_previous)
-    raise ValueError(f"unknown source {source!r}")
+        builder = _campaign_rows
+    elif source == PACING_SNAPSHOTS:
+        builder = _pacing_rows
+    else:
+        raise ValueError(f"unknown source {source!r}")
+    key_columns, all_fields, inner, group_by = builder(parameters, filters, bounds, with_previous)
+    wanted = all_fields if fields is None else {name: all_fields[name] for name in fields if name in all_fields}
+    columns = [*key_columns, *(f"{expression} AS {quote_identifier(name)}" for name, expression in wanted.items())]
+    return Statement(f"SELECT {', '.join(columns)} FROM ({inner}) GROUP BY {group_by}", parameters)
+
+
+def _sides(with_previous: bool) -> list[tuple[str, str]]:
+    """(field-name prefix, condition selecting that side's rows): the window, then the previous period."""
+    return [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
 
 
 def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
-                   with_previous: bool) -> Statement:
+                   with_previous: bool) -> tuple[list[str], dict[str, str], str, str]:
     parameters["r_last"] = bounds.last
     filters.append("date <= {r_last:Date}")
     earliest = bounds.previous_first if with_previous else bounds.first
@@ -79,39 +90,38 @@ def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: Windo
     else:
         parameters["r_first"] = bounds.first
         current = "date >= {r_first:Date}"
-    # Raw columns are renamed (m_*) so that no output alias can shadow the column it is computed from.
-    columns = [f"m_campaign_id AS {quote_identifier(ENTITY_ID)}", f"'campaign' AS {quote_identifier(ENTITY_TYPE)}"]
-    sides = [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
-    for prefix, side in sides:
-        def out(name: str) -> str:
-            return quote_identifier(prefix + name)
+    # Raw columns are renamed (m_*) so that no output alias can shadow the column it is computed from, and each
+    # field is a self-contained expression (ClickHouse computes a repeated aggregate once).
+    fields: dict[str, str] = {}
+    for prefix, side in _sides(with_previous):
+        def total(counter: str) -> str:
+            return f"toFloat64(sumIf(m_{counter}, {side}))"
 
-        columns.append(f"if(countIf({side}) > 0, m_campaign_id, '') AS {out('campaign_id')}" if prefix
-                       else f"m_campaign_id AS {out('campaign_id')}")
+        def ratio(numerator: str, denominator: str, scale: str = "") -> str:
+            return f"if({total(denominator)} = 0, 0, {total(numerator)}{scale} / {total(denominator)})"
+
+        fields[prefix + "campaign_id"] = f"if(countIf({side}) > 0, m_campaign_id, '')" if prefix else "m_campaign_id"
         for attribute in _CAMPAIGN_ATTRIBUTES:
             # The latest date with data on this side; for the window, else the previous period's.
-            pick = (f"argMaxIf(m_{attribute}, m_date, {side})" if prefix
-                    else f"if(countIf(in_window) > 0, argMaxIf(m_{attribute}, m_date, in_window), "
-                         f"argMax(m_{attribute}, m_date))")
-            columns.append(f"{pick} AS {out(attribute)}")
+            fields[prefix + attribute] = (
+                f"argMaxIf(m_{attribute}, m_date, {side})" if prefix
+                else f"if(countIf(in_window) > 0, argMaxIf(m_{attribute}, m_date, in_window), argMax(m_{attribute}, m_date))"
+            )
         for counter in _CAMPAIGN_COUNTERS:
-            columns.append(f"toFloat64(sumIf(m_{counter}, {side})) AS {out(counter)}")
-        columns.append(f"if({out('impressions')} = 0, 0, {out('spend')} * 1000 / {out('impressions')}) AS {out('cpm')}")
-        columns.append(f"if({out('impressions')} = 0, 0, {out('clicks')} / {out('impressions')}) AS {out('ctr')}")
-        columns.append(f"if({out('clicks')} = 0, 0, {out('conversions')} / {out('clicks')}) AS {out('cvr')}")
-        columns.append(f"toFloat64(uniqExactIf(m_date, {side})) AS {out('days')}")
+            fields[prefix + counter] = total(counter)
+        fields[prefix + "cpm"] = ratio("spend", "impressions", " * 1000")
+        fields[prefix + "ctr"] = ratio("clicks", "impressions")
+        fields[prefix + "cvr"] = ratio("conversions", "clicks")
+        fields[prefix + "days"] = f"toFloat64(uniqExactIf(m_date, {side}))"
     raw = ", ".join(f"{name} AS m_{name}" for name in ("date", "campaign_id", *_CAMPAIGN_COUNTERS))
     raw += ", " + ", ".join(f"toString({name}) AS m_{name}" for name in _CAMPAIGN_ATTRIBUTES)
-    sql = (
-        f"SELECT {', '.join(columns)} FROM ("
-        f"SELECT {raw}, {current} AS in_window FROM campaign_metrics_daily WHERE {' AND '.join(filters)}"
-        f") GROUP BY m_campaign_id"
-    )
-    return Statement(sql, parameters)
+    inner = f"SELECT {raw}, {current} AS in_window FROM campaign_metrics_daily WHERE {' AND '.join(filters)}"
+    keys = [f"m_campaign_id AS {quote_identifier(ENTITY_ID)}", f"'campaign' AS {quote_identifier(ENTITY_TYPE)}"]
+    return keys, fields, inner, "m_campaign_id"
 
 
 def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
-                 with_previous: bool) -> Statement:
+                 with_previous: bool) -> tuple[list[str], dict[str, str], str, str]:
     parameters["r_end"] = utc_text(bounds.utc_end)
     filters.append("snapshot_time < {r_end:DateTime('UTC')}")
     earliest = bounds.previous_utc_start if with_previous else bounds.utc_start
@@ -123,29 +133,21 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     else:
         parameters["r_start"] = utc_text(bounds.utc_start)
         current = "snapshot_time >= {r_start:DateTime('UTC')}"
-    columns = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
-    sides = [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
-    for prefix, side in sides:
-        def out(name: str) -> str:
-            return quote_identifier(prefix + name)
-
+    fields: dict[str, str] = {}
+    for prefix, side in _sides(with_previous):
         present = f"countIf({side}) > 0"
-        columns.append(f"if({present}, m_entity_type, '') AS {out('entity_type')}")
-        columns.append(f"if({present}, m_entity_id, '') AS {out('entity_id')}")
+        fields[prefix + "entity_type"] = f"if({present}, m_entity_type, '')"
+        fields[prefix + "entity_id"] = f"if({present}, m_entity_id, '')"
         for number in _PACING_NUMBERS:
-            columns.append(f"toFloat64(argMaxIf(m_{number}, m_snapshot_time, {side})) AS {out(number)}")
-        columns.append(
-            f"if({present}, formatDateTime(maxIf(m_snapshot_time, {side}), '%Y-%m-%d %H:%i:%S', 'UTC'), '') "
-            f"AS {out('snapshot_time')}"
+            fields[prefix + number] = f"toFloat64(argMaxIf(m_{number}, m_snapshot_time, {side}))"
+        fields[prefix + "snapshot_time"] = (
+            f"if({present}, formatDateTime(maxIf(m_snapshot_time, {side}), '%Y-%m-%d %H:%i:%S', 'UTC'), '')"
         )
     raw = ", ".join(f"{name} AS m_{name}" for name in ("snapshot_time", "entity_id", *_PACING_NUMBERS))
-    sql = (
-        f"SELECT {', '.join(columns)} FROM ("
-        f"SELECT {raw}, toString(entity_type) AS m_entity_type, {current} AS in_window "
-        f"FROM pacing_snapshots WHERE {' AND '.join(filters)}"
-        f") GROUP BY m_entity_type, m_entity_id"
-    )
-    return Statement(sql, parameters)
+    inner = (f"SELECT {raw}, toString(entity_type) AS m_entity_type, {current} AS in_window "
+             f"FROM pacing_snapshots WHERE {' AND '.join(filters)}")
+    keys = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
+    return keys, fields, inner, "m_entity_type, m_entity_id"
 
 
 def condition_results_sql(compiled: CompiledLogic, source: str) -> str:

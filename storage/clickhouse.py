@@ -130,6 +130,14 @@ class ClickHouse:
             result = self._client.query(sql, parameters=parameters)
             return list(result.named_results())
 
+    def row_batches(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> Iterator[list[dict[str, Any]]]:
+        """Runs SQL and yields its rows block by block as dicts, so a large answer never sits in memory whole."""
+        with translated_errors(self.target, what):
+            with self._client.query_row_block_stream(sql, parameters=parameters) as stream:
+                names = stream.source.column_names
+                for block in stream:
+                    yield [dict(zip(names, row)) for row in block]
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None, *, what: str = "statement") -> Any:
         """Runs a statement that returns no rows (DDL, INSERT ... SELECT)."""
         with translated_errors(self.target, what):

@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+from engine.compiler import logic_variables
 from engine.model import parse_rule
 from engine.query import entity_rows
 from engine.windows import resolve_window
@@ -27,18 +28,19 @@ from worker.settings import Settings
 
 BENCH_TIMEZONE = "UTC"
 
+# Thresholds are set so that each rule matches a few percent of campaigns or fewer, as alerting rules do.
 RULE_TEMPLATES: tuple[dict, ...] = (
-    {"window": "yesterday", "logic": {">": [{"var": "spend"}, 500]}},
+    {"window": "yesterday", "logic": {">": [{"var": "spend"}, 1200]}},
     {"window": "last_7_days", "logic": {"<": [{"var": "ctr"}, 0.002]}},
-    {"window": "last_7_days", "logic": {"and": [{">": [{"var": "impressions"}, 300000]}, {"<": [{"var": "cvr"}, 0.05]}]}},
+    {"window": "last_7_days", "logic": {"and": [{">": [{"var": "impressions"}, 550000]}, {"<": [{"var": "cvr"}, 0.05]}]}},
     {"window": "last_7_days", "compare_to": "previous_period",
-     "logic": {">": [{"var": "cpm"}, {"*": [{"var": "prev.cpm"}, 1.2]}]}},
+     "logic": {">": [{"var": "cpm"}, {"*": [{"var": "prev.cpm"}, 2.2]}]}},
     {"window": "last_14_days", "logic": {"or": [{">": [{"var": "spend"}, 9000]}, {"<": [{"var": "days"}, 14]}]}},
-    {"window": "yesterday", "logic": {"matches": [{"var": "campaign_name"}, "7$"]}},
-    {"window": "yesterday", "logic": {"and": [{"in": [{"var": "dsp_type"}, ["DV360", "TTD"]]}, {">": [{"var": "cpm"}, 12]}]}},
+    {"window": "yesterday", "logic": {"matches": [{"var": "campaign_name"}, "77$"]}},
+    {"window": "yesterday", "logic": {"and": [{"in": [{"var": "dsp_type"}, ["DV360", "TTD"]]}, {">": [{"var": "cpm"}, 14.5]}]}},
     {"window": "last_30_days", "logic": {">": [{"var": "spend"}, 15000]}},
     {"window": "last_7_days", "compare_to": "previous_period",
-     "logic": {"<": [{"var": "spend"}, {"*": [{"var": "prev.spend"}, 0.8]}]}},
+     "logic": {"<": [{"var": "spend"}, {"*": [{"var": "prev.spend"}, 0.4]}]}},
     {"window": "last_14_days", "logic": {"!": {"<=": [0.001, {"var": "ctr"}, 0.01]}}},
 )
 
@@ -97,9 +99,11 @@ def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, 
         rule = parse_rule(conditions, {})
         bounds = resolve_window(at, BENCH_TIMEZONE, rule.conditions.window, rule.conditions.compare_to)
         statement = entity_rows(rule.conditions.source, org_id, bounds, rule.conditions.scope,
-                                rule.conditions.compare_to is not None)
+                                rule.conditions.compare_to is not None,
+                                logic_variables(rule.conditions.logic, rule.fields))
         started = time.perf_counter()
-        # ignore(*) makes ClickHouse compute every column of every entity row without sending them anywhere.
+        # The fields the rule reads, aggregated for every entity: ignore(*) makes ClickHouse compute each column
+        # without sending it anywhere.
         clickhouse.sql_rows(f"SELECT count() AS entities FROM ({statement.sql}) WHERE NOT ignore(*)",
                             statement.parameters, what="the bare aggregation")
         seconds += time.perf_counter() - started

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from engine.compiler import compile_logic, logic_variables, top_level_conditions
@@ -30,6 +30,7 @@ from storage.errors import StorageError
 from storage.postgres import Postgres
 
 DEFAULT_LEASE_SECONDS = 180
+CLICKHOUSE_FIRST_DATE = date(1970, 1, 1)
 # rule_evaluations has a TTL of 90 days: ClickHouse drops older rows as they are written.
 EVALUATION_RETENTION = timedelta(days=90)
 _ALERT_COLUMNS = ("org_id", "alert_time", "rule_id", "rule_name", "severity", "entity_type", "entity_id",
@@ -90,6 +91,7 @@ class _Run:
     rule: Rule | None = None
     bounds: WindowBounds | None = None
     path: str | None = None
+    matched: list[tuple[str, str]] | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -207,17 +209,19 @@ class RuleRunner:
             compiled, run.path, reason = None, "interpreter", f"runs on the interpreter: {refusal}"
         if run.state is RunState.CLAIMED:
             self._transition(run, RunState.COMPILED, reason, path=run.path)
+        # The SQL path aggregates only the fields its logic reads; the interpreter may read any of them.
         entities = entity_rows(conditions.source, rule_row["org_id"], run.bounds, conditions.scope,
-                               conditions.compare_to is not None)
+                               conditions.compare_to is not None, compiled.variables if compiled else None)
         if run.row["dry_run"]:
-            matched = self._dry_evaluation(run, entities, compiled)
+            entity_count, matched = self._dry_evaluation(run, entities, compiled)
             self._transition(run, RunState.EVALUATED, "evaluated without writing",
-                             entities=run.row["entities"], matched=len(matched))
+                             entities=entity_count, matched=len(matched))
             self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
             return
         if not reached(run.state, RunState.EVALUATED):
-            counts = self._write_evaluations(run, rule_row, entities, compiled, at)
-            self._transition(run, RunState.EVALUATED, "rule_evaluations written", **counts)
+            entity_count = self._write_evaluations(run, rule_row, entities, compiled, at)
+            self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=entity_count,
+                             matched=len(run.matched or []))
         if not reached(run.state, RunState.ALERTED):
             alerts, notified = self._write_alerts(run, rule_row, at)
             self._transition(run, RunState.ALERTED, "alert_events written", alerts=alerts, notified_users=notified)
@@ -227,8 +231,8 @@ class RuleRunner:
         return {"org_id": rule_row["org_id"], "rule_id": rule_row["rule_id"], "eval_time": utc_text(at)}
 
     def _write_evaluations(self, run: _Run, rule_row: Mapping[str, Any], entities: Statement, compiled,
-                           at: datetime) -> dict[str, int]:
-        """Writes every entity's `rule_evaluations` row once; returns the entity and match counts."""
+                           at: datetime) -> int:
+        """Writes every entity's `rule_evaluations` row once; returns the entity count, keeps the matched rows."""
         keys = self._scope(rule_row, at)
         if run.row["attempts"] > 1:
             self._clickhouse.command_named("delete_evaluations", **keys)
@@ -238,42 +242,48 @@ class RuleRunner:
                                           eval_time=at, started_at=started)
             self._clickhouse.command(statement.sql, statement.parameters, what="the rule's evaluation")
         else:
-            rows = self._interpreted(run, entities)
-            elapsed_ms = int((time.monotonic() - run.started) * 1000)
-            self._clickhouse.insert("rule_evaluations", [
-                [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], entity_id, int(matched), results,
-                 elapsed_ms] for entity_id, matched, results in rows
-            ], _EVALUATION_COLUMNS)
-        counts = self._clickhouse.rows("evaluation_counts", **keys)[0]
-        return {"entities": int(counts["entities"]), "matched": int(counts["matched"])}
+            for batch in self._interpreted(run, entities):
+                elapsed_ms = int((time.monotonic() - run.started) * 1000)
+                self._clickhouse.insert("rule_evaluations", [
+                    [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], entity_id, int(matched), results,
+                     elapsed_ms] for entity_id, matched, results in batch
+                ], _EVALUATION_COLUMNS)
+        return self._read_outcome(run, keys)
 
-    def _interpreted(self, run: _Run, entities: Statement) -> list[tuple[str, bool, str]]:
-        """Evaluates every entity row in Python: (entity id, matched, condition_results JSON)."""
+    def _read_outcome(self, run: _Run, keys: Mapping[str, Any]) -> int:
+        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations."""
+        outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
+        run.matched = [(entity_id, results) for entity_id, results in outcome["matched"]]
+        return int(outcome["entities"])
+
+    def _interpreted(self, run: _Run, entities: Statement) -> Iterator[list[tuple[str, bool, str]]]:
+        """Evaluates every entity row in Python, block by block: (entity id, matched, condition_results JSON)."""
         assert run.rule is not None
         logic = run.rule.conditions.logic
         conditions = top_level_conditions(logic)
         variables = logic_variables(logic, run.rule.fields)
-        results = []
-        for row in self._clickhouse.sql_rows(entities.sql, entities.parameters, what="fetching entity rows"):
-            data = {name: row[name] for name in run.rule.fields}
-            outcome = truthy(evaluate_row(logic, data))
-            details = {name: data[name] for name in variables}
-            details[CONDITIONS_KEY] = [truthy(evaluate_row(c, data)) for c in conditions]
-            if ENTITY_TYPE in row and run.rule.conditions.source != CAMPAIGN_METRICS:
-                details["entity_type"] = row[ENTITY_TYPE]
-            results.append((row[ENTITY_ID], outcome, json.dumps(details, separators=(",", ":"))))
-        return results
+        with_type = run.rule.conditions.source != CAMPAIGN_METRICS
+        for rows in self._clickhouse.row_batches(entities.sql, entities.parameters, what="fetching entity rows"):
+            batch = []
+            for row in rows:
+                data = {name: row[name] for name in run.rule.fields}
+                details = {name: data[name] for name in variables}
+                if with_type:
+                    details["entity_type"] = row[ENTITY_TYPE]
+                details[CONDITIONS_KEY] = [truthy(evaluate_row(c, data)) for c in conditions]
+                batch.append((row[ENTITY_ID], truthy(evaluate_row(logic, data)),
+                              json.dumps(details, separators=(",", ":"))))
+            yield batch
 
-    def _dry_evaluation(self, run: _Run, entities: Statement, compiled) -> list[tuple[str, str]]:
-        """Evaluates without writing; records the entity count on the run and returns the matched rows."""
+    def _dry_evaluation(self, run: _Run, entities: Statement, compiled) -> tuple[int, list[tuple[str, str]]]:
+        """Evaluates without writing; returns the entity count and the matched rows."""
         if compiled is not None:
             statement = evaluation(entities, compiled, run.rule.conditions.source)
             rows = self._clickhouse.sql_rows(statement.sql, statement.parameters, what="the rule's evaluation")
             evaluated = [(r["entity_id"], bool(r["matched"]), r["condition_results"]) for r in rows]
         else:
-            evaluated = self._interpreted(run, entities)
-        run.row["entities"] = len(evaluated)
-        return [(entity_id, results) for entity_id, matched, results in evaluated if matched]
+            evaluated = [result for batch in self._interpreted(run, entities) for result in batch]
+        return len(evaluated), [(entity_id, results) for entity_id, matched, results in evaluated if matched]
 
     def _write_alerts(self, run: _Run, rule_row: Mapping[str, Any], at: datetime) -> tuple[int, list[int]]:
         """Writes one `alert_events` row per matched entity out of cooldown; returns (alerts, notified users)."""
@@ -282,10 +292,11 @@ class RuleRunner:
         if run.row["attempts"] > 1:
             self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
                                            alert_time=keys["eval_time"])
-        matched = self._clickhouse.rows("matched_evaluations", **keys)
-        if not matched:
+        if run.matched is None:
+            self._read_outcome(run, keys)
+        if not run.matched:
             return 0, []
-        entities = self._alertable(run, rule_row, matched, at)
+        entities = self._alertable(run, rule_row, run.matched, at)
         actions = run.rule.actions
         recipients = self._audience.recipients(rule_row["org_id"], actions.notify.roles, entities, at)
         rows = []
@@ -299,12 +310,12 @@ class RuleRunner:
         notified = sorted({user for users in recipients.values() for user in users})
         return len(rows), notified
 
-    def _alertable(self, run: _Run, rule_row: Mapping[str, Any], matched: list[dict[str, Any]],
+    def _alertable(self, run: _Run, rule_row: Mapping[str, Any], matched: list[tuple[str, str]],
                    at: datetime) -> list[AlertedEntity]:
         """The matched entities with no alert for this rule within the cooldown before T, with their names."""
         assert run.rule is not None and run.bounds is not None
         is_campaign = run.rule.conditions.source == CAMPAIGN_METRICS
-        ids = [row["entity_id"] for row in matched]
+        ids = [entity_id for entity_id, _results in matched]
         cooldown = timedelta(minutes=run.rule.actions.cooldown_minutes)
         cooling = {
             (row["entity_type"], row["entity_id"])
@@ -313,15 +324,15 @@ class RuleRunner:
         } if cooldown else set()
         names = {}
         if is_campaign:
+            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
             names = {row["entity_id"]: row["entity_name"] for row in self._clickhouse.rows(
-                "campaign_names", org_id=rule_row["org_id"], entity_ids=ids, last=run.bounds.last)}
+                "campaign_names", org_id=rule_row["org_id"], entity_ids=ids, first=earliest, last=run.bounds.last)}
         entities = []
-        for row in matched:
-            entity_type = "campaign" if is_campaign else json.loads(row["condition_results"]).get("entity_type", "")
-            if (entity_type, row["entity_id"]) in cooling:
+        for entity_id, results in matched:
+            entity_type = "campaign" if is_campaign else json.loads(results).get("entity_type", "")
+            if (entity_type, entity_id) in cooling:
                 continue
-            entities.append(AlertedEntity(entity_type, row["entity_id"], names.get(row["entity_id"], row["entity_id"]),
-                                          row["condition_results"]))
+            entities.append(AlertedEntity(entity_type, entity_id, names.get(entity_id, entity_id), results))
         return entities
 
     def _transition(self, run: _Run, target: RunState, detail: str, *, path: str | None = None,

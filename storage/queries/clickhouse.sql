@@ -10,17 +10,12 @@ ORDER BY name;
 -- name: applied_migrations
 SELECT DISTINCT name FROM schema_migrations ORDER BY name;
 
--- name: evaluation_counts
-SELECT count() AS entities, countIf(matched = 1) AS matched
+-- name: evaluation_outcome
+-- The entity count of one run and its matched entities, in one read of the run's rows.
+SELECT count() AS entities,
+       arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched
 FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
-
--- name: matched_evaluations
-SELECT entity_id, condition_results
-FROM rule_evaluations
-WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID}
-  AND matched = 1
-ORDER BY entity_id;
 
 -- name: delete_evaluations
 DELETE FROM rule_evaluations
@@ -38,9 +33,11 @@ WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
   AND entity_id IN {entity_ids:Array(String)};
 
 -- name: campaign_names
+-- Each campaign's name on the latest date with data between first and last (the window and its previous period).
 SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name
 FROM campaign_metrics_daily
-WHERE org_id = {org_id:UInt32} AND campaign_id IN {entity_ids:Array(String)} AND date <= {last:Date}
+WHERE org_id = {org_id:UInt32} AND date >= {first:Date} AND date <= {last:Date}
+  AND campaign_id IN {entity_ids:Array(String)}
 GROUP BY campaign_id;
 
 -- name: bench_campaign_metrics
