@@ -35,6 +35,7 @@ CLICKHOUSE_FIRST_DATE = date(1970, 1, 1)
 EVALUATION_RETENTION = timedelta(days=90)
 _ALERT_COLUMNS = ("org_id", "alert_time", "rule_id", "rule_name", "severity", "entity_type", "entity_id",
                   "entity_name", "condition_details", "notified_users")
+_INSERT_BATCH_ROWS = 100_000
 _EVALUATION_COLUMNS = ("org_id", "eval_time", "rule_id", "entity_id", "matched", "condition_results",
                        "execution_time_ms")
 
@@ -242,11 +243,13 @@ class RuleRunner:
                                           eval_time=at, started_at=started)
             self._clickhouse.command(statement.sql, statement.parameters, what="the rule's evaluation")
         else:
-            for batch in self._interpreted(run, entities):
-                elapsed_ms = int((time.monotonic() - run.started) * 1000)
+            # Evaluated while the rows stream in; written after, since a chdb client can't insert mid-stream.
+            evaluated = [result for batch in self._interpreted(run, entities) for result in batch]
+            elapsed_ms = int((time.monotonic() - run.started) * 1000)
+            for start in range(0, len(evaluated), _INSERT_BATCH_ROWS):
                 self._clickhouse.insert("rule_evaluations", [
                     [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], entity_id, int(matched), results,
-                     elapsed_ms] for entity_id, matched, results in batch
+                     elapsed_ms] for entity_id, matched, results in evaluated[start:start + _INSERT_BATCH_ROWS]
                 ], _EVALUATION_COLUMNS)
         return self._read_outcome(run, keys)
 
