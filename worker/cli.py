@@ -85,6 +85,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     request = RunRequest(rule_id=_parse_rule_id(args.rule_id), scheduled_for=_parse_at(args.at), dry_run=args.dry_run,
                          trigger="manual", triggered_by=args.user)
+    if args.enqueue:
+        result = _enqueue_and_wait(request)
+        _print_summary(result, args.json)
+        return 1 if result["status"] == "failed" else 0
     with open_runner() as runner:
         try:
             result = runner.run(request)
@@ -112,6 +116,42 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         duration = f"{r['duration_ms']} ms" if r["duration_ms"] is not None else "-"
         print(f"{r['rule_id']:<36}  {r['trigger']:<8}  {r['scheduled_for']:<20}  {r['status']:<9}  {r['entities']:>8}  "
               f"{r['matched']:>7}  {r['alerts']:>6}  {duration:>8}  {(r['error'] or '')[:80]}")
+    return 0
+
+
+def _enqueue_and_wait(request) -> dict:
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from worker.app import VISIBILITY_TIMEOUT_SECONDS
+    from worker.tasks import evaluate
+
+    scheduled_for = request.scheduled_for.strftime("%Y-%m-%dT%H:%M:%SZ") if request.scheduled_for else None
+    try:
+        pending = evaluate.apply_async(args=(request.rule_id,), kwargs={
+            "scheduled_for": scheduled_for, "dry_run": request.dry_run, "triggered_by": request.triggered_by})
+        result = pending.get(timeout=VISIBILITY_TIMEOUT_SECONDS)
+    except ResultTimeout:
+        raise CommandFailed("no worker finished the run in time: is `celery -A worker.app worker` running?") from None
+    except OSError as error:
+        raise CommandFailed(f"Redis at the REDIS_URL: {error}") from None
+    if result is None:
+        raise UsageError(f"no rule with id {request.rule_id}")
+    if "run_id" not in result:
+        raise UsageError(result["error"])
+    return result
+
+
+def _cmd_dispatch(args: argparse.Namespace) -> int:
+    from worker.dispatch import dispatch_due
+
+    sent = dispatch_due(_parse_at(args.at) or datetime.now(UTC))
+    if args.json:
+        for item in sent:
+            print(json.dumps(item, sort_keys=True))
+    else:
+        for item in sent:
+            print(f"enqueued rule {item['rule_id']} for {item['scheduled_for']} (task {item['task_id']})")
+        print(f"{len(sent)} rules due")
     return 0
 
 
@@ -228,8 +268,14 @@ def _build_parser() -> _Parser:
     run.add_argument("--at", help="evaluate as of this ISO 8601 time (default now; without an offset, UTC)")
     run.add_argument("--dry-run", action="store_true", help="evaluate but write and notify nothing")
     run.add_argument("--user", type=int, help="the id of the user asking (the run is audited)")
+    run.add_argument("--enqueue", action="store_true", help="run it on a Celery worker and wait for the summary")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.set_defaults(handler=_cmd_run)
+
+    dispatch = commands.add_parser("dispatch", help="enqueue every enabled rule due at that instant, as beat does")
+    dispatch.add_argument("--at", help="the instant (ISO 8601; default now; without an offset, UTC)")
+    dispatch.add_argument("--json", action="store_true", help="one JSON object per enqueued run")
+    dispatch.set_defaults(handler=_cmd_dispatch)
 
     runs = commands.add_parser("runs", help="the latest runs, newest first")
     runs.add_argument("--rule", metavar="RULE_ID", help="only this rule's runs")

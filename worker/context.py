@@ -33,3 +33,19 @@ def open_runner() -> Iterator[RuleRunner]:
     """A RuleRunner on the configured PostgreSQL and ClickHouse, closed when the block ends."""
     with open_stores() as (postgres, clickhouse):
         yield RuleRunner(postgres, clickhouse, allowed_hosts=settings().notify_allowed_hosts)
+
+
+_shared_runner: RuleRunner | None = None
+
+
+def shared_runner() -> RuleRunner:
+    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life."""
+    global _shared_runner
+    if _shared_runner is None:
+        config = settings()
+        _shared_runner = RuleRunner(
+            Postgres(config.database_url),
+            ClickHouse(config.clickhouse_url, max_execution_time=RUN_TIME_LIMIT_SECONDS),
+            allowed_hosts=config.notify_allowed_hosts,
+        )
+    return _shared_runner

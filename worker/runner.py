@@ -167,6 +167,9 @@ class RuleRunner:
             self._advance(run, rule_row, at)
         except (RuleError, StorageError) as error:
             self._transition(run, RunState.FAILED, str(error), error=str(error))
+        except Exception as error:  # a time limit or a bug: the run still ends failed, saying what stopped it
+            reason = f"the run stopped: {type(error).__name__}: {error}".rstrip(": ")
+            self._transition(run, RunState.FAILED, reason, error=reason)
         return summary(run.row)
 
     def _claim(self, request: RunRequest, rule_row: dict[str, Any], at: datetime) -> _Run | None:

@@ -17,14 +17,18 @@ from worker.settings import Settings
 from worker.supervisor import AlreadyRunning, InstanceLock, ProcessSpec, Supervisor
 
 
-def clickhouse_answers(target: ClickHouseTarget) -> bool:
-    """True when something at the target's host and port answers the ClickHouse /ping."""
-    scheme = "https" if target.secure else "http"
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{scheme}://{target.host}:{target.port}/ping", timeout=1) as answer:
+        with urllib.request.urlopen(url, timeout=1) as answer:
             return answer.status == 200
     except OSError:
         return False
+
+
+def clickhouse_answers(target: ClickHouseTarget) -> bool:
+    """True when something at the target's host and port answers the ClickHouse /ping."""
+    scheme = "https" if target.secure else "http"
+    return _answers(f"{scheme}://{target.host}:{target.port}/ping")
 
 
 def _is_loopback(host: str) -> bool:
@@ -43,6 +47,20 @@ def embedded_clickhouse_spec(target: ClickHouseTarget, data_dir: Path) -> Proces
     if target.password:
         argv += ["--password", target.password]
     return ProcessSpec("clickhouse", argv, ready=lambda: clickhouse_answers(target))
+
+
+FLOWER_PORT = 5555
+
+
+def celery_specs() -> list[ProcessSpec]:
+    """The worker (two processes), beat and Flower, each as `celery -A worker.app ...`."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
+    return [
+        ProcessSpec("worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "--hostname", "worker@%h"]),
+        ProcessSpec("beat", [*celery, "beat", "--loglevel", "INFO"]),
+        ProcessSpec("flower", [*celery, "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"],
+                    ready=lambda: _answers(f"http://127.0.0.1:{FLOWER_PORT}/healthcheck")),
+    ]
 
 
 def run_service(config: Settings, data_dir: Path, *, demo: bool) -> int:
@@ -68,7 +86,9 @@ def run_service(config: Settings, data_dir: Path, *, demo: bool) -> int:
         if demo:
             with open_stores() as (postgres, clickhouse):
                 supervisor.log("demo-data", load_demo_data(postgres, clickhouse))
-        supervisor.log("rulesctl", "the service is up; press Ctrl-C to stop it")
+        for spec in celery_specs():
+            supervisor.start(spec, env)
+        supervisor.log("rulesctl", f"the service is up; Flower at http://127.0.0.1:{FLOWER_PORT}; press Ctrl-C to stop it")
         supervisor.log("rulesctl", f"stopping: {supervisor.wait()}")
     finally:
         supervisor.stop_all()

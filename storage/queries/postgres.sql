@@ -113,3 +113,14 @@ SELECT * FROM rule_runs
 WHERE %(rule_id)s::uuid IS NULL OR rule_id = %(rule_id)s::uuid
 ORDER BY started_at DESC, id
 LIMIT %(limit)s;
+
+-- name: schedulable_rules
+-- Every enabled rule with what beat needs to compute its fire times.
+SELECT r.id::text AS rule_id, r.org_id, r.conditions, o.timezone,
+       (r.created_at AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS created_at
+FROM rules r JOIN organizations o ON o.id = r.org_id
+WHERE r.enabled
+ORDER BY r.id;
+
+-- name: enabled_rules_of_organization
+SELECT id::text AS rule_id FROM rules WHERE org_id = %(org_id)s AND enabled ORDER BY id;

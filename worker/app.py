@@ -1,0 +1,43 @@
+"""The Celery app `worker.app:app`, configured from the settings: `celery -A worker.app worker|beat|flower`."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from worker.context import RUN_TIME_LIMIT_SECONDS
+from worker.settings import ConfigurationError, settings
+
+RULES_QUEUE = "rules"
+NOTIFICATIONS_QUEUE = "notifications"
+# Past the hard time limit a task's process is killed; the broker must not hand the task out again before that.
+VISIBILITY_TIMEOUT_SECONDS = 2 * (RUN_TIME_LIMIT_SECONDS + 60)
+
+try:
+    _config = settings()
+except ConfigurationError as error:
+    raise SystemExit(f"rules: {error}") from None
+
+app = Celery("rules", include=["worker.tasks"])
+app.conf.update(
+    broker_url=_config.redis_url,
+    result_backend=_config.redis_url,
+    result_expires=24 * 3600,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+    task_queues=(Queue(RULES_QUEUE), Queue(NOTIFICATIONS_QUEUE)),
+    task_default_queue=RULES_QUEUE,
+    task_routes={"notifications.deliver": {"queue": NOTIFICATIONS_QUEUE}},
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_soft_time_limit=RUN_TIME_LIMIT_SECONDS,
+    task_time_limit=RUN_TIME_LIMIT_SECONDS + 30,
+    task_track_started=True,
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    worker_prefetch_multiplier=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    beat_scheduler="worker.beat:RuleScheduler",
+    timezone="UTC",
+    enable_utc=True,
+)
