@@ -5,18 +5,18 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from worker.context import RUN_TIME_LIMIT_SECONDS
 from worker.settings import ConfigurationError, settings
 
 RULES_QUEUE = "rules"
 NOTIFICATIONS_QUEUE = "notifications"
-# Past the hard time limit a task's process is killed; the broker must not hand the task out again before that.
-VISIBILITY_TIMEOUT_SECONDS = 2 * (RUN_TIME_LIMIT_SECONDS + 60)
 
 try:
     _config = settings()
 except ConfigurationError as error:
     raise SystemExit(f"rules: {error}") from None
+
+# Past the hard time limit a task's process is killed; the broker must not hand the task out again before that.
+VISIBILITY_TIMEOUT_SECONDS = 2 * _config.run_lease_seconds
 
 app = Celery("rules", include=["worker.tasks"])
 app.conf.update(
@@ -30,8 +30,8 @@ app.conf.update(
     task_routes={"notifications.deliver": {"queue": NOTIFICATIONS_QUEUE}},
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    task_soft_time_limit=RUN_TIME_LIMIT_SECONDS,
-    task_time_limit=RUN_TIME_LIMIT_SECONDS + 30,
+    task_soft_time_limit=_config.run_time_limit_seconds,
+    task_time_limit=_config.run_time_limit_seconds + 30,
     task_track_started=True,
     task_send_sent_event=True,
     worker_send_task_events=True,

@@ -10,16 +10,13 @@ from storage.postgres import Postgres
 from worker.runner import RuleRunner
 from worker.settings import settings
 
-RUN_TIME_LIMIT_SECONDS = 120
-
-
 @contextmanager
 def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
     """The configured PostgreSQL pool and ClickHouse client (queries limited to the run time limit), closed after."""
     config = settings()
     postgres = Postgres(config.database_url)
     try:
-        clickhouse = ClickHouse(config.clickhouse_url, max_execution_time=RUN_TIME_LIMIT_SECONDS)
+        clickhouse = ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds)
         try:
             yield postgres, clickhouse
         finally:
@@ -32,7 +29,9 @@ def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
 def open_runner() -> Iterator[RuleRunner]:
     """A RuleRunner on the configured PostgreSQL and ClickHouse, closed when the block ends."""
     with open_stores() as (postgres, clickhouse):
-        yield RuleRunner(postgres, clickhouse, allowed_hosts=settings().notify_allowed_hosts)
+        config = settings()
+        yield RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
+                         lease_seconds=config.run_lease_seconds)
 
 
 _shared_runner: RuleRunner | None = None
@@ -45,7 +44,8 @@ def shared_runner() -> RuleRunner:
         config = settings()
         _shared_runner = RuleRunner(
             Postgres(config.database_url),
-            ClickHouse(config.clickhouse_url, max_execution_time=RUN_TIME_LIMIT_SECONDS),
+            ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds),
             allowed_hosts=config.notify_allowed_hosts,
+            lease_seconds=config.run_lease_seconds,
         )
     return _shared_runner

@@ -29,7 +29,7 @@ from storage.clickhouse import ClickHouse
 from storage.errors import StorageError
 from storage.postgres import Postgres
 
-DEFAULT_LEASE_SECONDS = 180
+DEFAULT_LEASE_SECONDS = 180  # the default time limit (120 s) plus a margin past the hard limit
 CLICKHOUSE_FIRST_DATE = date(1970, 1, 1)
 # rule_evaluations has a TTL of 90 days: ClickHouse drops older rows as they are written.
 EVALUATION_RETENTION = timedelta(days=90)

@@ -25,6 +25,12 @@ class Settings(BaseModel):
     smtp_from: str | None = None
     webhook_secret: str | None = None
     notify_allowed_hosts: frozenset[str] = Field(default_factory=frozenset)
+    run_time_limit_seconds: int = Field(default=120, ge=5, le=3600)
+
+    @property
+    def run_lease_seconds(self) -> int:
+        """How long a run's claim holds: past the hard time limit (soft limit + 30 s), so a live run never loses it."""
+        return self.run_time_limit_seconds + 60
 
     @field_validator("database_url")
     @classmethod
