@@ -77,7 +77,8 @@ def run_service(config: Settings, data_dir: Path, *, demo: bool) -> int:
     except AlreadyRunning as error:
         raise CommandFailed(str(error)) from None
     supervisor = Supervisor()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Flower listens on loopback only; its HTTP API (task lists for scripts) needs no login there.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FLOWER_UNAUTHENTICATED_API="true")
     try:
         if _is_loopback(target.host or "") and not clickhouse_answers(target):
             supervisor.start(embedded_clickhouse_spec(target, data_dir), env)
