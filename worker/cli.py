@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import uuid
@@ -99,11 +100,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from worker.context import open_stores
+    from worker.context import open_postgres
     from worker.runner import summary
 
     rule_id = _parse_rule_id(args.rule, "--rule") if args.rule else None
-    with open_stores() as (postgres, _clickhouse):
+    with open_postgres() as postgres:
         rows = postgres.all("recent_runs", rule_id=rule_id, limit=args.limit)
     summaries = [summary(row) for row in rows]
     if args.json:
@@ -161,13 +162,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     source = "standard input" if args.file == "-" else args.file
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as error:
         raise UsageError(f"cannot read {source}: {error.strerror}") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        print(f"{source}: not UTF-8 text (byte {error.start})")
+        return 1
     except ValueError as error:
         print(f"{source}: not JSON: {error}")
+        return 1
+    except RecursionError:
+        print(f"{source}: not a rule document: nested too deeply")
         return 1
     problems = validate_document(document, allowed_hosts=settings().notify_allowed_hosts)
     for problem in problems:
@@ -195,13 +202,13 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     from engine.errors import RuleValidationError
     from engine.model import parse_rule
     from worker.backfill import backfill, format_table
-    from worker.context import open_runner, open_stores
+    from worker.context import open_postgres, open_runner
 
     rule_id = _parse_rule_id(args.rule_id)
     first_day, last_day = _parse_day("--from", args.first_day), _parse_day("--to", args.last_day)
     if last_day < first_day:
         raise UsageError("--to: must not be before --from")
-    with open_stores() as (postgres, _clickhouse):
+    with open_postgres() as postgres:
         row = postgres.one("rule_with_organization", rule_id=rule_id)
     if row is None:
         raise UsageError(f"no rule with id {rule_id}")
@@ -249,21 +256,23 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> _Parser:
-    parser = _Parser(prog="rulesctl", description="The rules engine for ad-operations data.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    parser = _Parser(prog="rulesctl", description="The rules engine for ad-operations data.", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    migrate = commands.add_parser("migrate", help="create the databases if missing and apply pending migrations")
+    migrate = add_command("migrate", help="create the databases if missing and apply pending migrations")
     migrate.set_defaults(handler=_cmd_migrate)
 
-    local = commands.add_parser("clickhouse-local", help="serve the embedded ClickHouse (chDB) over HTTP")
+    local = add_command("clickhouse-local", help="serve the embedded ClickHouse (chDB) over HTTP")
     local.add_argument("--path", default="./data/clickhouse", help="data directory (default ./data/clickhouse)")
     local.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     local.add_argument("--port", type=int, default=8123, help="port to listen on (default 8123)")
     local.add_argument("--password", default=None, help="require this password for every request")
     local.set_defaults(handler=_cmd_clickhouse_local)
 
-    run = commands.add_parser("run", help="evaluate one rule now, or as of --at, and print the run summary")
+    run = add_command("run", help="evaluate one rule now, or as of --at, and print the run summary")
     run.add_argument("rule_id", metavar="RULE_ID", help="the rule's id (a UUID)")
     run.add_argument("--at", help="evaluate as of this ISO 8601 time (default now; without an offset, UTC)")
     run.add_argument("--dry-run", action="store_true", help="evaluate but write and notify nothing")
@@ -272,42 +281,42 @@ def _build_parser() -> _Parser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.set_defaults(handler=_cmd_run)
 
-    dispatch = commands.add_parser("dispatch", help="enqueue every enabled rule due at that instant, as beat does")
+    dispatch = add_command("dispatch", help="enqueue every enabled rule due at that instant, as beat does")
     dispatch.add_argument("--at", help="the instant (ISO 8601; default now; without an offset, UTC)")
     dispatch.add_argument("--json", action="store_true", help="one JSON object per enqueued run")
     dispatch.set_defaults(handler=_cmd_dispatch)
 
-    runs = commands.add_parser("runs", help="the latest runs, newest first")
+    runs = add_command("runs", help="the latest runs, newest first")
     runs.add_argument("--rule", metavar="RULE_ID", help="only this rule's runs")
     runs.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="one run summary per line")
     runs.set_defaults(handler=_cmd_runs)
 
-    validate = commands.add_parser("validate", help="check a rule document {\"conditions\": ..., \"actions\": ...}")
+    validate = add_command("validate", help="check a rule document {\"conditions\": ..., \"actions\": ...}")
     validate.add_argument("file", nargs="?", default="-", metavar="FILE", help="the document (default - : standard input)")
     validate.set_defaults(handler=_cmd_validate)
 
-    schema = commands.add_parser("schema", help="print the JSON Schema of rule documents")
+    schema = add_command("schema", help="print the JSON Schema of rule documents")
     schema.set_defaults(handler=_cmd_schema)
 
-    replay = commands.add_parser("backfill", help="replay a rule at each fire time of its schedule in a date range")
+    replay = add_command("backfill", help="replay a rule at each fire time of its schedule in a date range")
     replay.add_argument("rule_id", metavar="RULE_ID", help="the rule's id (a UUID)")
     replay.add_argument("--from", dest="first_day", required=True, metavar="DATE", help="first local date (YYYY-MM-DD)")
     replay.add_argument("--to", dest="last_day", required=True, metavar="DATE", help="last local date, included")
     replay.add_argument("--write", action="store_true", help="write rule_evaluations and alert_events (never notifies)")
     replay.set_defaults(handler=_cmd_backfill)
 
-    bench = commands.add_parser("bench", help="measure the SQL path against the interpreter on synthetic metrics")
+    bench = add_command("bench", help="measure the SQL path against the interpreter on synthetic metrics")
     bench.add_argument("--entities", type=_positive, default=100_000, help="campaigns (default 100000)")
     bench.add_argument("--days", type=_positive, default=30, help="days of metrics (default 30)")
     bench.add_argument("--rules", type=_positive, default=10, help="rules (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_cmd_bench)
 
-    demo = commands.add_parser("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
+    demo = add_command("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
     demo.set_defaults(handler=_cmd_demo_data)
 
-    up = commands.add_parser("up", help="run the whole service in the foreground (Ctrl-C stops it)")
+    up = add_command("up", help="run the whole service in the foreground (Ctrl-C stops it)")
     up.add_argument("--demo", action="store_true", help="load the demo data set first")
     up.add_argument("--data-dir", default="./data", help="where the embedded ClickHouse keeps its data (default ./data)")
     up.set_defaults(handler=_cmd_up)

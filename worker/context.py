@@ -11,18 +11,25 @@ from worker.runner import RuleRunner
 from worker.settings import settings
 
 @contextmanager
+def open_postgres() -> Iterator[Postgres]:
+    """The configured PostgreSQL pool alone, closed when the block ends."""
+    postgres = Postgres(settings().database_url)
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+
+
+@contextmanager
 def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
     """The configured PostgreSQL pool and ClickHouse client (queries limited to the run time limit), closed after."""
     config = settings()
-    postgres = Postgres(config.database_url)
-    try:
+    with open_postgres() as postgres:
         clickhouse = ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds)
         try:
             yield postgres, clickhouse
         finally:
             clickhouse.close()
-    finally:
-        postgres.close()
 
 
 @contextmanager

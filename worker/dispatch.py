@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from worker.context import open_stores
+from worker.context import open_postgres
 from worker.schedule import ScheduledRule, latest_fire_time
 
 
@@ -15,7 +15,7 @@ def dispatch_due(at: datetime) -> list[dict]:
     """
     from worker.tasks import evaluate
 
-    with open_stores() as (postgres, _clickhouse):
+    with open_postgres() as postgres:
         rules = [ScheduledRule.from_row(row) for row in postgres.all("schedulable_rules")]
     minute = at.replace(second=0, microsecond=0)
     sent = []

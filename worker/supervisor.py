@@ -122,15 +122,19 @@ class Supervisor:
                 signal.signal(signum, handler)
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """Sends SIGTERM to every child (last started first), then SIGKILL to any still running after `grace`."""
+        """Asks every child to stop (SIGTERM to the child itself, last started first: a Celery worker then finishes
+        the task in hand), then kills what is left of each child's process group after `grace` seconds."""
         for _spec, process in reversed(self._children):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()
         deadline = time.monotonic() + grace
         for spec, process in reversed(self._children):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.log(spec.name, "did not stop in time; killed")
+            try:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            except ProcessLookupError:
+                pass
+            process.wait()

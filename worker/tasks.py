@@ -10,7 +10,7 @@ from celery import Task
 
 from storage.errors import DatabaseUnavailable
 from worker.app import app
-from worker.context import open_stores, shared_runner
+from worker.context import open_postgres, shared_runner
 from worker.retry import RetryPolicy
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
 
@@ -56,7 +56,7 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
 @app.task(name="rules.evaluate_org")
 def evaluate_org(org_id: int) -> list[str]:
     """Enqueues rules.evaluate (as of now) for each enabled rule of the organization; returns their rule ids."""
-    with open_stores() as (postgres, _clickhouse):
+    with open_postgres() as postgres:
         rule_ids = [row["rule_id"] for row in postgres.all("enabled_rules_of_organization", org_id=org_id)]
     for rule_id in rule_ids:
         evaluate.delay(rule_id)
