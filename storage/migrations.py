@@ -81,30 +81,27 @@ def migrate_postgres(url: str) -> list[str]:
     return applied_now
 
 
-def ensure_clickhouse_database(url: str) -> None:
-    """Creates the ClickHouse database named in `url` if it is missing."""
+def _on_clickhouse_server(url: str, statement: str, what: str) -> None:
+    """Runs `statement` (with `{database}` for the URL's database, checked to be a plain name) from `default`."""
     target = parse_clickhouse_url(url)
     if not _IDENTIFIER.match(target.database):
         raise MigrationFailed(f"{target.describe()}: database name must be letters, digits and underscores")
     client = connect(target, database="default")
     try:
-        with ch_errors(target, "creating the database"):
-            client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+        with ch_errors(target, what):
+            client.command(statement.format(database=f"`{target.database}`"))
     finally:
         client.close()
+
+
+def ensure_clickhouse_database(url: str) -> None:
+    """Creates the ClickHouse database named in `url` if it is missing."""
+    _on_clickhouse_server(url, "CREATE DATABASE IF NOT EXISTS {database}", "creating the database")
 
 
 def drop_clickhouse_database(url: str) -> None:
     """Drops the ClickHouse database named in `url` (for scratch databases)."""
-    target = parse_clickhouse_url(url)
-    if not _IDENTIFIER.match(target.database):
-        raise MigrationFailed(f"{target.describe()}: database name must be letters, digits and underscores")
-    client = connect(target, database="default")
-    try:
-        with ch_errors(target, "dropping the database"):
-            client.command(f"DROP DATABASE IF EXISTS `{target.database}`")
-    finally:
-        client.close()
+    _on_clickhouse_server(url, "DROP DATABASE IF EXISTS {database}", "dropping the database")
 
 
 def migrate_clickhouse(url: str) -> list[str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from worker.errors import CommandFailed
+
 
 class AlreadyRunning(Exception):
     """Another `rulesctl up` holds the data directory."""
@@ -75,7 +77,7 @@ class Supervisor:
             self._out.flush()
 
     def start(self, spec: ProcessSpec, env: dict[str, str], timeout: float = 60.0) -> None:
-        """Starts `spec` and waits until its readiness check passes (or it dies, which raises RuntimeError)."""
+        """Starts `spec` and waits until its readiness check passes; raises CommandFailed if it dies or is late."""
         process = subprocess.Popen(
             spec.argv,
             stdout=subprocess.PIPE,
@@ -91,9 +93,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while spec.ready and not spec.ready():
             if process.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with code {process.returncode} while starting")
+                raise CommandFailed(f"{spec.name} exited with code {process.returncode} while starting")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{spec.name} was not ready after {timeout:.0f} s")
+                raise CommandFailed(f"{spec.name} was not ready after {timeout:.0f} s")
             time.sleep(0.2)
 
     def _pump(self, name: str, process: subprocess.Popen) -> None:
