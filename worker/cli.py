@@ -129,7 +129,8 @@ def _enqueue_and_wait(request) -> dict:
     scheduled_for = request.scheduled_for.strftime("%Y-%m-%dT%H:%M:%SZ") if request.scheduled_for else None
     try:
         pending = evaluate.apply_async(args=(request.rule_id,), kwargs={
-            "scheduled_for": scheduled_for, "dry_run": request.dry_run, "triggered_by": request.triggered_by})
+            "scheduled_for": scheduled_for, "dry_run": request.dry_run, "triggered_by": request.triggered_by,
+            "trigger": request.trigger})
         result = pending.get(timeout=VISIBILITY_TIMEOUT_SECONDS)
     except ResultTimeout:
         raise CommandFailed("no worker finished the run in time: is `celery -A worker.app worker` running?") from None

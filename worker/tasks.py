@@ -26,14 +26,15 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-@app.task(name="rules.evaluate", bind=True)
+@app.task(name="rules.evaluate", bind=True, max_retries=None)  # the retry policies below set the bounds
 def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run: bool = False,
-             triggered_by: int | None = None) -> dict[str, Any] | None:
+             triggered_by: int | None = None, trigger: str | None = None) -> dict[str, Any] | None:
     """Runs one rule as of `scheduled_for` (UTC ISO 8601; None: now) and returns the run summary.
 
+    `trigger` defaults to "schedule" for a fire time sent without a user (beat, dispatch), else "manual".
     A second task for the same (rule, T) returns the first run's summary. A deleted rule does nothing (None).
     """
-    trigger = "schedule" if scheduled_for and triggered_by is None and not dry_run else "manual"
+    trigger = trigger or ("schedule" if scheduled_for and triggered_by is None and not dry_run else "manual")
     request = RunRequest(rule_id, _parse_time(scheduled_for), dry_run=dry_run, trigger=trigger,
                          triggered_by=triggered_by)
     attempts = self.request.retries + 1
