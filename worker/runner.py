@@ -17,13 +17,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from engine.compiler import compile_logic, logic_variables, top_level_conditions
-from engine.errors import NotCompilable, RuleError, RuleValidationError
+from engine.errors import NotCompilable, RuleError
 from engine.fields import CAMPAIGN_METRICS
 from engine.interpreter import evaluate_row, truthy
 from engine.model import Rule, parse_rule
 from engine.query import (CONDITIONS_KEY, ENTITY_ID, ENTITY_TYPE, Statement, entity_rows, evaluation,
                           evaluation_insert, utc_text)
-from engine.run_states import FINAL_STATES, RunState, check_transition, reached
+from engine.run_states import RunState, check_transition, reached
 from engine.windows import WindowBounds, resolve_window
 from storage.clickhouse import ClickHouse
 from storage.errors import StorageError
