@@ -60,6 +60,7 @@ from engine.interpreter import (
 
 MAX_SQL_LENGTH = 64 * 1024
 # SQL cheap enough to write twice: a column, a parameter, a number, a name.
+_PARAMETER_NAME = re.compile(r"\{(p[0-9]+):")
 _SIMPLE_SQL = re.compile(r"`[^`\\]*`|\{p[0-9]+:[A-Za-z0-9()]+\}|-?[0-9.]+|[A-Za-z_][A-Za-z0-9_]*")
 _SCOPED_OPERATORS = frozenset({"filter", "map", "reduce", "all", "none", "some"})
 _DATA_OPERATORS = frozenset({"var", "missing", "missing_some"})
@@ -128,7 +129,8 @@ def compile_logic(logic: Any, fields: Mapping[str, FieldType]) -> CompiledLogic:
     matched = compiler.truth(logic)
     conditions = tuple(compiler.truth(condition) for condition in top_level_conditions(logic))
     _check_size(matched, *conditions)
-    return CompiledLogic(matched, conditions, logic_variables(logic, fields), compiler.parameters)
+    return CompiledLogic(matched, conditions, logic_variables(logic, fields),
+                         _referenced(compiler.parameters, matched, *conditions))
 
 
 def compile_value(logic: Any, fields: Mapping[str, FieldType]) -> CompiledValue:
@@ -139,7 +141,15 @@ def compile_value(logic: Any, fields: Mapping[str, FieldType]) -> CompiledValue:
         raise NotCompilable(f"a {typed.kind.value} value has no SQL form")
     sql = compiler.sql(typed)
     _check_size(sql)
-    return CompiledValue(sql, typed.kind, typed.nullable or typed.kind is Kind.NULL, compiler.parameters)
+    return CompiledValue(sql, typed.kind, typed.nullable or typed.kind is Kind.NULL,
+                         _referenced(compiler.parameters, sql))
+
+
+def _referenced(parameters: dict[str, Any], *expressions: str) -> dict[str, Any]:
+    # A subexpression folded away after compiling (e.g. a comparison that is constant for every row) leaves its
+    # parameters behind; only those the final SQL names are passed to ClickHouse.
+    named = {match.group(1) for expression in expressions for match in _PARAMETER_NAME.finditer(expression)}
+    return {name: value for name, value in parameters.items() if name in named}
 
 
 def top_level_conditions(logic: Any) -> list[Any]:

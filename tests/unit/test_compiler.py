@@ -203,3 +203,13 @@ def test_oversized_sql_is_refused():
         nested = {"cat": [{"%": [nested, 7]}, "x"]}
     with pytest.raises(NotCompilable, match="exceed"):
         compile_logic(nested, FIELDS)
+
+
+def test_only_parameters_the_sql_names_are_passed():
+    # `clicks < clicks < null` is false for every row, so the whole comparison folds away and its literal with it.
+    folded = {"!": [{"===": [{"var": "clicks"}, {"<": [{"var": "clicks"}, {"var": "clicks"}, {"var": "nope"}]}]}]}
+    kept = {">": [{"var": "spend"}, 5]}
+
+    assert compile_logic(folded, FIELDS).parameters == {}
+    compiled = compile_logic(kept, FIELDS)
+    assert set(PLACEHOLDER.findall(compiled.matched)) == set(compiled.parameters) == {"p0"}
