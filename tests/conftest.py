@@ -15,6 +15,13 @@ from pathlib import Path
 
 import clickhouse_connect
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI replays the same generated examples on every run (a failure there is then reproducible); locally each run
+# explores new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 RULESCTL = str(Path(sys.executable).with_name("rulesctl"))
