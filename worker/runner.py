@@ -44,6 +44,10 @@ class RuleNotFound(Exception):
     """No rule has the requested id."""
 
 
+class RuleNotScheduled(RuleNotFound):
+    """The rule is disabled: a scheduled run of it, sent before it was disabled, does nothing."""
+
+
 class BadRunRequest(Exception):
     """The request itself is wrong (unknown user, rule without organization); nothing was written."""
 
@@ -148,7 +152,8 @@ class RuleRunner:
     def run(self, request: RunRequest) -> dict[str, Any]:
         """Runs `request` to a final state and returns its summary.
 
-        Raises RuleNotFound or BadRunRequest before writing anything when the request is wrong. A repeated
+        Raises RuleNotFound (RuleNotScheduled for a scheduled run of a disabled rule) or BadRunRequest before
+        writing anything when the request is wrong or moot. A repeated
         (rule, T) returns the existing run's summary without writing; a rule that fails gives a `failed` summary.
         """
         at = evaluation_time(request.scheduled_for)
@@ -158,6 +163,8 @@ class RuleRunner:
         rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
         if rule_row is None:
             raise RuleNotFound(f"no rule with id {request.rule_id}")
+        if request.trigger == "schedule" and not rule_row["enabled"]:
+            raise RuleNotScheduled(f"rule {request.rule_id} is disabled")
         if not rule_row["organization_exists"]:
             raise BadRunRequest(f"rule {request.rule_id} belongs to no existing organization")
         run = self._claim(request, rule_row, at)

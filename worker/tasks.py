@@ -32,7 +32,8 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
     """Runs one rule as of `scheduled_for` (UTC ISO 8601; None: now) and returns the run summary.
 
     `trigger` defaults to "schedule" for a fire time sent without a user (beat, dispatch), else "manual".
-    A second task for the same (rule, T) returns the first run's summary. A deleted rule does nothing (None).
+    A second task for the same (rule, T) returns the first run's summary. A deleted rule, or a scheduled run of a
+    rule disabled since it was sent, does nothing (None).
     """
     trigger = trigger or ("schedule" if scheduled_for and triggered_by is None and not dry_run else "manual")
     request = RunRequest(rule_id, _parse_time(scheduled_for), dry_run=dry_run, trigger=trigger,
@@ -40,8 +41,8 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
     attempts = self.request.retries + 1
     try:
         result = shared_runner().run(request)
-    except RuleNotFound:
-        log.info("rule %s no longer exists; nothing to do", rule_id)
+    except RuleNotFound as error:
+        log.info("%s; nothing to do", error)
         return None
     except BadRunRequest as error:
         return {"rule_id": rule_id, "status": "failed", "error": str(error)}

@@ -547,6 +547,21 @@ def test_unknown_rule_is_not_found_and_writes_nothing(env):
     assert env.count("rule_evaluations") == 0 and env.count("alert_events") == 0
 
 
+def test_a_scheduled_run_of_a_disabled_rule_does_nothing_but_a_manual_one_runs(env):
+    org = env.org()
+    rule_id = env.rule(org, SPEND_AND_CTR)
+    yesterday_data(env, org)
+    env.pg("UPDATE rules SET enabled = FALSE WHERE id = %s", (rule_id,))
+
+    with pytest.raises(RuleNotFound, match="disabled"):
+        env.run(rule_id, T, trigger="schedule")
+    assert env.runs() == [] and env.count("rule_evaluations") == 0
+
+    manual = env.run(rule_id, T)
+    assert manual["status"] == "succeeded" and manual["trigger"] == "manual"
+    assert env.count("rule_evaluations") == manual["entities"] > 0
+
+
 # --- 10. modules ---------------------------------------------------------------------------------------------------
 
 
