@@ -12,7 +12,6 @@ the SQL, not constant folding, computes the answer.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from engine.compiler import Kind, compile_logic, compile_value
 from engine.errors import NotCompilable
 from engine.fields import FieldType
 from engine.interpreter import is_number, truthy
+from tests.unit.test_interpreter_conformance import same_js_value
 
 SUITE = Path(__file__).resolve().parent.parent / "data" / "compatible.json"
 # Operators whose operands stay as written: names read from the data, and logic run over array elements.
@@ -91,17 +91,6 @@ def _row_sql(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "SELECT " + (", ".join(columns) or "1 AS `no columns`"), parameters
 
 
-def _same_json(actual: Any, expected: Any) -> bool:
-    """Equality as JavaScript values: booleans are not numbers, NaN equals NaN, arrays element-wise."""
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return isinstance(expected, bool) and isinstance(actual, bool) and actual == expected
-    if is_number(expected) and is_number(actual):
-        return actual == expected or (math.isnan(actual) and math.isnan(expected))
-    if isinstance(expected, list) and isinstance(actual, list):
-        return len(actual) == len(expected) and all(map(_same_json, actual, expected))
-    return type(actual) is type(expected) and actual == expected
-
-
 def _sql_value(value: Any, kind: Kind) -> Any:
     if kind is Kind.BOOL and value is not None:
         return bool(value)
@@ -135,7 +124,7 @@ def _disagreement(ch, rule: Any, row: dict[str, Any], expected: Any) -> tuple[bo
     matched, value, value_compiled = outcome
     if matched != truthy(expected):
         return True, f"{rule!r} over {row!r}: matched {matched}, expected truthiness of {expected!r}"
-    if value_compiled and not _same_json(value, expected):
+    if value_compiled and not same_js_value(value, expected):
         return True, f"{rule!r} over {row!r}: value {value!r}, expected {expected!r}"
     return True, None
 
