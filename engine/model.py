@@ -283,16 +283,16 @@ def url_problem(url: str, allowed_hosts: frozenset[str]) -> str | None:
     if re.search(r"\s", url):
         return f"{_shown(url)} is not a valid URL: it contains whitespace"
     try:
-        scheme, host, port = _split_url(url)
+        scheme, host, port = split_url(url)
     except ValueError:
         return f"{_shown(url)} is not a valid URL"
     if scheme not in ("http", "https"):
         return f"{_shown(url)} must be an http:// or https:// URL"
     if not host:
         return f"{_shown(url)} has no host"
-    if _is_allowed_host(host, port, allowed_hosts):
+    if is_allowed_host(host, port, allowed_hosts):
         return None
-    if host == "localhost" or host.endswith(".localhost") or _is_non_public_ip(host):
+    if host == "localhost" or host.endswith(".localhost") or is_non_public_ip(host):
         return f'{_shown(url)} points to "{host}", which is not a public address; allow it with NOTIFY_ALLOWED_HOSTS'
     return None
 
@@ -689,7 +689,7 @@ def _suggestion(word: str, candidates) -> str:
     return f" (did you mean {_shown(close[0])}?)" if close else ""
 
 
-def _split_url(url: str) -> tuple[str, str | None, int]:
+def split_url(url: str) -> tuple[str, str | None, int]:
     """(scheme, host, port) of `url`; the host lower-case without brackets or a trailing dot, the port defaulted."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -697,12 +697,14 @@ def _split_url(url: str) -> tuple[str, str | None, int]:
     return parts.scheme, host, port
 
 
-def _is_allowed_host(host: str, port: int, allowed_hosts: frozenset[str]) -> bool:
+def is_allowed_host(host: str, port: int, allowed_hosts: frozenset[str]) -> bool:
+    """True when `host` or `host:port` is listed in `allowed_hosts` (lower-case, IPv6 with or without brackets)."""
     shown_host = f"[{host}]" if ":" in host else host
     return bool({host, shown_host, f"{host}:{port}", f"{shown_host}:{port}"} & allowed_hosts)
 
 
-def _is_non_public_ip(host: str) -> bool:
+def is_non_public_ip(host: str) -> bool:
+    """True when `host` is an IP address (in any form a resolver accepts) that is not a public unicast address."""
     address = _literal_ip(host)
     if address is None:
         return False

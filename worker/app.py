@@ -5,10 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from worker.queues import NOTIFICATIONS_QUEUE, RULES_QUEUE
 from worker.settings import ConfigurationError, settings
-
-RULES_QUEUE = "rules"
-NOTIFICATIONS_QUEUE = "notifications"
 
 try:
     _config = settings()
@@ -37,6 +35,9 @@ app.conf.update(
     worker_send_task_events=True,
     worker_prefetch_multiplier=1,
     worker_cancel_long_running_tasks_on_connection_loss=True,
+    # With REMAP_SIGTERM=SIGQUIT in the worker's environment, SIGTERM lets the task in hand finish for this long,
+    # then stops it unacknowledged, so the broker hands it out again.
+    worker_soft_shutdown_timeout=_config.worker_shutdown_seconds,
     beat_scheduler="worker.beat:RuleScheduler",
     timezone="UTC",
     enable_utc=True,

@@ -5,7 +5,8 @@ read is older than RELOAD_SECONDS, so a rule added, edited, disabled or deleted 
 is followed within that time. For each rule, the latest fire time at or before now is sent once as
 `rules.evaluate(rule_id, scheduled_for=T)`; after downtime that is the latest missed one only. Beat remembers what
 it sent only in memory: a restarted or second beat may send the same (rule, T) again, and the claim in
-`rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not beat's.
+`rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not beat's. Every SWEEP_SECONDS the
+sweeper sends again the runs and deliveries whose task was lost (worker/sweeper.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from storage.errors import StorageError
 from storage.postgres import Postgres
 from worker.schedule import ScheduledRule, latest_fire_time, next_fire_time
 from worker.settings import settings
+from worker.sweeper import SWEEP_SECONDS, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +36,36 @@ class RuleScheduler(Scheduler):
         self._rules: list[ScheduledRule] = []
         self._sent: dict[str, datetime] = {}
         self._loaded_at = float("-inf")
+        self._swept_at = float("-inf")
         self._postgres: Postgres | None = None
+        self._sweeper: Sweeper | None = None
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
         """No static entries: the schedule is the rules table."""
 
     def tick(self, *args, **kwargs) -> float:
-        """Sends every rule whose latest fire time has not been sent yet; returns the seconds to sleep."""
+        """Sends every rule whose latest fire time has not been sent yet, and lost work again; returns the seconds
+        to sleep."""
         now = datetime.now(UTC)
         self._reload_if_stale()
         for rule in self._rules:
             due = latest_fire_time(rule, now)
             if due is not None and self._sent.get(rule.rule_id) != due:
                 self._send(rule, due)
+        self._sweep_if_stale()
         return self._sleep_seconds(now)
+
+    def _database(self) -> Postgres:
+        if self._postgres is None:
+            self._postgres = Postgres(settings().database_url, max_size=1)
+        return self._postgres
 
     def _reload_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at < RELOAD_SECONDS:
             return
         try:
-            if self._postgres is None:
-                self._postgres = Postgres(settings().database_url, max_size=1)
-            rows = self._postgres.all("schedulable_rules")
+            rows = self._database().all("schedulable_rules")
         except StorageError as error:
             log.warning("keeping the last known rules: %s", error)
             return
@@ -64,6 +73,21 @@ class RuleScheduler(Scheduler):
         known = {rule.rule_id for rule in self._rules}
         self._sent = {rule_id: sent for rule_id, sent in self._sent.items() if rule_id in known}
         self._loaded_at = time.monotonic()
+
+    def _sweep_if_stale(self) -> None:
+        if time.monotonic() - self._swept_at < SWEEP_SECONDS:
+            return
+        try:
+            if self._sweeper is None:
+                self._sweeper = Sweeper(self._database(), self._send_task)
+            self._sweeper.sweep()
+        except Exception as error:  # PostgreSQL or the broker is down: the next sweep tries again
+            log.warning("could not sweep for lost runs and deliveries: %s", error)
+            return
+        self._swept_at = time.monotonic()
+
+    def _send_task(self, name: str, args: tuple, kwargs: dict) -> None:
+        self.app.send_task(name, args=args, kwargs=kwargs)
 
     def _send(self, rule: ScheduledRule, due: datetime) -> None:
         scheduled_for = due.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,6 +11,20 @@ from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres
 from worker.runner import RuleRunner
 from worker.settings import settings
+
+log = logging.getLogger(__name__)
+
+
+def send_deliveries(delivery_ids: list[int]) -> None:
+    """Queues notifications.deliver for each delivery; when the broker is down, beat's sweeper sends them later."""
+    from worker.app import app  # the Celery app reads the settings; only processes that deliver need it
+
+    try:
+        for delivery_id in delivery_ids:
+            app.send_task("notifications.deliver", args=(delivery_id,))
+    except Exception as error:
+        log.warning("could not queue %d deliveries now; beat will send them: %s", len(delivery_ids), error)
+
 
 @contextmanager
 def open_postgres() -> Iterator[Postgres]:
@@ -38,7 +54,7 @@ def open_runner() -> Iterator[RuleRunner]:
     with open_stores() as (postgres, clickhouse):
         config = settings()
         yield RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
-                         lease_seconds=config.run_lease_seconds)
+                         send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds)
 
 
 _shared_runner: RuleRunner | None = None
@@ -53,6 +69,20 @@ def shared_runner() -> RuleRunner:
             Postgres(config.database_url),
             ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds),
             allowed_hosts=config.notify_allowed_hosts,
+            send_deliveries=send_deliveries,
             lease_seconds=config.run_lease_seconds,
         )
     return _shared_runner
+
+
+_shared_postgres: Postgres | None = None
+_shared_postgres_lock = threading.Lock()
+
+
+def shared_postgres() -> Postgres:
+    """The process's PostgreSQL pool for deliveries (shared by a thread pool's threads), made on first use."""
+    global _shared_postgres
+    with _shared_postgres_lock:
+        if _shared_postgres is None:
+            _shared_postgres = Postgres(settings().database_url)
+        return _shared_postgres

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from engine.compiler import compile_logic, logic_variables, top_level_conditions
 from engine.errors import NotCompilable, RuleError
@@ -27,9 +27,14 @@ from engine.run_states import RunState, check_transition, reached
 from engine.windows import WindowBounds, resolve_window
 from storage.clickhouse import ClickHouse
 from storage.errors import StorageError
-from storage.postgres import Postgres
+from storage.postgres import Postgres, Transaction
+from worker.audience import Entity, audience
+from worker.deliveries import record_deliveries
+from worker.messages import RunNotice
 
 DEFAULT_LEASE_SECONDS = 180  # the default time limit (120 s) plus a margin past the hard limit
+# A run whose process was lost this many times (killed, or stopped at the hard time limit) is failed, not retried.
+MAX_RUN_ATTEMPTS = 3
 CLICKHOUSE_FIRST_DATE = date(1970, 1, 1)
 # rule_evaluations has a TTL of 90 days: ClickHouse drops older rows as they are written.
 EVALUATION_RETENTION = timedelta(days=90)
@@ -61,31 +66,6 @@ class RunRequest:
     dry_run: bool = False
     trigger: str = "manual"
     triggered_by: int | None = None
-
-
-@dataclass(frozen=True)
-class AlertedEntity:
-    """A matched entity that is not in cooldown: it gets an `alert_events` row."""
-
-    entity_type: str
-    entity_id: str
-    entity_name: str
-    condition_details: str
-
-
-class Audience(Protocol):
-    """Who is told about a run's alerts: user ids per (entity_type, entity_id)."""
-
-    def recipients(self, org_id: int, roles: Sequence[str], entities: Sequence[AlertedEntity],
-                   at: datetime) -> dict[tuple[str, str], list[int]]: ...
-
-
-class NobodyYet:
-    """The audience until notifications exist: nobody, so `notified_users` stays empty."""
-
-    def recipients(self, org_id: int, roles: Sequence[str], entities: Sequence[AlertedEntity],
-                   at: datetime) -> dict[tuple[str, str], list[int]]:
-        return {}
 
 
 @dataclass
@@ -140,12 +120,14 @@ class RuleRunner:
     """Runs rules; one instance is shared by the runs of a process."""
 
     def __init__(self, postgres: Postgres, clickhouse: ClickHouse, *, allowed_hosts: frozenset[str] = frozenset(),
-                 audience: Audience | None = None, lease_seconds: int = DEFAULT_LEASE_SECONDS,
-                 interpreter_only: bool = False) -> None:
+                 send_deliveries: Callable[[list[int]], None] | None = None,
+                 lease_seconds: int = DEFAULT_LEASE_SECONDS, interpreter_only: bool = False) -> None:
+        """`send_deliveries` hands a run's pending delivery ids to their sender (notifications.deliver); without
+        it they stay pending in PostgreSQL until beat's sweeper sends them."""
         self._postgres = postgres
         self._clickhouse = clickhouse
         self._allowed_hosts = allowed_hosts
-        self._audience = audience or NobodyYet()
+        self._send_deliveries = send_deliveries
         self._lease_seconds = lease_seconds
         self._interpreter_only = interpreter_only
 
@@ -170,6 +152,11 @@ class RuleRunner:
         run = self._claim(request, rule_row, at)
         if run is None:
             return summary(self._postgres.one("run_for_fire_time", rule_id=request.rule_id, scheduled_for=at.replace(tzinfo=None)))
+        if run.row["attempts"] > MAX_RUN_ATTEMPTS:
+            reason = (f"given up after {MAX_RUN_ATTEMPTS} attempts: each time, the process running it was lost or "
+                      "stopped at the hard time limit")
+            self._transition(run, RunState.FAILED, reason, error=reason)
+            return summary(run.row)
         try:
             self._advance(run, rule_row, at)
         except (RuleError, StorageError) as error:
@@ -234,8 +221,8 @@ class RuleRunner:
             self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=entity_count,
                              matched=len(run.matched or []))
         if not reached(run.state, RunState.ALERTED):
-            alerts, notified = self._write_alerts(run, rule_row, at)
-            self._transition(run, RunState.ALERTED, "alert_events written", alerts=alerts, notified_users=notified)
+            self._write_alerts(run, rule_row, at)
+        self._hand_over_deliveries(run)
         self._transition(run, RunState.SUCCEEDED, "done")
 
     def _scope(self, rule_row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
@@ -298,8 +285,9 @@ class RuleRunner:
             evaluated = [result for batch in self._interpreted(run, entities) for result in batch]
         return len(evaluated), [(entity_id, results) for entity_id, matched, results in evaluated if matched]
 
-    def _write_alerts(self, run: _Run, rule_row: Mapping[str, Any], at: datetime) -> tuple[int, list[int]]:
-        """Writes one `alert_events` row per matched entity out of cooldown; returns (alerts, notified users)."""
+    def _write_alerts(self, run: _Run, rule_row: Mapping[str, Any], at: datetime) -> None:
+        """Writes one `alert_events` row per matched entity out of cooldown, then, in one PostgreSQL transaction,
+        the notifications and deliveries owed, the firing state (rules with notify_on_resolve) and `alerted`."""
         assert run.rule is not None and run.bounds is not None
         keys = self._scope(rule_row, at)
         if run.row["attempts"] > 1:
@@ -307,53 +295,101 @@ class RuleRunner:
                                            alert_time=keys["eval_time"])
         if run.matched is None:
             self._read_outcome(run, keys)
-        if not run.matched:
-            return 0, []
-        entities = self._alertable(run, rule_row, run.matched, at)
         actions = run.rule.actions
-        recipients = self._audience.recipients(rule_row["org_id"], actions.notify.roles, entities, at)
-        rows = []
-        for entity in entities:
-            users = sorted(recipients.get((entity.entity_type, entity.entity_id), []))
-            rows.append([rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"],
-                         actions.severity, entity.entity_type, entity.entity_id, entity.entity_name,
-                         entity.condition_details, users])
+        notifies = run.row["trigger"] != "backfill"
+        matched = self._matched_entities(run, rule_row, run.matched or [])
+        alerted = self._out_of_cooldown(run, rule_row, matched, at)
+        resolved = self._resolved(run, rule_row, matched, at) if notifies and actions.notify_on_resolve else []
+        recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, alerted + resolved, at)
+                      if notifies else {})
+        rows = [[rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"], actions.severity,
+                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
+                 sorted(r.user_id for r in recipients.get(entity.key, []))] for entity in alerted]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
-        notified = sorted({user for users in recipients.values() for user in users})
-        return len(rows), notified
+        notified = sorted({r.user_id for entity in alerted for r in recipients.get(entity.key, [])})
+        with self._postgres.transaction() as tx:
+            if notifies:
+                for kind, entities in (("alert", alerted), ("resolved", resolved)):
+                    notice = RunNotice(kind, run.id, rule_row["org_id"], rule_row["rule_id"], rule_row["name"],
+                                       actions.severity, at)
+                    record_deliveries(tx, notice, entities, recipients, actions.notify)
+                if actions.notify_on_resolve:
+                    self._record_firing(tx, rule_row, alerted, resolved, at)
+            self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(rows),
+                             notified_users=notified, tx=tx)
 
-    def _alertable(self, run: _Run, rule_row: Mapping[str, Any], matched: list[tuple[str, str]],
-                   at: datetime) -> list[AlertedEntity]:
-        """The matched entities with no alert for this rule within the cooldown before T, with their names."""
+    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any],
+                          matched: list[tuple[str, str]]) -> list[Entity]:
+        """The matched entities with their names and, for campaigns, the DSP and advertiser grants are matched on."""
         assert run.rule is not None and run.bounds is not None
-        is_campaign = run.rule.conditions.source == CAMPAIGN_METRICS
-        ids = [entity_id for entity_id, _results in matched]
+        if run.rule.conditions.source != CAMPAIGN_METRICS:
+            return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
+                    for entity_id, results in matched]
+        identities = {}
+        if matched:
+            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+            identities = {row["entity_id"]: row for row in self._clickhouse.rows(
+                "campaign_identities", org_id=rule_row["org_id"], entity_ids=[entity_id for entity_id, _ in matched],
+                first=earliest, last=run.bounds.last)}
+        entities = []
+        for entity_id, results in matched:
+            identity = identities.get(entity_id, {})
+            entities.append(Entity("campaign", entity_id, identity.get("entity_name", entity_id), results,
+                                   identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
+        return entities
+
+    def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
+                         at: datetime) -> list[Entity]:
+        """The matched entities with no alert for this rule within the cooldown before T."""
+        assert run.rule is not None
         cooldown = timedelta(minutes=run.rule.actions.cooldown_minutes)
+        if not cooldown or not matched:
+            return matched
         cooling = {
             (row["entity_type"], row["entity_id"])
             for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
-                                             since=utc_text(at - cooldown), until=utc_text(at), entity_ids=ids)
-        } if cooldown else set()
-        names = {}
-        if is_campaign:
-            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
-            names = {row["entity_id"]: row["entity_name"] for row in self._clickhouse.rows(
-                "campaign_names", org_id=rule_row["org_id"], entity_ids=ids, first=earliest, last=run.bounds.last)}
-        entities = []
-        for entity_id, results in matched:
-            entity_type = "campaign" if is_campaign else json.loads(results).get("entity_type", "")
-            if (entity_type, entity_id) in cooling:
-                continue
-            entities.append(AlertedEntity(entity_type, entity_id, names.get(entity_id, entity_id), results))
-        return entities
+                                             since=utc_text(at - cooldown), until=utc_text(at),
+                                             entity_ids=[entity.entity_id for entity in matched])
+        }
+        return [entity for entity in matched if entity.key not in cooling]
+
+    def _resolved(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity], at: datetime) -> list[Entity]:
+        """The entities firing before T (alerted and matching since) that no longer match."""
+        still = {entity.key for entity in matched}
+        return [Entity(row["entity_type"], row["entity_id"], row["entity_name"], row["condition_details"] or "",
+                       row["dsp_type"], row["advertiser_id"])
+                for row in self._postgres.all("firing_entities", rule_id=rule_row["rule_id"])
+                if (row["entity_type"], row["entity_id"]) not in still and row["evaluated_at"] < at.replace(tzinfo=None)]
+
+    def _record_firing(self, tx: Transaction, rule_row: Mapping[str, Any], alerted: list[Entity],
+                       resolved: list[Entity], at: datetime) -> None:
+        moment = at.replace(tzinfo=None)
+        if alerted:
+            tx.execute("mark_firing", rule_id=rule_row["rule_id"], org_id=rule_row["org_id"], at=moment,
+                       entity_types=[e.entity_type for e in alerted], entity_ids=[e.entity_id for e in alerted],
+                       names=[e.entity_name for e in alerted], dsp_types=[e.dsp_type for e in alerted],
+                       advertiser_ids=[e.advertiser_id for e in alerted],
+                       details=[e.condition_details for e in alerted])
+        if resolved:
+            tx.execute("mark_resolved", rule_id=rule_row["rule_id"], at=moment,
+                       entity_types=[e.entity_type for e in resolved], entity_ids=[e.entity_id for e in resolved])
+
+    def _hand_over_deliveries(self, run: _Run) -> None:
+        """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""
+        if self._send_deliveries is None:
+            return
+        ids = [row["id"] for row in self._postgres.all("pending_deliveries_of_run", run_id=run.id)]
+        if ids:
+            self._send_deliveries(ids)
 
     def _transition(self, run: _Run, target: RunState, detail: str, *, path: str | None = None,
                     entities: int | None = None, matched: int | None = None, alerts: int | None = None,
-                    notified_users: list[int] | None = None, error: str | None = None) -> None:
-        """Records `run` moving to `target` in `rule_runs` (state, transition entry, counters)."""
+                    notified_users: list[int] | None = None, error: str | None = None,
+                    tx: Transaction | None = None) -> None:
+        """Records `run` moving to `target` in `rule_runs` (state, transition entry, counters), in `tx` if given."""
         check_transition(run.state, target)
-        run.row = self._postgres.one(
+        run.row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
             entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
             lease_seconds=self._lease_seconds,

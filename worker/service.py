@@ -13,6 +13,7 @@ from storage.migrations import migrate_all
 from worker.context import open_stores
 from worker.demo import load_demo_data
 from worker.errors import CommandFailed
+from worker.queues import NOTIFICATIONS_QUEUE, RULES_QUEUE
 from worker.settings import Settings
 from worker.supervisor import AlreadyRunning, InstanceLock, ProcessSpec, Supervisor
 
@@ -50,13 +51,19 @@ def embedded_clickhouse_spec(target: ClickHouseTarget, data_dir: Path) -> Proces
 
 
 FLOWER_PORT = 5555
+# SIGTERM (a deploy, Ctrl-C in `up`) gives a worker a soft shutdown: the task in hand gets WORKER_SHUTDOWN_SECONDS
+# to finish, then it is stopped unacknowledged and requeued.
+WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 
 
 def celery_specs() -> list[ProcessSpec]:
-    """The worker (two processes), beat and Flower, each as `celery -A worker.app ...`."""
+    """The rule worker (two processes), the notification worker (threads), beat and Flower, as `celery -A worker.app`."""
     celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
     return [
-        ProcessSpec("worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "--hostname", "worker@%h"]),
+        ProcessSpec("worker", [*celery, "worker", "--loglevel", "INFO", "--queues", RULES_QUEUE, "--concurrency", "2",
+                               "--hostname", "worker@%h"], env=WORKER_ENV),
+        ProcessSpec("notifier", [*celery, "worker", "--loglevel", "INFO", "--queues", NOTIFICATIONS_QUEUE,
+                                 "--pool", "threads", "--concurrency", "8", "--hostname", "notifier@%h"], env=WORKER_ENV),
         ProcessSpec("beat", [*celery, "beat", "--loglevel", "INFO"]),
         ProcessSpec("flower", [*celery, "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"],
                     ready=lambda: _answers(f"http://127.0.0.1:{FLOWER_PORT}/healthcheck")),

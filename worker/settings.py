@@ -26,6 +26,9 @@ class Settings(BaseModel):
     webhook_secret: str | None = None
     notify_allowed_hosts: frozenset[str] = Field(default_factory=frozenset)
     run_time_limit_seconds: int = Field(default=120, ge=5, le=3600)
+    worker_shutdown_seconds: float = Field(default=5, ge=0, le=600)
+    delivery_max_attempts: int = Field(default=5, ge=1, le=20)
+    delivery_backoff_seconds: float = Field(default=30, gt=0, le=300)
 
     @property
     def run_lease_seconds(self) -> int:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +28,7 @@ class ProcessSpec:
     name: str
     argv: list[str]
     ready: Callable[[], bool] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class InstanceLock:
@@ -83,7 +84,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env={**env, **spec.env},
             text=True,
             bufsize=1,
             start_new_session=True,
@@ -125,7 +126,7 @@ class Supervisor:
 
     def stop_all(self, grace: float = 10.0) -> None:
         """Asks every child to stop (SIGTERM to the child itself, last started first: a Celery worker then finishes
-        the task in hand), then kills what is left of each child's process group after `grace` seconds."""
+        or requeues the task in hand), then kills what is left of each child's process group after `grace` seconds."""
         for _spec, process in reversed(self._children):
             if process.poll() is None:
                 process.terminate()

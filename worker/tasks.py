@@ -10,9 +10,11 @@ from celery import Task
 
 from storage.errors import DatabaseUnavailable
 from worker.app import app
-from worker.context import open_postgres, shared_runner
+from worker.context import open_postgres, shared_postgres, shared_runner
+from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
+from worker.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +65,17 @@ def evaluate_org(org_id: int) -> list[str]:
     for rule_id in rule_ids:
         evaluate.delay(rule_id)
     return rule_ids
+
+
+@app.task(name="notifications.deliver", bind=True, max_retries=None)  # delivery_retry(settings) sets the bounds
+def deliver(self: Task, delivery_id: int) -> dict[str, Any] | None:
+    """Sends one delivery if it is due and not sent yet; a failed send is retried with backoff, then `failed`.
+
+    Returns {"delivery_id", "status", "error"} of the attempt made, or None when there was nothing to do.
+    """
+    outcome = send_delivery(shared_postgres(), delivery_id, settings())
+    if outcome is None:
+        return None
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return {"delivery_id": delivery_id, "status": outcome.status, "error": outcome.error}

@@ -32,9 +32,11 @@ WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
   AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
   AND entity_id IN {entity_ids:Array(String)};
 
--- name: campaign_names
--- Each campaign's name on the latest date with data between first and last (the window and its previous period).
-SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name
+-- name: campaign_identities
+-- Each campaign's name, DSP and advertiser on the latest date with data between first and last (the window and
+-- its previous period).
+SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name, argMax(dsp_type, date) AS dsp_type,
+       argMax(advertiser_id, date) AS advertiser_id
 FROM campaign_metrics_daily
 WHERE org_id = {org_id:UInt32} AND date >= {first:Date} AND date <= {last:Date}
   AND campaign_id IN {entity_ids:Array(String)}

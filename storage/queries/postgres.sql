@@ -124,3 +124,140 @@ ORDER BY r.id;
 
 -- name: enabled_rules_of_organization
 SELECT id::text AS rule_id FROM rules WHERE org_id = %(org_id)s AND enabled ORDER BY id;
+
+-- name: abandoned_runs
+-- Non-dry runs whose holder stopped renewing the lease: sent again, they are taken over and finished.
+SELECT id::text AS run_id, rule_id::text AS rule_id, scheduled_for, trigger, triggered_by, attempts
+FROM rule_runs
+WHERE status = 'running' AND NOT dry_run
+  AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s)
+ORDER BY lease_expires_at
+LIMIT 1000;
+
+-- name: fail_abandoned_dry_runs
+-- A dry run writes nothing, so one whose holder is gone is simply ended.
+UPDATE rule_runs
+SET status = 'failed', state = 'failed', error = 'the process running this dry run stopped',
+    finished_at = now() AT TIME ZONE 'UTC', lease_expires_at = NULL,
+    transitions = transitions || jsonb_build_array(jsonb_build_object(
+        'state', 'failed', 'at', now() AT TIME ZONE 'UTC', 'detail', 'the process running this dry run stopped'))
+WHERE status = 'running' AND dry_run
+  AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s)
+RETURNING id;
+
+-- name: stalled_deliveries
+-- Deliveries whose task should have run by now: pending past their time, or claimed by a process that is gone.
+SELECT id, attempts FROM deliveries
+WHERE (status = 'pending' AND next_attempt_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s))
+   OR (status = 'sending' AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s))
+ORDER BY id
+LIMIT 1000;
+
+-- name: audience
+-- The members of the organization allowed to hear of each entity (CONTRACT §6), one row per (entity, user).
+WITH entity AS (
+    SELECT DISTINCT * FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(dsp_types)s::text[],
+                                  %(advertiser_ids)s::text[]) AS e(entity_type, entity_id, dsp_type, advertiser_id)
+),
+member AS (
+    SELECT m.user_id, m.role, u.email, COALESCE(u.email_verified, FALSE) AS email_verified
+    FROM org_memberships m JOIN users u ON u.id = m.user_id
+    WHERE m.org_id = %(org_id)s AND m.role = ANY(%(roles)s::text[])
+),
+live_grant AS (
+    SELECT p.user_id, p.entity_type, p.entity_id
+    FROM entity_permissions p JOIN member m ON m.user_id = p.user_id
+    WHERE p.org_id = %(org_id)s AND (p.expires_at IS NULL OR p.expires_at > %(at)s)
+),
+account AS (
+    SELECT d.id::text AS account_id, d.dsp_type, d.external_id FROM dsp_accounts d WHERE d.org_id = %(org_id)s
+),
+granted AS (
+    SELECT e.entity_type, e.entity_id, g.user_id
+    FROM entity e JOIN live_grant g ON g.entity_type = e.entity_type AND g.entity_id = e.entity_id
+    UNION
+    SELECT e.entity_type, e.entity_id, g.user_id
+    FROM entity e
+    JOIN account a ON e.entity_type = 'campaign' AND a.dsp_type = e.dsp_type AND a.external_id = e.advertiser_id
+    JOIN live_grant g ON g.entity_type = 'dsp_account' AND g.entity_id = a.account_id
+),
+allowed AS (
+    SELECT e.entity_type, e.entity_id, m.user_id
+    FROM entity e CROSS JOIN member m WHERE m.role IN ('owner', 'admin')
+    UNION
+    SELECT entity_type, entity_id, user_id FROM granted
+)
+SELECT a.entity_type, a.entity_id, m.user_id, m.email, m.email_verified
+FROM allowed a JOIN member m ON m.user_id = a.user_id
+ORDER BY a.entity_type, a.entity_id, m.user_id;
+
+-- name: firing_entities
+SELECT entity_type, entity_id, entity_name, dsp_type, advertiser_id, condition_details::text AS condition_details,
+       evaluated_at
+FROM alert_states WHERE rule_id = %(rule_id)s AND firing;
+
+-- name: mark_firing
+-- Alerted entities are firing as of T; a row set by a later fire time is left alone.
+INSERT INTO alert_states (rule_id, entity_type, entity_id, org_id, firing, entity_name, dsp_type, advertiser_id,
+                          condition_details, changed_at, evaluated_at)
+SELECT %(rule_id)s, t, i, %(org_id)s, TRUE, n, d, a, c::jsonb, %(at)s, %(at)s
+FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(names)s::text[], %(dsp_types)s::text[],
+            %(advertiser_ids)s::text[], %(details)s::text[]) AS x(t, i, n, d, a, c)
+ON CONFLICT (rule_id, entity_type, entity_id) DO UPDATE
+SET firing = TRUE, entity_name = EXCLUDED.entity_name, dsp_type = EXCLUDED.dsp_type,
+    advertiser_id = EXCLUDED.advertiser_id, condition_details = EXCLUDED.condition_details,
+    changed_at = CASE WHEN alert_states.firing THEN alert_states.changed_at ELSE EXCLUDED.changed_at END,
+    evaluated_at = EXCLUDED.evaluated_at
+WHERE alert_states.evaluated_at < EXCLUDED.evaluated_at;
+
+-- name: mark_resolved
+UPDATE alert_states SET firing = FALSE, changed_at = %(at)s, evaluated_at = %(at)s
+FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[]) AS x(t, i)
+WHERE rule_id = %(rule_id)s AND entity_type = x.t AND entity_id = x.i AND firing AND evaluated_at < %(at)s;
+
+-- name: insert_notification
+INSERT INTO notifications (org_id, user_id, rule_id, run_id, severity, entities, kind)
+VALUES (%(org_id)s, %(user_id)s, %(rule_id)s, %(run_id)s, %(severity)s, %(entities)s, %(kind)s)
+ON CONFLICT (run_id, user_id, kind) DO NOTHING;
+
+-- name: insert_delivery
+INSERT INTO deliveries (idempotency_key, run_id, org_id, rule_id, kind, channel, recipient, user_id, payload, status,
+                        attempts, sent_at, next_attempt_at)
+VALUES (%(idempotency_key)s, %(run_id)s, %(org_id)s, %(rule_id)s, %(kind)s, %(channel)s, %(recipient)s, %(user_id)s,
+        %(payload)s, %(status)s, %(attempts)s,
+        CASE WHEN %(status)s::text = 'sent' THEN now() AT TIME ZONE 'UTC' END,
+        CASE WHEN %(status)s::text = 'pending' THEN now() AT TIME ZONE 'UTC' END)
+ON CONFLICT (run_id, kind, channel, recipient) DO NOTHING;
+
+-- name: pending_deliveries_of_run
+SELECT id FROM deliveries WHERE run_id = %(run_id)s AND status = 'pending' ORDER BY id;
+
+-- name: claim_delivery
+-- Only a pending delivery that is due, or one whose sender vanished, is claimed, and by one process only.
+UPDATE deliveries
+SET status = 'sending', attempts = attempts + 1,
+    lease_expires_at = (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s)
+WHERE id = %(delivery_id)s
+  AND ((status = 'pending' AND next_attempt_at <= (now() AT TIME ZONE 'UTC') + interval '2 seconds')
+       OR (status = 'sending' AND lease_expires_at < (now() AT TIME ZONE 'UTC')))
+RETURNING *;
+
+-- name: delivery
+SELECT * FROM deliveries WHERE id = %(delivery_id)s;
+
+-- name: record_delivery_sent
+UPDATE deliveries
+SET status = 'sent', sent_at = now() AT TIME ZONE 'UTC', lease_expires_at = NULL, next_attempt_at = NULL,
+    last_error = NULL
+WHERE id = %(delivery_id)s AND status = 'sending';
+
+-- name: record_delivery_retry
+UPDATE deliveries
+SET status = 'pending', last_error = %(error)s, lease_expires_at = NULL,
+    next_attempt_at = (now() AT TIME ZONE 'UTC') + make_interval(secs => %(delay_seconds)s)
+WHERE id = %(delivery_id)s AND status = 'sending';
+
+-- name: record_delivery_failed
+UPDATE deliveries
+SET status = 'failed', last_error = %(error)s, lease_expires_at = NULL, next_attempt_at = NULL
+WHERE id = %(delivery_id)s AND status = 'sending';

@@ -15,7 +15,7 @@ from storage.errors import MigrationFailed
 from tests.conftest import RULESCTL, REPO, admin_sql, postgres_url
 
 SEED = (REPO / "tests" / "data" / "seed-database-schemas.md").read_text()
-OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications"}
+OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications", "deliveries", "alert_states"}
 
 
 def seed_blocks(section: str) -> list[str]:
@@ -87,8 +87,13 @@ def test_postgres_has_our_tables_and_the_one_run_per_fire_time_index(pg_url):
         definition = connection.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'rule_runs_one_per_fire_time'"
         ).fetchone()[0]
+        delivery_keys = {r[0] for r in connection.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid IN "
+            "('deliveries'::regclass, 'notifications'::regclass) AND contype = 'u'")}
     assert OUR_PG_TABLES <= tables
     assert "UNIQUE" in definition and "(rule_id, scheduled_for)" in definition and "WHERE (NOT dry_run)" in definition
+    assert {"UNIQUE (idempotency_key)", "UNIQUE (run_id, kind, channel, recipient)",
+            "UNIQUE (run_id, user_id, kind)"} == delivery_keys
 
 
 def test_migrate_creates_the_database_then_changes_nothing(empty_pg_url):

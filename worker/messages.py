@@ -1,0 +1,107 @@
+"""What each channel says about a run's alerts or resolved entities: plain data in, message bodies out, no I/O.
+
+The webhook body (also documented in the README):
+
+    {"event": "alert" | "resolved", "delivery_id": "<uuid, the same on every retry>", "run_id": "<uuid>",
+     "org_id": 1, "rule": {"id": "<uuid>", "name": "...", "severity": "warning"},
+     "evaluated_at": "2026-11-25T09:00:00Z",
+     "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "...",
+                   "values": {"spend": 1234.5, ...}, "conditions": [true, false]}]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.query import CONDITIONS_KEY
+from worker.audience import Entity
+
+# An e-mail or Slack message lists this many entities and says how many more there are.
+MAX_LISTED_ENTITIES = 50
+
+
+@dataclass(frozen=True)
+class RunNotice:
+    """What every message of one run and kind shares."""
+
+    kind: str  # "alert" or "resolved"
+    run_id: str
+    org_id: int
+    rule_id: str
+    rule_name: str
+    severity: str
+    evaluated_at: datetime
+
+    @property
+    def time_text(self) -> str:
+        return self.evaluated_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def entity_record(entity: Entity) -> dict[str, Any]:
+    """An entity as messages carry it: identity, the values the logic read, the top-level condition outcomes."""
+    details = json.loads(entity.condition_details) if entity.condition_details else {}
+    conditions = details.pop(CONDITIONS_KEY, [])
+    details.pop("entity_type", None)
+    return {"entity_type": entity.entity_type, "entity_id": entity.entity_id, "entity_name": entity.entity_name,
+            "values": details, "conditions": conditions}
+
+
+def _headline(notice: RunNotice, count: int) -> str:
+    noun = "entity" if count == 1 else "entities"
+    if notice.kind == "resolved":
+        return f"[resolved] {notice.rule_name}: {count} {noun} no longer match"
+    return f"[{notice.severity}] {notice.rule_name}: {count} {noun} matched"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.6g}" if abs(value) < 1e6 else f"{value:,.2f}"
+    return str(value)
+
+
+def _entity_line(record: dict[str, Any]) -> str:
+    name = record["entity_name"]
+    label = name if name == record["entity_id"] else f"{name} ({record['entity_id']})"
+    values = ", ".join(f"{field} = {_value_text(value)}" for field, value in record["values"].items())
+    return f"- {record['entity_type']} {label}" + (f": {values}" if values else "")
+
+
+def _listing(records: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [_entity_line(record) for record in records[:MAX_LISTED_ENTITIES]]
+    if len(records) > MAX_LISTED_ENTITIES:
+        lines.append(f"... and {len(records) - MAX_LISTED_ENTITIES} more")
+    return lines
+
+
+def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, str]:
+    """The subject and plain-text body of one user's e-mail for this run."""
+    records = [entity_record(entity) for entity in entities]
+    intro = ("These entities matched the rule and may need a look:" if notice.kind == "alert"
+             else "These entities matched the rule before and no longer do:")
+    body = [f"Rule: {notice.rule_name} ({notice.rule_id})", f"Severity: {notice.severity}",
+            f"Evaluated at: {notice.time_text}", "", intro, *_listing(records), "",
+            f"Run {notice.run_id}"]
+    return {"subject": _headline(notice, len(records)), "text": "\n".join(body) + "\n"}
+
+
+def slack_body(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, Any]:
+    """The JSON body of the run's Slack incoming-webhook post."""
+    records = [entity_record(entity) for entity in entities]
+    lines = [f"*{_headline(notice, len(records))}*", f"Evaluated at {notice.time_text}", *_listing(records)]
+    return {"text": "\n".join(lines)}
+
+
+def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str) -> dict[str, Any]:
+    """The JSON body of the run's webhook post (the format in this module's docstring)."""
+    return {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
+            "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
+            "evaluated_at": notice.time_text, "entities": [entity_record(entity) for entity in entities]}
+
+
+def in_app_entities(entities: Sequence[Entity]) -> list[dict[str, Any]]:
+    """The `notifications.entities` of one user's in-app notification."""
+    return [entity_record(entity) for entity in entities]
