@@ -41,7 +41,8 @@ PYTHON = sys.executable
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 # The variables a worker or beat reads; anything else of the test process's environment is passed as it is.
 _PRODUCT_VARIABLES = ("DATABASE_URL", "REDIS_URL", "CLICKHOUSE_URL", "SMTP_URL", "SMTP_FROM", "WEBHOOK_SECRET",
-                      "NOTIFY_ALLOWED_HOSTS", "RUN_TIME_LIMIT_SECONDS")
+                      "NOTIFY_ALLOWED_HOSTS", "RUN_TIME_LIMIT_SECONDS", "WORKER_SHUTDOWN_SECONDS",
+                      "DELIVERY_MAX_ATTEMPTS", "DELIVERY_BACKOFF_SECONDS")
 
 T = TypeVar("T")
 
@@ -169,6 +170,7 @@ class Services:
     redis_db: int
     logs: Path
     time_limit: int = 10
+    extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     _redis: Any = None
     _client: Any = None
@@ -185,7 +187,8 @@ class Services:
     def environment(self) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if name not in _PRODUCT_VARIABLES}
         env.update(DATABASE_URL=self.pg_url, CLICKHOUSE_URL=self.ch_url, REDIS_URL=self.redis_url,
-                   RUN_TIME_LIMIT_SECONDS=str(self.time_limit), PYTHONUNBUFFERED="1")
+                   RUN_TIME_LIMIT_SECONDS=str(self.time_limit), PYTHONUNBUFFERED="1", REMAP_SIGTERM="SIGQUIT",
+                   **self.extra_env)
         return env
 
     # --- processes --------------------------------------------------------------------------------------------
@@ -199,17 +202,29 @@ class Services:
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str = "worker", *, wait: bool = True) -> Process:
-        """`celery -A worker.app worker` with two prefork children and a hostname of its own; waits until ready."""
+    def start_worker(self, name: str = "worker", *, wait: bool = True, queues: str | None = None) -> Process:
+        """`celery -A worker.app worker` with two prefork children and a hostname of its own (on `queues`, or all
+        of them); waits until ready."""
         hostname = f"{name}-{uuid.uuid4().hex[:8]}@tests"
         process = self._start(name, [
             PYTHON, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO", "--concurrency", "2",
             "--pool", "prefork", "--without-mingle", "--without-gossip", "--hostname", hostname,
+            *(["--queues", queues] if queues else []),
         ])
         if wait:
             process.wait_for_log(f"{hostname} ready.", timeout=90)
             # The pool's children are forked before "ready."; make sure both are there to be found.
             wait_until(lambda: len(children_of(process.pid)) >= 2, 30, f"the pool children of {name}")
+        return process
+
+    def start_notifier(self, name: str = "notifier") -> Process:
+        """The notification worker as `rulesctl up` runs it: the notifications queue, eight threads."""
+        hostname = f"{name}-{uuid.uuid4().hex[:8]}@tests"
+        process = self._start(name, [
+            PYTHON, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO", "--queues", "notifications",
+            "--pool", "threads", "--concurrency", "8", "--without-mingle", "--without-gossip", "--hostname", hostname,
+        ])
+        process.wait_for_log(f"{hostname} ready.", timeout=90)
         return process
 
     def start_beat(self, name: str = "beat") -> Process:
@@ -323,10 +338,13 @@ def three_campaigns(data: RunEnv, org_id: int) -> None:
 
 
 @contextmanager
-def services_on(pg_url: str, ch_url: str, redis_db: int, logs: Path, time_limit: int = 10) -> Iterator[Services]:
-    """Services on the given databases and Redis number (flushed before and after); every process killed after."""
+def services_on(pg_url: str, ch_url: str, redis_db: int, logs: Path, time_limit: int = 10,
+                env: dict[str, str] | None = None) -> Iterator[Services]:
+    """Services on the given databases and Redis number (flushed before and after); every process killed after.
+
+    `env` adds settings (SMTP_URL, NOTIFY_ALLOWED_HOSTS, ...) to every process started."""
     logs.mkdir(parents=True, exist_ok=True)
-    services = Services(pg_url, ch_url, redis_db, logs, time_limit)
+    services = Services(pg_url, ch_url, redis_db, logs, time_limit, dict(env or {}))
     services.flush_redis()
     try:
         yield services
