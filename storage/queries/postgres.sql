@@ -224,7 +224,7 @@ ON CONFLICT (run_id, user_id, kind) DO NOTHING;
 INSERT INTO deliveries (idempotency_key, run_id, org_id, rule_id, kind, channel, recipient, user_id, payload, status,
                         attempts, sent_at, next_attempt_at)
 VALUES (%(idempotency_key)s, %(run_id)s, %(org_id)s, %(rule_id)s, %(kind)s, %(channel)s, %(recipient)s, %(user_id)s,
-        %(payload)s, %(status)s, %(attempts)s,
+        %(payload)s, %(status)s::text, %(attempts)s,
         CASE WHEN %(status)s::text = 'sent' THEN now() AT TIME ZONE 'UTC' END,
         CASE WHEN %(status)s::text = 'pending' THEN now() AT TIME ZONE 'UTC' END)
 ON CONFLICT (run_id, kind, channel, recipient) DO NOTHING;
