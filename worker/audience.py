@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,25 @@ class Entity:
     @property
     def key(self) -> tuple[str, str]:
         return self.entity_type, self.entity_id
+
+    def without_nul(self) -> Entity:
+        """This entity as PostgreSQL can store it: NUL characters, which PostgreSQL text and JSON refuse and
+        ClickHouse strings may hold, become U+FFFD."""
+        texts = (self.entity_type, self.entity_id, self.entity_name, self.dsp_type, self.advertiser_id)
+        if not any("\x00" in text for text in texts) and "\\u0000" not in self.condition_details:
+            return self
+        details = json.dumps(_without_nul(json.loads(self.condition_details))) if self.condition_details else ""
+        return Entity(*(_without_nul(text) for text in texts[:3]), details, *(_without_nul(t) for t in texts[3:]))
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

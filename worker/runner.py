@@ -299,23 +299,26 @@ class RuleRunner:
         notifies = run.row["trigger"] != "backfill"
         matched = self._matched_entities(run, rule_row, run.matched or [])
         alerted = self._out_of_cooldown(run, rule_row, matched, at)
+        # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
+        stored = [entity.without_nul() for entity in alerted]
         resolved = self._resolved(run, rule_row, matched, at) if notifies and actions.notify_on_resolve else []
-        recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, alerted + resolved, at)
+        recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, stored + resolved, at)
                       if notifies else {})
+        users = [sorted(r.user_id for r in recipients.get(entity.key, [])) for entity in stored]
         rows = [[rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"], actions.severity,
-                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
-                 sorted(r.user_id for r in recipients.get(entity.key, []))] for entity in alerted]
+                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details, entity_users]
+                for entity, entity_users in zip(alerted, users)]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
-        notified = sorted({r.user_id for entity in alerted for r in recipients.get(entity.key, [])})
+        notified = sorted({user for entity_users in users for user in entity_users})
         with self._postgres.transaction() as tx:
             if notifies:
-                for kind, entities in (("alert", alerted), ("resolved", resolved)):
+                for kind, entities in (("alert", stored), ("resolved", resolved)):
                     notice = RunNotice(kind, run.id, rule_row["org_id"], rule_row["rule_id"], rule_row["name"],
                                        actions.severity, at)
                     record_deliveries(tx, notice, entities, recipients, actions.notify)
                 if actions.notify_on_resolve:
-                    self._record_firing(tx, rule_row, alerted, resolved, at)
+                    self._record_firing(tx, rule_row, stored, resolved, at)
             self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(rows),
                              notified_users=notified, tx=tx)
 
@@ -356,7 +359,7 @@ class RuleRunner:
 
     def _resolved(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity], at: datetime) -> list[Entity]:
         """The entities firing before T (alerted and matching since) that no longer match."""
-        still = {entity.key for entity in matched}
+        still = {entity.without_nul().key for entity in matched}
         return [Entity(row["entity_type"], row["entity_id"], row["entity_name"], row["condition_details"] or "",
                        row["dsp_type"], row["advertiser_id"])
                 for row in self._postgres.all("firing_entities", rule_id=rule_row["rule_id"])

@@ -1,0 +1,160 @@
+"""Faults of a worker in the middle of a run, with real processes: a SIGTERM, a SIGKILL of the whole worker, a run
+past its time limit.
+
+Each test has a clickhouse-local of its own, which it SIGSTOPs so that a run blocks in its first ClickHouse
+statement right after its claim (state 'compiled'), the way test_worker_beat's kill test holds a run: an
+uncommitted rule_runs row for (rule, T) holds the claim back until the pool child has connected to ClickHouse, the
+server is stopped, and the row is rolled back. The server is always resumed (SIGCONT) before it is stopped.
+
+Redis database numbers: 6, 7 and 8, one per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from storage.migrations import ensure_clickhouse_database, migrate_clickhouse
+from tests.conftest import free_port, start_clickhouse_local, stop_process
+from tests.integration.celery_support import (NO_COOLDOWN, Services, children_of, is_alive, iso, minute_floor,
+                                              naive, pending_requests, services_on, spend_rule, three_campaigns, utc_now,
+                                              wait_for_pending_requests, wait_for_runs, wait_until)
+from tests.integration.test_worker_beat import _blocks_someone, _gate, _lease_left, _pool_child, _run_row, _state_is
+
+TAKEN_OVER = "taken over after the lease expired"
+
+
+@contextmanager
+def own_clickhouse(tmp_path: Path, database: str) -> Iterator[tuple[object, int, str]]:
+    """A migrated clickhouse-local of the test's own: (its process, its port, the CLICKHOUSE_URL of `database`)."""
+    port = free_port()
+    with open(tmp_path / "clickhouse.log", "wb") as server_log:
+        server = start_clickhouse_local(tmp_path / "clickhouse", port, log=server_log)
+        try:
+            ch_url = f"http://default@127.0.0.1:{port}/{database}"
+            ensure_clickhouse_database(ch_url)
+            migrate_clickhouse(ch_url)
+            yield server, port, ch_url
+        finally:
+            os.kill(server.pid, signal.SIGCONT)  # never leave the server stopped
+            stop_process(server)
+
+
+def hold_in_first_clickhouse_statement(services: Services, server, port: int, worker, rule: str, org: int,
+                                       at: datetime):
+    """Sends rules.evaluate(rule, T) and leaves it blocked in its first ClickHouse statement (state 'compiled'),
+    with the server SIGSTOPped; returns (the task, the pid of the pool child running it)."""
+    gate = _gate(services, rule, org, at)
+    try:
+        task = services.send("rules.evaluate", rule, scheduled_for=iso(at))
+        child = _pool_child(services, task.id, worker)  # its runner (and ClickHouse client) is made by now
+        wait_until(lambda: _blocks_someone(services, gate), 10, "the claim to wait", interval=0.05)
+        os.kill(server.pid, signal.SIGSTOP)
+    finally:
+        gate.rollback()
+        gate.close()
+    wait_until(lambda: _state_is(services, rule, at, "compiled"), 10, "the run to be compiled", interval=0.05)
+    wait_for_pending_requests(port, 1)
+    return task, child
+
+
+def queued_task_ids(services: Services) -> dict[str, list[str]]:
+    """The task ids in the `rules` list (waiting to be handed out) and in kombu's `unacked` hash (handed out and
+    not acknowledged), as kombu's Redis transport keeps them."""
+    waiting = [json.loads(raw)["headers"]["id"] for raw in services.redis.lrange("rules", 0, -1)]
+    unacked = [json.loads(raw)[0]["headers"]["id"] for raw in services.redis.hvals("unacked")]
+    return {"rules": waiting, "unacked": unacked}
+
+
+def transitions(row: dict) -> list[str]:
+    return [entry["detail"] for entry in row["transitions"]]
+
+
+def assert_finished_once(services: Services, rule: str, at: datetime) -> dict:
+    """The run of (rule, T) is the rule's only run, succeeded on its second attempt after one take-over, and
+    rule_evaluations and alert_events hold its rows once; returns its row."""
+    data = services.data()
+    [row] = services.pg("SELECT * FROM rule_runs WHERE rule_id = %s", (rule,))
+    assert (row["status"], row["state"], row["attempts"], row["trigger"]) == ("succeeded", "succeeded", 2, "schedule")
+    assert transitions(row).count(TAKEN_OVER) == 1, transitions(row)
+    assert (row["entities"], row["matched"], row["alerts"], row["error"]) == (3, 2, 2, None)
+    assert row["lease_expires_at"] is None and row["finished_at"] is not None
+    assert [e["entity_id"] for e in data.evaluations(rule, at)] == ["c1", "c2", "c3"]
+    assert [a["entity_id"] for a in data.alerts(rule, at)] == ["c2", "c3"]
+    assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (3, 2)
+    return row
+
+
+def never_firing(now: datetime) -> str:
+    """A daily cron 12 hours away: beat has nothing of the rule's own to send (its last fire time is before the
+    rule was created), so the only runs are the test's."""
+    later = now + timedelta(hours=12)
+    return f"{later.minute} {later.hour} * * *"
+
+
+# --- 1. SIGTERM: the task in hand is requeued -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_sigtermed_mid_run_requeues_the_task_and_it_finishes_once(pg_url, tmp_path):
+    """SIGTERM to a worker whose task is stuck mid-run (REMAP_SIGTERM=SIGQUIT, WORKER_SHUTDOWN_SECONDS=2): the
+    worker gives the task 2 s, stops it and exits by itself; the message is back in the `rules` list, unacknowledged
+    work that Redis hands out again; the run is left 'running'. A new worker gets the same task, takes the run over
+    once its lease has expired and finishes it once; the task's result is the run's summary."""
+    with own_clickhouse(tmp_path, "rules_sigterm") as (server, port, ch_url):
+        with services_on(pg_url, ch_url, 6, tmp_path / "logs", time_limit=10,
+                         env={"WORKER_SHUTDOWN_SECONDS": "2"}) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            three_campaigns(data, org)
+            rule = data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN)
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+            task, child = hold_in_first_clickhouse_statement(services, server, port, worker, rule, org, at)
+
+            # Well inside the 10 s soft time limit, so that the shutdown, not the limit, stops the run.
+            signalled = time.monotonic()
+            os.kill(worker.pid, signal.SIGTERM)
+            try:
+                worker.popen.wait(timeout=20)
+            except Exception:
+                raise AssertionError(f"the worker did not exit within 20 s of SIGTERM\n{services.logs_text()}")
+            took = time.monotonic() - signalled
+            assert 2 <= took < 20, took
+            assert "Initiating Soft Shutdown, terminating in 2" in worker.log(), worker.log()[-3000:]
+            wait_until(lambda: not is_alive(child), 10, "the pool child to be gone")
+
+            # Unacknowledged, back in the queue; the run is left as the child left it.
+            queued = queued_task_ids(services)
+            assert queued == {"rules": [task.id], "unacked": []}, queued
+            frozen = _run_row(services, rule, at)
+            assert (frozen["status"], frozen["state"], frozen["attempts"]) == ("running", "compiled", 1)
+
+            # The child's INSERT ... SELECT sits in the stopped server's socket: resumed, the server may still carry
+            # it out, a half-written stage that the take-over must not double.
+            os.kill(server.pid, signal.SIGCONT)
+            wait_until(lambda: not pending_requests(port), 10, "the server to read the stranded request")
+            print("STRANDED", len(data.evaluations(rule, at)))
+            time.sleep(2)
+            print("STRANDED after 2s", len(data.evaluations(rule, at)))
+
+            # A new worker started once the lease is over takes the run over at its first try.
+            wait_until(lambda: _lease_left(services, rule, at) < 0, services.lease_seconds, "the lease to expire",
+                       interval=0.5)
+            services.start_worker("worker-2")
+            result = task.get(timeout=60)
+
+            row = assert_finished_once(services, rule, at)
+            assert result["run_id"] == str(row["id"]) and result["status"] == "succeeded"
+            assert (result["entities"], result["matched"], result["alerts"]) == (3, 2, 2)
+            assert services.task_meta(task.id)["status"] == "SUCCESS"
+            assert queued_task_ids(services) == {"rules": [], "unacked": []}
+
