@@ -45,8 +45,8 @@ RULE_TEMPLATES: tuple[dict, ...] = (
 )
 
 
-def _scratch_url(url: str, database: str) -> str:
-    """`url` with its last path segment (the database) replaced by `database`."""
+def scratch_url(url: str, database: str) -> str:
+    """`url` (PostgreSQL or ClickHouse) with its last path segment (the database) replaced by `database`."""
     parts = urlsplit(url)
     directory = parts.path.rstrip("/").rpartition("/")[0]
     return urlunsplit(parts._replace(path=f"{directory}/{database}"))
@@ -56,7 +56,8 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _load_metrics(clickhouse: ClickHouse, org_id: int, entities: int, days: int, last_day) -> None:
+def load_metrics(clickhouse: ClickHouse, org_id: int, entities: int, days: int, last_day) -> None:
+    """Synthetic metrics of `entities` campaigns for each of the `days` days through `last_day`, with a progress bar."""
     bar = ProgressBar("loading metrics", days)
     try:
         for age in range(days, 0, -1):
@@ -121,8 +122,8 @@ def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, 
 def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> dict:
     """Runs the benchmark on scratch databases beside the configured ones; returns the figures of CONTRACT §8."""
     suffix = uuid.uuid4().hex[:10]
-    pg_url = _scratch_url(config.database_url, f"rules_bench_{suffix}")
-    ch_url = _scratch_url(config.clickhouse_url, f"rules_bench_{suffix}")
+    pg_url = scratch_url(config.database_url, f"rules_bench_{suffix}")
+    ch_url = scratch_url(config.clickhouse_url, f"rules_bench_{suffix}")
     ensure_postgres_database(pg_url)
     postgres = Postgres(pg_url)
     clickhouse = None
@@ -135,7 +136,7 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         with postgres.transaction() as tx:
             org_id = tx.one("insert_organization", name="bench", slug=f"bench-{suffix}", timezone=BENCH_TIMEZONE,
                             currency="USD", enabled_modules=json.dumps(["alerts"]))["id"]
-        _load_metrics(clickhouse, org_id, entities, days, at.date())
+        load_metrics(clickhouse, org_id, entities, days, at.date())
         rules = _rules(rule_count)
         sql_ids = _insert_rules(postgres, org_id, rules, "sql")
         interpreter_ids = _insert_rules(postgres, org_id, rules, "interpreter")

@@ -238,12 +238,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import run_bench
     from worker.settings import settings
 
-    figures = run_bench(settings(), args.entities, args.days, args.rules)
-    if args.json:
+    _print_figures(run_bench(settings(), args.entities, args.days, args.rules), args.json)
+    return 0
+
+
+def _print_figures(figures: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
-            print(f"{key:<24} {value}")
+            print(f"{key:<28} {value}")
+
+
+def _cmd_load_bench(args: argparse.Namespace) -> int:
+    from worker.load_bench import run_load_bench
+    from worker.settings import settings
+
+    if args.orgs > args.rules:
+        raise UsageError("--orgs: must not be more than --rules")
+    _print_figures(run_load_bench(settings(), rules=args.rules, orgs=args.orgs, campaigns=args.campaigns,
+                                  minutes=args.minutes, redis_db=args.redis_db), args.json)
     return 0
 
 
@@ -313,6 +327,15 @@ def _build_parser() -> _Parser:
     bench.add_argument("--rules", type=_positive, default=10, help="rules (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_cmd_bench)
+    load = add_command("load-bench", help="run beat and one worker over many rules due every minute; report throughput and lag")
+    load.add_argument("--rules", type=_positive, default=1000, help="enabled rules, all due every minute (default 1000)")
+    load.add_argument("--orgs", type=_positive, default=20, help="organizations sharing the rules (default 20)")
+    load.add_argument("--campaigns", type=_positive, default=10_000, help="campaigns over all organizations (default 10000)")
+    load.add_argument("--minutes", type=_positive, default=3, help="fire times to measure (default 3)")
+    load.add_argument("--redis-db", type=int, choices=range(16), default=15, metavar="N",
+                      help="the Redis database number of REDIS_URL's server to use, flushed before and after (default 15)")
+    load.add_argument("--json", action="store_true", help="print one JSON object")
+    load.set_defaults(handler=_cmd_load_bench)
 
     demo = add_command("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
     demo.set_defaults(handler=_cmd_demo_data)

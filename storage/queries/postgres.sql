@@ -261,3 +261,14 @@ WHERE id = %(delivery_id)s AND status = 'sending';
 UPDATE deliveries
 SET status = 'failed', last_error = %(error)s, lease_expires_at = NULL, next_attempt_at = NULL
 WHERE id = %(delivery_id)s AND status = 'sending';
+
+-- name: load_bench_runs
+SELECT rule_id::text AS rule_id, scheduled_for, status,
+       EXTRACT(EPOCH FROM finished_at - scheduled_for)::float AS lag_s
+FROM rule_runs
+WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
+
+-- name: load_bench_unfinished
+SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'running') AS unfinished
+FROM rule_runs
+WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;

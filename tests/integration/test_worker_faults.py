@@ -128,6 +128,7 @@ def test_a_worker_sigtermed_mid_run_requeues_the_task_and_it_finishes_once(pg_ur
             except Exception:
                 raise AssertionError(f"the worker did not exit within 20 s of SIGTERM\n{services.logs_text()}")
             took = time.monotonic() - signalled
+            print("EXIT", worker.popen.returncode, took)
             assert 2 <= took < 20, took
             assert "Initiating Soft Shutdown, terminating in 2" in worker.log(), worker.log()[-3000:]
             wait_until(lambda: not is_alive(child), 10, "the pool child to be gone")
@@ -138,13 +139,10 @@ def test_a_worker_sigtermed_mid_run_requeues_the_task_and_it_finishes_once(pg_ur
             frozen = _run_row(services, rule, at)
             assert (frozen["status"], frozen["state"], frozen["attempts"]) == ("running", "compiled", 1)
 
-            # The child's INSERT ... SELECT sits in the stopped server's socket: resumed, the server may still carry
-            # it out, a half-written stage that the take-over must not double.
+            # The child's INSERT ... SELECT sits in the stopped server's socket: resumed, the server carries it out,
+            # a half-written stage that the take-over must not double.
             os.kill(server.pid, signal.SIGCONT)
-            wait_until(lambda: not pending_requests(port), 10, "the server to read the stranded request")
-            print("STRANDED", len(data.evaluations(rule, at)))
-            time.sleep(2)
-            print("STRANDED after 2s", len(data.evaluations(rule, at)))
+            wait_until(lambda: len(data.evaluations(rule, at)) == 3, 10, "the stranded insert")
 
             # A new worker started once the lease is over takes the run over at its first try.
             wait_until(lambda: _lease_left(services, rule, at) < 0, services.lease_seconds, "the lease to expire",
@@ -158,3 +156,109 @@ def test_a_worker_sigtermed_mid_run_requeues_the_task_and_it_finishes_once(pg_ur
             assert services.task_meta(task.id)["status"] == "SUCCESS"
             assert queued_task_ids(services) == {"rules": [], "unacked": []}
 
+
+
+# --- 2. SIGKILL of the whole worker: beat's sweeper sends the run again -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_whole_worker_killed_mid_run_is_finished_after_its_lease_by_beat(pg_url, tmp_path):
+    """SIGKILL to a worker's whole process group while its task is stuck mid-run: nobody restores the message,
+    which stays in kombu's `unacked` hash until the visibility timeout (2 x lease). Beat's sweeper sends the run
+    again once its lease has expired (+5 s grace; a sweep before that sends nothing), a new worker takes it over
+    and finishes it once, within lease + 60 s of the kill."""
+    with own_clickhouse(tmp_path, "rules_killed_whole") as (server, port, ch_url):
+        with services_on(pg_url, ch_url, 7, tmp_path / "logs", time_limit=10) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            three_campaigns(data, org)
+            rule = data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN)
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+            task, child = hold_in_first_clickhouse_statement(services, server, port, worker, rule, org, at)
+
+            group = [worker.pid, *children_of(worker.pid)]
+            worker.kill()
+            killed = time.monotonic()
+            wait_until(lambda: not any(is_alive(pid) for pid in group), 10, "the worker's processes to die")
+            assert queued_task_ids(services) == {"rules": [], "unacked": [task.id]}
+            frozen = _run_row(services, rule, at)
+            assert (frozen["status"], frozen["state"], frozen["attempts"]) == ("running", "compiled", 1)
+            os.kill(server.pid, signal.SIGCONT)
+            wait_until(lambda: len(data.evaluations(rule, at)) == 3, 10, "the stranded insert")
+
+            # Beat is started so that its first sweep (at once) comes while the lease holds and its second (30 s
+            # later) after the lease and its grace are over.
+            services.start_worker("worker-2")
+            wait_until(lambda: _lease_left(services, rule, at) < 22, services.lease_seconds, "the lease to run down",
+                       interval=0.5)
+            beat = services.start_beat()
+            deadline = killed + services.lease_seconds + 60
+            wait_for_runs(services, lambda rows: rows and rows[0]["status"] != "running",
+                          deadline - time.monotonic(), "the run to be finished",
+                          "SELECT * FROM rule_runs WHERE rule_id = %s", (rule,))
+
+            row = assert_finished_once(services, rule, at)
+            taken_over = next(entry for entry in row["transitions"] if entry["detail"] == TAKEN_OVER)
+            assert datetime.fromisoformat(taken_over["at"]) >= frozen["lease_expires_at"] + timedelta(seconds=5)
+            resent = f"run {row['id']} of rule {rule} lost its process; sent again"
+            assert beat.log().count(resent) == 1, beat.log()[-3000:]
+            # The killed worker's message is still unacknowledged: the sweeper, not Redis, had the run finished.
+            assert queued_task_ids(services) == {"rules": [], "unacked": [task.id]}
+
+
+# --- 3. the time limit ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_past_its_time_limit_fails_clearly_and_others_run(pg_url, tmp_path):
+    """RUN_TIME_LIMIT_SECONDS=5 and a run stuck in ClickHouse: the soft time limit stops it, the run is 'failed'
+    with an error naming the time limit, finished, holding no lease, and the task returns that summary. The pool
+    child lives on: with the server back, another rule's runs on both children of the same worker succeed."""
+    with own_clickhouse(tmp_path, "rules_time_limit") as (server, port, ch_url):
+        with services_on(pg_url, ch_url, 8, tmp_path / "logs", time_limit=5) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            three_campaigns(data, org)
+            stuck = data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN, name="stuck")
+            other = data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN, name="other")
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+            task, child = hold_in_first_clickhouse_statement(services, server, port, worker, stuck, org, at)
+
+            summary = task.get(timeout=30)
+            row = _run_row(services, stuck, at)
+            print("ERROR", repr(row["error"]), summary)
+            assert (row["status"], row["state"], row["attempts"]) == ("failed", "failed", 1)
+            assert "SoftTimeLimitExceeded" in row["error"], row["error"]
+            assert transitions(row)[-1] == row["error"]
+            assert row["finished_at"] is not None and row["lease_expires_at"] is None
+            assert (summary["run_id"], summary["status"], summary["error"]) == (str(row["id"]), "failed", row["error"])
+            assert is_alive(child) and child in children_of(worker.pid)
+
+            # The server resumes; the stopped run's INSERT may land, after the run was recorded failed.
+            os.kill(server.pid, signal.SIGCONT)
+            wait_until(lambda: not pending_requests(port), 10, "the server to read the stopped run's request")
+            time.sleep(2)
+            print("STRANDED OF FAILED", len(data.evaluations(stuck, at)))
+
+            # Another rule, on each of the worker's two children: the first held at its claim, the second sent then.
+            later = at - timedelta(minutes=1)
+            gate = _gate(services, other, org, at)
+            try:
+                first = services.send("rules.evaluate", other, scheduled_for=iso(at))
+                first_child = _pool_child(services, first.id, worker)
+                wait_until(lambda: _blocks_someone(services, gate), 10, "the claim to wait", interval=0.05)
+                second = services.send("rules.evaluate", other, scheduled_for=iso(later))
+                second_child = _pool_child(services, second.id, worker)
+            finally:
+                gate.rollback()
+                gate.close()
+            assert {first_child, second_child} == set(children_of(worker.pid)) and child in (first_child, second_child)
+            for done, moment in ((first.get(timeout=30), at), (second.get(timeout=30), later)):
+                [run] = services.pg("SELECT * FROM rule_runs WHERE rule_id = %s AND scheduled_for = %s",
+                                    (other, naive(moment)))
+                assert (done["run_id"], done["status"]) == (str(run["id"]), "succeeded")
+                assert (run["status"], run["attempts"], run["entities"], run["matched"], run["alerts"]) == (
+                    "succeeded", 1, 3, 2, 2)
+                assert (len(data.evaluations(other, moment)), len(data.alerts(other, moment))) == (3, 2)
