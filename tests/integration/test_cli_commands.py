@@ -24,7 +24,8 @@ from psycopg.types.json import Jsonb
 
 from tests.conftest import PG_SERVER, RULESCTL, free_port
 
-COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "schema", "backfill", "bench", "demo-data", "up")
+COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "schema", "backfill", "bench", "load-bench",
+            "demo-data", "up")
 METRIC_COLUMNS = ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
                   "clicks", "conversions", "spend", "cpm", "ctr", "cvr"]
 ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
@@ -394,6 +395,36 @@ def test_bench_prints_the_figures_and_drops_its_scratch_databases(pg_url, migrat
         new = {name for name in new & _pg_bench_databases() if not _pg_in_use(name)}
     assert new == set()
     assert pg_rows(pg_url, "SELECT count(*) AS n FROM rules")[0]["n"] == 0
+
+
+@pytest.mark.slow
+def test_load_bench_runs_every_rule_once_per_fire_time_and_cleans_up(pg_url, migrated_ch_url, clickhouse_local):
+    before = {r["datname"] for r in pg_rows(PG_SERVER, "SELECT datname FROM pg_database")}
+
+    process = rulesctl("load-bench", "--rules", "6", "--orgs", "2", "--campaigns", "60", "--minutes", "1",
+                       "--redis-db", "4", "--json", pg=pg_url, ch=migrated_ch_url, timeout=400,
+                       REDIS_URL="redis://127.0.0.1:6379/0")
+
+    assert process.returncode == 0, process.stderr
+    figures = json.loads(process.stdout.splitlines()[-1])
+    assert {k: figures[k] for k in ("rules", "orgs", "fire_times", "runs_expected", "runs_succeeded", "runs_failed",
+                                    "runs_missing", "runs_doubled")} == {
+        "rules": 6, "orgs": 2, "fire_times": 1, "runs_expected": 6, "runs_succeeded": 6, "runs_failed": 0,
+        "runs_missing": 0, "runs_doubled": 0}
+    assert 0 < figures["lag_median_s"] <= figures["lag_p99_s"] <= figures["lag_max_s"]
+    assert {"worker", "beat", "worker child 1", "worker child 2"} <= set(figures["peak_rss_mb"])
+    after = {r["datname"] for r in pg_rows(PG_SERVER, "SELECT datname FROM pg_database")}
+    assert not {name for name in after - before if name.startswith("rules_load_")}
+    client = clickhouse_local.client()
+    try:
+        assert client.query("SELECT count() FROM system.databases WHERE name LIKE 'rules_load_%'").result_rows == [(0,)]
+    finally:
+        client.close()
+
+
+def test_load_bench_refuses_more_organizations_than_rules():
+    assert "--orgs: must not be more than --rules" in assert_one_line_error(
+        rulesctl("load-bench", "--rules", "2", "--orgs", "3"), 2)
 
 
 # --- demo-data ----------------------------------------------------------------------------------------------------
