@@ -329,18 +329,32 @@ class RuleRunner:
         if run.rule.conditions.source != CAMPAIGN_METRICS:
             return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
                     for entity_id, results in matched]
-        identities = {}
-        if matched:
-            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
-            identities = {row["entity_id"]: row for row in self._clickhouse.rows(
-                "campaign_identities", org_id=rule_row["org_id"], entity_ids=[entity_id for entity_id, _ in matched],
-                first=earliest, last=run.bounds.last)}
+        identities = self._campaign_identities(run, rule_row["org_id"], [entity_id for entity_id, _ in matched])
         entities = []
         for entity_id, results in matched:
             identity = identities.get(entity_id, {})
             entities.append(Entity("campaign", entity_id, identity.get("entity_name", entity_id), results,
                                    identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
         return entities
+
+    def _campaign_identities(self, run: _Run, org_id: int, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Name, DSP and advertiser of each campaign on its latest date with data in the window or the previous one.
+
+        Most matched campaigns have data on the window's last day, so that day alone is read first; the whole
+        range is read only for the campaigns it does not have.
+        """
+        assert run.bounds is not None
+        if not ids:
+            return {}
+        last = run.bounds.last
+        found = {row["entity_id"]: row for row in self._clickhouse.rows(
+            "campaign_identities", org_id=org_id, entity_ids=ids, first=last, last=last)}
+        missing = [entity_id for entity_id in ids if entity_id not in found]
+        if missing:
+            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+            found.update({row["entity_id"]: row for row in self._clickhouse.rows(
+                "campaign_identities", org_id=org_id, entity_ids=missing, first=earliest, last=last)})
+        return found
 
     def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
                          at: datetime) -> list[Entity]:
