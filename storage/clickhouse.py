@@ -138,10 +138,11 @@ class ClickHouse:
                 for block in stream:
                     yield [dict(zip(names, row)) for row in block]
 
-    def command(self, sql: str, parameters: dict[str, Any] | None = None, *, what: str = "statement") -> Any:
-        """Runs a statement that returns no rows (DDL, INSERT ... SELECT)."""
+    def command(self, sql: str, parameters: dict[str, Any] | None = None, *, what: str = "statement",
+                settings: dict[str, Any] | None = None) -> Any:
+        """Runs a statement that returns no rows (DDL, INSERT ... SELECT), with extra query `settings` if given."""
         with translated_errors(self.target, what):
-            return self._client.command(sql, parameters=parameters)
+            return self._client.command(sql, parameters=parameters, settings=settings)
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         """Inserts rows into `table` of this database."""

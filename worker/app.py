@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.queues import NOTIFICATIONS_QUEUE, RULES_QUEUE
 from worker.settings import ConfigurationError, settings
@@ -23,7 +23,7 @@ app.conf.update(
     result_expires=24 * 3600,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
-    task_queues=(Queue(RULES_QUEUE), Queue(NOTIFICATIONS_QUEUE)),
+    task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in (RULES_QUEUE, NOTIFICATIONS_QUEUE)),
     task_default_queue=RULES_QUEUE,
     task_routes={"notifications.deliver": {"queue": NOTIFICATIONS_QUEUE}},
     task_acks_late=True,

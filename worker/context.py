@@ -54,7 +54,8 @@ def open_runner() -> Iterator[RuleRunner]:
     with open_stores() as (postgres, clickhouse):
         config = settings()
         yield RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
-                         send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds)
+                         send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
+                         time_limit_seconds=config.run_time_limit_seconds)
 
 
 _shared_runner: RuleRunner | None = None
@@ -71,6 +72,7 @@ def shared_runner() -> RuleRunner:
             allowed_hosts=config.notify_allowed_hosts,
             send_deliveries=send_deliveries,
             lease_seconds=config.run_lease_seconds,
+            time_limit_seconds=config.run_time_limit_seconds,
         )
     return _shared_runner
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from engine.compiler import compile_logic, logic_variables, top_level_conditions
 from engine.errors import NotCompilable, RuleError
 from engine.fields import CAMPAIGN_METRICS
@@ -121,14 +123,17 @@ class RuleRunner:
 
     def __init__(self, postgres: Postgres, clickhouse: ClickHouse, *, allowed_hosts: frozenset[str] = frozenset(),
                  send_deliveries: Callable[[list[int]], None] | None = None,
-                 lease_seconds: int = DEFAULT_LEASE_SECONDS, interpreter_only: bool = False) -> None:
+                 lease_seconds: int = DEFAULT_LEASE_SECONDS, time_limit_seconds: int | None = None,
+                 interpreter_only: bool = False) -> None:
         """`send_deliveries` hands a run's pending delivery ids to their sender (notifications.deliver); without
-        it they stay pending in PostgreSQL until beat's sweeper sends them."""
+        it they stay pending in PostgreSQL until beat's sweeper sends them. With `time_limit_seconds`, the run's
+        evaluation statement may use only what is left of that limit, so ClickHouse stops it when the run stops."""
         self._postgres = postgres
         self._clickhouse = clickhouse
         self._allowed_hosts = allowed_hosts
         self._send_deliveries = send_deliveries
         self._lease_seconds = lease_seconds
+        self._time_limit_seconds = time_limit_seconds
         self._interpreter_only = interpreter_only
 
     def run(self, request: RunRequest) -> dict[str, Any]:
@@ -161,7 +166,11 @@ class RuleRunner:
             self._advance(run, rule_row, at)
         except (RuleError, StorageError) as error:
             self._transition(run, RunState.FAILED, str(error), error=str(error))
-        except Exception as error:  # a time limit or a bug: the run still ends failed, saying what stopped it
+        except SoftTimeLimitExceeded:
+            reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
+                      "(RUN_TIME_LIMIT_SECONDS) and was stopped")
+            self._transition(run, RunState.FAILED, reason, error=reason)
+        except Exception as error:  # a bug: the run still ends failed, saying what stopped it
             reason = f"the run stopped: {type(error).__name__}: {error}".rstrip(": ")
             self._transition(run, RunState.FAILED, reason, error=reason)
         return summary(run.row)
@@ -238,7 +247,8 @@ class RuleRunner:
         if compiled is not None:
             statement = evaluation_insert(entities, compiled, run.rule.conditions.source, org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
                                           eval_time=at, started_at=started)
-            self._clickhouse.command(statement.sql, statement.parameters, what="the rule's evaluation")
+            self._clickhouse.command(statement.sql, statement.parameters, what="the rule's evaluation",
+                                     settings=self._statement_budget(run))
         else:
             # Evaluated while the rows stream in; written after, since a chdb client can't insert mid-stream.
             evaluated = [result for batch in self._interpreted(run, entities) for result in batch]
@@ -249,6 +259,13 @@ class RuleRunner:
                      elapsed_ms] for entity_id, matched, results in evaluated[start:start + _INSERT_BATCH_ROWS]
                 ], _EVALUATION_COLUMNS)
         return self._read_outcome(run, keys)
+
+    def _statement_budget(self, run: _Run) -> dict[str, int] | None:
+        """ClickHouse's max_execution_time for a statement starting now: what is left of the run's time limit."""
+        if self._time_limit_seconds is None:
+            return None
+        left = self._time_limit_seconds - (time.monotonic() - run.started)
+        return {"max_execution_time": max(1, int(left))}
 
     def _read_outcome(self, run: _Run, keys: Mapping[str, Any]) -> int:
         """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations."""

@@ -175,10 +175,12 @@ class Services:
     _redis: Any = None
     _client: Any = None
     _ch_raw: Any = None
+    # The Redis server (URL without a database number); a test that stops Redis passes one of its own.
+    redis_server: str = REDIS_SERVER
 
     @property
     def redis_url(self) -> str:
-        return f"{REDIS_SERVER}/{self.redis_db}"
+        return f"{self.redis_server.rstrip('/')}/{self.redis_db}"
 
     @property
     def lease_seconds(self) -> int:
@@ -339,12 +341,14 @@ def three_campaigns(data: RunEnv, org_id: int) -> None:
 
 @contextmanager
 def services_on(pg_url: str, ch_url: str, redis_db: int, logs: Path, time_limit: int = 10,
-                env: dict[str, str] | None = None) -> Iterator[Services]:
+                env: dict[str, str] | None = None, redis_server: str | None = None) -> Iterator[Services]:
     """Services on the given databases and Redis number (flushed before and after); every process killed after.
 
-    `env` adds settings (SMTP_URL, NOTIFY_ALLOWED_HOSTS, ...) to every process started."""
+    `env` adds settings (SMTP_URL, NOTIFY_ALLOWED_HOSTS, ...) to every process started; `redis_server` (a
+    `redis://host:port` URL) replaces the shared Redis server."""
     logs.mkdir(parents=True, exist_ok=True)
-    services = Services(pg_url, ch_url, redis_db, logs, time_limit, dict(env or {}))
+    services = Services(pg_url, ch_url, redis_db, logs, time_limit, dict(env or {}),
+                        redis_server=redis_server or REDIS_SERVER)
     services.flush_redis()
     try:
         yield services
