@@ -25,6 +25,23 @@ if os.environ.get("CI"):
 
 REPO = Path(__file__).resolve().parent.parent
 RULESCTL = str(Path(sys.executable).with_name("rulesctl"))
+# Runs made in-process or by `rulesctl run` queue their deliveries: on a Redis database of the tests' own, never
+# on database 0 where a developer's service may be listening.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/3"
+os.environ["REDIS_URL"] = TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _empty_test_redis_database():
+    """Flushes the tests' Redis database after the session (queued deliveries of finished tests)."""
+    yield
+    import redis
+
+    try:
+        with redis.Redis.from_url(TEST_REDIS_URL) as client:
+            client.flushdb()
+    except redis.RedisError:
+        pass
 
 
 def free_port() -> int:

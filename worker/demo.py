@@ -42,10 +42,15 @@ def demo_rules() -> list[dict]:
     """The demo's rules: name, module, conditions and actions."""
     notify = {"channels": ["in_app", "email"], "roles": ["owner", "admin", "member"]}
     return [
+        # Every channel: example.com is reserved for examples, so its posts fail and show retries in `deliveries`
+        # until the URLs are pointed at a real Slack incoming webhook and receiver.
         {"name": "Overspend yesterday", "module": "alerts",
          "conditions": {"window": "yesterday", "schedule": "* * * * *",
                         "logic": {">": [{"var": "spend"}, 1000]}},
-         "actions": {"severity": "critical", "cooldown_minutes": 60, "notify": notify}},
+         "actions": {"severity": "critical", "cooldown_minutes": 60, "notify_on_resolve": True,
+                     "notify": {**notify, "channels": ["in_app", "email", "slack", "webhook"],
+                                "slack_webhook_url": "https://example.com/demo/slack",
+                                "webhook_url": "https://example.com/demo/webhook"}}},
         {"name": "CTR collapsed week over week", "module": "alerts",
          "conditions": {"window": "last_7_days", "compare_to": "previous_period", "schedule": "*/5 * * * *",
                         "logic": {"and": [{">": [{"var": "impressions"}, 50000]},

@@ -402,8 +402,7 @@ def test_load_bench_runs_every_rule_once_per_fire_time_and_cleans_up(pg_url, mig
     before = {r["datname"] for r in pg_rows(PG_SERVER, "SELECT datname FROM pg_database")}
 
     process = rulesctl("load-bench", "--rules", "6", "--orgs", "2", "--campaigns", "60", "--minutes", "1",
-                       "--redis-db", "4", "--json", pg=pg_url, ch=migrated_ch_url, timeout=400,
-                       REDIS_URL="redis://127.0.0.1:6379/0")
+                       "--redis-db", "4", "--json", pg=pg_url, ch=migrated_ch_url, timeout=400)
 
     assert process.returncode == 0, process.stderr
     figures = json.loads(process.stdout.splitlines()[-1])
