@@ -1,4 +1,5 @@
-"""Fixtures for the rule-run tests: real PostgreSQL and the embedded ClickHouse, data inserted with plain SQL.
+"""Fixtures for the rule-run tests (a pytest plugin, loaded by pyproject.toml's addopts): real PostgreSQL and the
+embedded ClickHouse, data inserted with plain SQL.
 
 Everything read back (rule_runs, audit_logs, rule_evaluations, alert_events) is read with plain SQL through
 psycopg and a clickhouse-connect client of its own, never through the product's storage layer.

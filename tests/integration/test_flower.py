@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from tests.conftest import RULESCTL, free_port
-from tests.integration.runs_support import _module_pg_url, env, fresh_pg_url  # noqa: F401  (fixtures)
 
 REDIS_DB = 9
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import RULESCTL
-from tests.integration.runs_support import _module_pg_url, env, fresh_pg_url  # noqa: F401  (fixtures)
 from worker.runner import RuleRunner, RunRequest
 
 T = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0) - timedelta(days=2)

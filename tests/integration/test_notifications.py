@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.integration.receivers import HttpReceiver, SmtpReceiver, self_signed_certificate
-from tests.integration.runs_support import _module_pg_url, env, fresh_pg_url  # noqa: F401  (fixtures)
 from worker.channels import DeliveryFailed, checked_address
 from worker.deliveries import deliver
 from worker.runner import RuleRunner, RunRequest

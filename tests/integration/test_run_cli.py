@@ -14,7 +14,6 @@ import uuid
 import pytest
 
 from tests.conftest import RULESCTL
-from tests.integration.runs_support import _module_pg_url, env, fresh_pg_url  # noqa: F401  (fixtures)
 from tests.integration.test_runs import SPEND_AND_CTR, SUMMARY_KEYS, T, yesterday_data
 
 AT = T.strftime("%Y-%m-%dT%H:%M:%SZ")

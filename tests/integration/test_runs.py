@@ -19,7 +19,7 @@ import pytest
 from engine.compiler import compile_logic
 from engine.errors import NotCompilable
 from engine.fields import field_types
-from tests.integration.runs_support import _module_pg_url, ch_text, env, fresh_pg_url  # noqa: F401  (fixtures)
+from tests.integration.runs_support import ch_text
 from worker.runner import BadRunRequest, RuleNotFound
 
 NEW_YORK = ZoneInfo("America/New_York")
