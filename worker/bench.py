@@ -11,6 +11,9 @@ import json
 import resource
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
@@ -119,11 +122,22 @@ def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, 
     return seconds
 
 
-def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> dict:
-    """Runs the benchmark on scratch databases beside the configured ones; returns the figures of CONTRACT §8."""
-    suffix = uuid.uuid4().hex[:10]
-    pg_url = scratch_url(config.database_url, f"rules_bench_{suffix}")
-    ch_url = scratch_url(config.clickhouse_url, f"rules_bench_{suffix}")
+@dataclass(frozen=True)
+class ScratchStores:
+    """Migrated scratch databases beside the configured ones: their URLs and open clients."""
+
+    name: str
+    pg_url: str
+    ch_url: str
+    postgres: Postgres
+    clickhouse: ClickHouse
+
+
+@contextmanager
+def scratch_stores(config: Settings, prefix: str) -> Iterator[ScratchStores]:
+    """A PostgreSQL and a ClickHouse database named `<prefix>_<random>`, migrated, dropped when the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    pg_url, ch_url = scratch_url(config.database_url, name), scratch_url(config.clickhouse_url, name)
     ensure_postgres_database(pg_url)
     postgres = Postgres(pg_url)
     clickhouse = None
@@ -132,6 +146,19 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         ensure_clickhouse_database(ch_url)
         migrate_clickhouse(ch_url)
         clickhouse = ClickHouse(ch_url)
+        yield ScratchStores(name, pg_url, ch_url, postgres, clickhouse)
+    finally:
+        postgres.close()
+        if clickhouse is not None:
+            clickhouse.close()
+        drop_postgres_database(pg_url)
+        drop_clickhouse_database(ch_url)
+
+
+def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> dict:
+    """Runs the benchmark on scratch databases beside the configured ones; returns the figures of CONTRACT §8."""
+    with scratch_stores(config, "rules_bench") as stores:
+        postgres, clickhouse, suffix = stores.postgres, stores.clickhouse, stores.name
         at = datetime.now(UTC).replace(microsecond=0)
         with postgres.transaction() as tx:
             org_id = tx.one("insert_organization", name="bench", slug=f"bench-{suffix}", timezone=BENCH_TIMEZONE,
@@ -144,12 +171,6 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         engine_s, evaluations = _timed_runs(RuleRunner(postgres, clickhouse), sql_ids, at, "sql path")
         interpreter_s, interpreted = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
                                                  interpreter_ids, at, "interpreter")
-    finally:
-        postgres.close()
-        if clickhouse is not None:
-            clickhouse.close()
-        drop_postgres_database(pg_url)
-        drop_clickhouse_database(ch_url)
     sql_rate = evaluations / engine_s if engine_s else 0.0
     interpreter_rate = interpreted / interpreter_s if interpreter_s else 0.0
     return {

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -26,13 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from storage.clickhouse import ClickHouse
-from storage.migrations import (drop_clickhouse_database, drop_postgres_database, ensure_clickhouse_database,
-                                ensure_postgres_database, migrate_clickhouse, migrate_postgres)
 from storage.postgres import Postgres
-from worker.bench import RULE_TEMPLATES, load_metrics, scratch_url
+from worker.bench import RULE_TEMPLATES, load_metrics, scratch_stores
 from worker.errors import CommandFailed
 from worker.progress import ProgressBar
 from worker.settings import Settings
+from worker.supervisor import stop_process_group
 
 TIMEZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo")
 METRIC_DAYS = 8
@@ -84,16 +81,6 @@ def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _lag_figures(postgres: Postgres, first: datetime, last: datetime, rules: int) -> dict:
     rows = postgres.all("load_bench_runs", first=first.replace(tzinfo=None), last=last.replace(tzinfo=None))
     minutes = int((last - first).total_seconds() // 60) + 1
@@ -120,45 +107,51 @@ def _lag_figures(postgres: Postgres, first: datetime, last: datetime, rules: int
 def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, minutes: int,
                    redis_db: int) -> dict:
     """Runs the load benchmark on scratch databases and Redis database `redis_db` (flushed before and after)."""
-    suffix = uuid.uuid4().hex[:10]
-    pg_url = scratch_url(config.database_url, f"rules_load_{suffix}")
-    ch_url = scratch_url(config.clickhouse_url, f"rules_load_{suffix}")
     redis_url = _redis_url(config.redis_url, redis_db)
     broker = redis.Redis.from_url(redis_url)
     logs = Path(tempfile.mkdtemp(prefix="rules-load-"))
-    env = dict(os.environ, DATABASE_URL=pg_url, CLICKHOUSE_URL=ch_url, REDIS_URL=redis_url,
-               REMAP_SIGTERM="SIGQUIT", PYTHONUNBUFFERED="1")
     celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
     processes: list[subprocess.Popen] = []
-    ensure_postgres_database(pg_url)
-    postgres = Postgres(pg_url)
-    clickhouse = None
+    peaks: dict[str, float] = {}
     try:
-        migrate_postgres(pg_url)
-        ensure_clickhouse_database(ch_url)
-        migrate_clickhouse(ch_url)
-        clickhouse = ClickHouse(ch_url)
-        _populate(postgres, clickhouse, orgs, rules, campaigns, suffix)
+        with scratch_stores(config, "rules_load") as stores:
+            env = dict(os.environ, DATABASE_URL=stores.pg_url, CLICKHOUSE_URL=stores.ch_url, REDIS_URL=redis_url,
+                       REMAP_SIGTERM="SIGQUIT", PYTHONUNBUFFERED="1")
+            _populate(stores.postgres, stores.clickhouse, orgs, rules, campaigns, stores.name)
+            broker.flushdb()
+            worker = _start([*celery, "worker", "-Q", "rules", "-c", "2", "--without-mingle", "--without-gossip",
+                             "--loglevel", "WARNING", "--hostname", f"{stores.name}@%h"], env, logs / "worker.log")
+            processes.append(worker)
+            time.sleep(5)  # the worker forks its pool and connects before beat sends anything
+            beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")], env,
+                          logs / "beat.log")
+            processes.append(beat)
+            first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+            last = first + timedelta(minutes=minutes - 1)
+            _watch(stores.postgres, worker, beat, first, last, rules * minutes, peaks, logs)
+            figures = _lag_figures(stores.postgres, first, last, rules)
+            for process in reversed(processes):
+                stop_process_group(process)
+    finally:
+        for process in reversed(processes):
+            stop_process_group(process)
         broker.flushdb()
-        worker = _start([*celery, "worker", "-Q", "rules", "-c", "2", "--without-mingle", "--without-gossip",
-                         "--loglevel", "WARNING", "--hostname", f"load-{suffix}@%h"], env, logs / "worker.log")
-        processes.append(worker)
-        time.sleep(5)  # the worker forks its pool and connects before beat sends anything
-        beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")], env,
-                      logs / "beat.log")
-        processes.append(beat)
-        now = datetime.now(UTC)
-        first = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        last = first + timedelta(minutes=minutes - 1)
-        peaks: dict[str, float] = {}
-        bar = ProgressBar("fire times", minutes)
-        counted = 0
-        deadline = last + timedelta(seconds=2)
-        drained_by = last + timedelta(seconds=DRAIN_SECONDS)
-        while datetime.now(UTC) < drained_by:
-            for process in processes:
-                if process.poll() is not None:
-                    raise CommandFailed(f"a service process stopped (exit {process.returncode}); see {logs}")
+        broker.close()
+    return {"rules": rules, "orgs": orgs, "campaigns": campaigns, "minutes": minutes, **figures,
+            "peak_rss_mb": {role: round(mb, 1) for role, mb in peaks.items()}, "logs": str(logs)}
+
+
+def _watch(postgres: Postgres, worker: subprocess.Popen, beat: subprocess.Popen, first: datetime, last: datetime,
+           expected: int, peaks: dict[str, float], logs: Path) -> None:
+    """Samples the processes' memory every second until beat has sent `last` and every run through it is
+    finished (or DRAIN_SECONDS have passed since `last`); stops beat after `last`."""
+    minutes = int((last - first).total_seconds() // 60) + 1
+    bar = ProgressBar("fire times", minutes)
+    counted = 0
+    try:
+        while datetime.now(UTC) < last + timedelta(seconds=DRAIN_SECONDS):
+            if worker.poll() is not None:
+                raise CommandFailed(f"the worker stopped (exit {worker.returncode}); see {logs}")
             roles = {"worker": worker.pid, "beat": beat.pid}
             roles.update({f"worker child {i + 1}": pid for i, pid in enumerate(sorted(_children(worker.pid)))})
             for role, pid in roles.items():
@@ -167,25 +160,12 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
             while counted < passed:
                 bar.advance()
                 counted += 1
-            if datetime.now(UTC) > deadline:
-                if beat.poll() is None:
-                    _stop(beat)
-                done = postgres.one("load_bench_unfinished", first=first.replace(tzinfo=None),
-                                    last=last.replace(tzinfo=None))
-                if done["runs"] >= rules * minutes and done["unfinished"] == 0:
-                    break
+            if datetime.now(UTC) > last + timedelta(seconds=2):
+                stop_process_group(beat)
+                progress = postgres.one("load_bench_unfinished", first=first.replace(tzinfo=None),
+                                        last=last.replace(tzinfo=None))
+                if progress["runs"] >= expected and progress["unfinished"] == 0:
+                    return
             time.sleep(1)
-        bar.close()
-        figures = _lag_figures(postgres, first, last, rules)
     finally:
-        for process in reversed(processes):
-            _stop(process)
-        broker.flushdb()
-        broker.close()
-        postgres.close()
-        if clickhouse is not None:
-            clickhouse.close()
-        drop_postgres_database(pg_url)
-        drop_clickhouse_database(ch_url)
-    return {"rules": rules, "orgs": orgs, "campaigns": campaigns, "minutes": minutes, **figures,
-            "peak_rss_mb": {role: round(mb, 1) for role, mb in peaks.items()}, "logs": str(logs)}
+        bar.close()

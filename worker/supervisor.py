@@ -141,3 +141,14 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             process.wait()
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stops a process started in a session of its own: SIGTERM to its group, SIGKILL after `grace` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

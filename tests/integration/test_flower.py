@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from tests.conftest import RULESCTL, free_port
+from worker.supervisor import stop_process_group
 
 REDIS_DB = 9
 
@@ -21,16 +21,6 @@ REDIS_DB = 9
 def _get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as answer:
         return json.loads(answer.read())
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_flower_lists_each_run_with_name_arguments_state_and_runtime(env, tmp_path):
@@ -80,6 +70,6 @@ def test_flower_lists_each_run_with_name_arguments_state_and_runtime(env, tmp_pa
         assert task["runtime"] is not None and task["runtime"] > 0
         assert summary["run_id"] in task["result"]
     finally:
-        _stop(flower)
-        _stop(worker)
+        stop_process_group(flower)
+        stop_process_group(worker)
         redis.Redis.from_url(redis_url).flushdb()
