@@ -401,3 +401,13 @@ def test_an_entity_that_stops_matching_gets_one_resolved_notice(env):
     assert (second["matched"], second["alerts"], third["alerts"]) == (1, 1, 1)
     states = env.pg("SELECT entity_id, firing FROM alert_states WHERE rule_id = %s ORDER BY entity_id", (rule,))
     assert [(s["entity_id"], s["firing"]) for s in states] == [("c1", False), ("c2", True)]
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.5/hook", "http://169.254.169.254/latest/meta-data/",
+                                 "http://[fe80::1]/hook", "http://[::ffff:127.0.0.1]/hook", "http://0x7f.1/hook",
+                                 "https://localhost/hook"])
+def test_a_private_address_is_refused_at_send_time_when_no_longer_allowed(url):
+    with pytest.raises(DeliveryFailed) as refused:
+        checked_address(url, frozenset())
+
+    assert refused.value.permanent and "not a public address" in str(refused.value)
