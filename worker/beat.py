@@ -87,12 +87,14 @@ class RuleScheduler(Scheduler):
         self._swept_at = time.monotonic()
 
     def _send_task(self, name: str, args: tuple, kwargs: dict) -> None:
-        self.app.send_task(name, args=args, kwargs=kwargs)
+        # Nobody waits for the result of a task beat sends: not subscribing to it keeps a send from blocking in
+        # the result backend's reconnect loop while Redis is down.
+        self.app.send_task(name, args=args, kwargs=kwargs, ignore_result=True)
 
     def _send(self, rule: ScheduledRule, due: datetime) -> None:
         scheduled_for = due.strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            self.app.send_task("rules.evaluate", args=(rule.rule_id,), kwargs={"scheduled_for": scheduled_for})
+            self._send_task("rules.evaluate", (rule.rule_id,), {"scheduled_for": scheduled_for})
         except Exception as error:  # the broker is down: try again next tick, nothing is marked as sent
             log.warning("could not send rule %s at %s: %s", rule.rule_id, scheduled_for, error)
             return

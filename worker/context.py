@@ -21,7 +21,7 @@ def send_deliveries(delivery_ids: list[int]) -> None:
 
     try:
         for delivery_id in delivery_ids:
-            app.send_task("notifications.deliver", args=(delivery_id,))
+            app.send_task("notifications.deliver", args=(delivery_id,), ignore_result=True)
     except Exception as error:
         log.warning("could not queue %d deliveries now; beat will send them: %s", len(delivery_ids), error)
 

@@ -10,6 +10,7 @@ recorded state; before rewriting a stage it deletes whatever that stage may have
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,11 +29,13 @@ from engine.query import (CONDITIONS_KEY, ENTITY_ID, ENTITY_TYPE, Statement, ent
 from engine.run_states import RunState, check_transition, reached
 from engine.windows import WindowBounds, resolve_window
 from storage.clickhouse import ClickHouse
-from storage.errors import StorageError
+from storage.errors import DatabaseUnavailable, StorageError
 from storage.postgres import Postgres, Transaction
 from worker.audience import Entity, audience
 from worker.deliveries import record_deliveries
 from worker.messages import RunNotice
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 180  # the default time limit (120 s) plus a margin past the hard limit
 # A run whose process was lost this many times (killed, or stopped at the hard time limit) is failed, not retried.
@@ -142,6 +145,7 @@ class RuleRunner:
         Raises RuleNotFound (RuleNotScheduled for a scheduled run of a disabled rule) or BadRunRequest before
         writing anything when the request is wrong or moot. A repeated
         (rule, T) returns the existing run's summary without writing; a rule that fails gives a `failed` summary.
+        Raises DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
         if not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1):
@@ -164,16 +168,35 @@ class RuleRunner:
             return summary(run.row)
         try:
             self._advance(run, rule_row, at)
-        except (RuleError, StorageError) as error:
-            self._transition(run, RunState.FAILED, str(error), error=str(error))
+        except DatabaseUnavailable:
+            # The run stays `running` as it is: once its lease expires, the retried task (or beat's sweeper) takes
+            # it over and finishes it, after deleting whatever its interrupted stage wrote.
+            raise
         except SoftTimeLimitExceeded:
+            # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
             reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
                       "(RUN_TIME_LIMIT_SECONDS) and was stopped")
             self._transition(run, RunState.FAILED, reason, error=reason)
+        except (RuleError, StorageError) as error:
+            self._fail(run, rule_row, at, str(error))
         except Exception as error:  # a bug: the run still ends failed, saying what stopped it
-            reason = f"the run stopped: {type(error).__name__}: {error}".rstrip(": ")
-            self._transition(run, RunState.FAILED, reason, error=reason)
+            self._fail(run, rule_row, at, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
         return summary(run.row)
+
+    def _fail(self, run: _Run, rule_row: Mapping[str, Any], at: datetime, reason: str) -> None:
+        """Records `run` as failed; rows its evaluation stage wrote before the failure are deleted (best effort),
+        so that a failed run leaves no evaluations its summary does not count."""
+        stage = run.state
+        self._transition(run, RunState.FAILED, reason, error=reason)
+        if run.row["dry_run"] or stage not in (RunState.COMPILED, RunState.EVALUATED):
+            return
+        keys = self._scope(rule_row, at)
+        try:
+            self._clickhouse.command_named("delete_evaluations", **keys)
+            self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
+                                           alert_time=keys["eval_time"])
+        except StorageError as error:
+            log.warning("run %s failed and its rows could not be deleted: %s", run.id, error)
 
     def _claim(self, request: RunRequest, rule_row: dict[str, Any], at: datetime) -> _Run | None:
         """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""
