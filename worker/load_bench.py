@@ -33,7 +33,9 @@ from worker.supervisor import stop_process_group
 
 TIMEZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo")
 METRIC_DAYS = 8
-DRAIN_SECONDS = 180
+DRAIN_SECONDS = 300
+# Beat is stopped this long after the last measured fire time: it has sent that one, and not the next.
+BEAT_GRACE = timedelta(seconds=45)
 
 
 def _redis_url(url: str, database: int) -> str:
@@ -123,10 +125,12 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
                              "--loglevel", "WARNING", "--hostname", f"{stores.name}@%h"], env, logs / "worker.log")
             processes.append(worker)
             time.sleep(5)  # the worker forks its pool and connects before beat sends anything
+            # Created now, the rules have no fire time before the next minute: beat starts with no backlog.
+            first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+            stores.postgres.execute("load_bench_rules_created_now")
             beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")], env,
                           logs / "beat.log")
             processes.append(beat)
-            first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
             last = first + timedelta(minutes=minutes - 1)
             _watch(stores.postgres, worker, beat, first, last, rules * minutes, peaks, logs)
             figures = _lag_figures(stores.postgres, first, last, rules)
@@ -143,8 +147,8 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
 
 def _watch(postgres: Postgres, worker: subprocess.Popen, beat: subprocess.Popen, first: datetime, last: datetime,
            expected: int, peaks: dict[str, float], logs: Path) -> None:
-    """Samples the processes' memory every second until beat has sent `last` and every run through it is
-    finished (or DRAIN_SECONDS have passed since `last`); stops beat after `last`."""
+    """Samples the processes' memory every second until every run through `last` is finished (or DRAIN_SECONDS
+    have passed since `last`); stops beat BEAT_GRACE after `last`."""
     minutes = int((last - first).total_seconds() // 60) + 1
     bar = ProgressBar("fire times", minutes)
     counted = 0
@@ -160,7 +164,7 @@ def _watch(postgres: Postgres, worker: subprocess.Popen, beat: subprocess.Popen,
             while counted < passed:
                 bar.advance()
                 counted += 1
-            if datetime.now(UTC) > last + timedelta(seconds=2):
+            if datetime.now(UTC) > last + BEAT_GRACE:
                 stop_process_group(beat)
                 progress = postgres.one("load_bench_unfinished", first=first.replace(tzinfo=None),
                                         last=last.replace(tzinfo=None))

@@ -272,3 +272,6 @@ WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
 SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'running') AS unfinished
 FROM rule_runs
 WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
+
+-- name: load_bench_rules_created_now
+UPDATE rules SET created_at = now();
