@@ -73,21 +73,6 @@ class RunRequest:
     triggered_by: int | None = None
 
 
-@dataclass(frozen=True)
-class Match:
-    """A matched entity as the run reads it back: its evaluation, its identity (campaigns on the window's last
-    day; `identified` is False when that day has no row for it) and whether it is in the rule's cooldown."""
-
-    entity_id: str
-    results: str
-    entity_type: str
-    identified: bool
-    entity_name: str
-    dsp_type: str
-    advertiser_id: str
-    cooling: bool
-
-
 @dataclass
 class _Run:
     """The run in hand: its `rule_runs` row and what the stages learned."""
@@ -96,7 +81,7 @@ class _Run:
     rule: Rule | None = None
     bounds: WindowBounds | None = None
     path: str | None = None
-    matched: list[Match] | None = None
+    matched: list[tuple[str, str]] | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -296,7 +281,7 @@ class RuleRunner:
                     [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], entity_id, int(matched), results,
                      elapsed_ms] for entity_id, matched, results in evaluated[start:start + _INSERT_BATCH_ROWS]
                 ], _EVALUATION_COLUMNS)
-        return self._read_outcome(run, rule_row, at)
+        return self._read_outcome(run, keys)
 
     def _statement_budget(self, run: _Run) -> dict[str, int] | None:
         """ClickHouse's max_execution_time for a statement starting now: what is left of the run's time limit."""
@@ -305,16 +290,10 @@ class RuleRunner:
         left = self._time_limit_seconds - (time.monotonic() - run.started)
         return {"max_execution_time": max(1, int(left))}
 
-    def _read_outcome(self, run: _Run, rule_row: Mapping[str, Any], at: datetime) -> int:
-        """Reads back the run's entity count and its matched entities (kept on `run`), in one query that also says
-        which are in cooldown and, for campaigns, their name, DSP and advertiser on the window's last day."""
-        assert run.rule is not None and run.bounds is not None
-        cooldown = timedelta(minutes=run.rule.actions.cooldown_minutes)
-        outcome = self._clickhouse.rows(
-            "run_matches", **self._scope(rule_row, at), campaigns=run.rule.conditions.source == CAMPAIGN_METRICS,
-            identity_day=run.bounds.last, since=utc_text(at - cooldown), until=utc_text(at))[0]
-        run.matched = [Match(entity_id, results, entity_type, bool(identified), name, dsp, advertiser, bool(hit))
-                       for entity_id, results, entity_type, identified, name, dsp, advertiser, hit in outcome["matched"]]
+    def _read_outcome(self, run: _Run, keys: Mapping[str, Any]) -> int:
+        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations."""
+        outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
+        run.matched = [(entity_id, results) for entity_id, results in outcome["matched"]]
         return int(outcome["entities"])
 
     def _interpreted(self, run: _Run, entities: Statement) -> Iterator[list[tuple[str, bool, str]]]:
@@ -355,12 +334,11 @@ class RuleRunner:
             self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
                                            alert_time=keys["eval_time"])
         if run.matched is None:
-            self._read_outcome(run, rule_row, at)
+            self._read_outcome(run, keys)
         actions = run.rule.actions
         notifies = run.row["trigger"] != "backfill"
-        matches = run.matched or []
-        matched = self._matched_entities(run, rule_row, matches)
-        alerted = [entity for entity, match in zip(matched, matches) if not match.cooling]
+        matched = self._matched_entities(run, rule_row, run.matched or [])
+        alerted = self._out_of_cooldown(run, rule_row, matched, at)
         # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
         stored = [entity.without_nul() for entity in alerted]
         resolved = self._resolved(run, rule_row, matched, at) if notifies and actions.notify_on_resolve else []
@@ -384,29 +362,54 @@ class RuleRunner:
             self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(rows),
                              notified_users=notified, tx=tx)
 
-    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any], matches: list[Match]) -> list[Entity]:
-        """The matched entities, in the order of `matches`, with their names and, for campaigns, the DSP and
-        advertiser that grants are matched on: from the window's last day, or else from the campaign's latest date
-        with data in the window or the previous one."""
-        assert run.bounds is not None
-        unidentified = [m.entity_id for m in matches if m.entity_type == "campaign" and not m.identified]
-        latest = {}
-        if unidentified:
-            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
-            latest = {row["entity_id"]: row for row in self._clickhouse.rows(
-                "campaign_identities", org_id=rule_row["org_id"], entity_ids=unidentified, first=earliest,
-                last=run.bounds.last)}
+    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any],
+                          matched: list[tuple[str, str]]) -> list[Entity]:
+        """The matched entities with their names and, for campaigns, the DSP and advertiser grants are matched on."""
+        assert run.rule is not None and run.bounds is not None
+        if run.rule.conditions.source != CAMPAIGN_METRICS:
+            return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
+                    for entity_id, results in matched]
+        identities = self._campaign_identities(run, rule_row["org_id"], [entity_id for entity_id, _ in matched])
         entities = []
-        for m in matches:
-            if m.entity_type != "campaign":
-                entities.append(Entity(m.entity_type, m.entity_id, m.entity_id, m.results))
-            elif m.identified:
-                entities.append(Entity("campaign", m.entity_id, m.entity_name, m.results, m.dsp_type, m.advertiser_id))
-            else:
-                row = latest.get(m.entity_id, {})
-                entities.append(Entity("campaign", m.entity_id, row.get("entity_name", m.entity_id), m.results,
-                                       row.get("dsp_type", ""), row.get("advertiser_id", "")))
+        for entity_id, results in matched:
+            identity = identities.get(entity_id, {})
+            entities.append(Entity("campaign", entity_id, identity.get("entity_name", entity_id), results,
+                                   identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
         return entities
+
+    def _campaign_identities(self, run: _Run, org_id: int, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Name, DSP and advertiser of each campaign on its latest date with data in the window or the previous one.
+
+        Most matched campaigns have data on the window's last day, so that day alone is read first; the whole
+        range is read only for the campaigns it does not have.
+        """
+        assert run.bounds is not None
+        if not ids:
+            return {}
+        last = run.bounds.last
+        found = {row["entity_id"]: row for row in self._clickhouse.rows(
+            "campaign_identities", org_id=org_id, entity_ids=ids, first=last, last=last)}
+        missing = [entity_id for entity_id in ids if entity_id not in found]
+        if missing:
+            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+            found.update({row["entity_id"]: row for row in self._clickhouse.rows(
+                "campaign_identities", org_id=org_id, entity_ids=missing, first=earliest, last=last)})
+        return found
+
+    def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
+                         at: datetime) -> list[Entity]:
+        """The matched entities with no alert for this rule within the cooldown before T."""
+        assert run.rule is not None
+        cooldown = timedelta(minutes=run.rule.actions.cooldown_minutes)
+        if not cooldown or not matched:
+            return matched
+        cooling = {
+            (row["entity_type"], row["entity_id"])
+            for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
+                                             since=utc_text(at - cooldown), until=utc_text(at),
+                                             entity_ids=[entity.entity_id for entity in matched])
+        }
+        return [entity for entity in matched if entity.key not in cooling]
 
     def _resolved(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity], at: datetime) -> list[Entity]:
         """The entities firing before T (alerted and matching since) that no longer match."""

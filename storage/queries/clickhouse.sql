@@ -10,40 +10,12 @@ ORDER BY name;
 -- name: applied_migrations
 SELECT DISTINCT name FROM schema_migrations ORDER BY name;
 
--- name: run_matches
--- One read of a run's outcome: its entity count, and each matched entity with its entity type, whether an alert
--- of the rule for it lies in [since, until) (the cooldown), and, for campaigns ({campaigns:Bool}), the name, DSP
--- and advertiser on {identity_day:Date} (identified = 0 when the campaign has no row that day).
-WITH
-    typed AS (
-        SELECT entity_id, condition_results,
-               if({campaigns:Bool}, 'campaign', JSONExtractString(condition_results, 'entity_type')) AS entity_type
-        FROM rule_evaluations
-        WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID}
-          AND matched = 1
-    ),
-    identities AS (
-        SELECT campaign_id, argMax(campaign_name, date) AS entity_name, argMax(dsp_type, date) AS dsp_type,
-               argMax(advertiser_id, date) AS advertiser_id, 1 AS identified
-        FROM campaign_metrics_daily
-        WHERE {campaigns:Bool} AND org_id = {org_id:UInt32} AND date = {identity_day:Date}
-          AND campaign_id IN (SELECT entity_id FROM typed)
-        GROUP BY campaign_id
-    ),
-    cooling AS (
-        SELECT DISTINCT toString(entity_type) AS alerted_type, entity_id AS alerted_id, 1 AS hit
-        FROM alert_events
-        WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
-          AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
-    )
-SELECT
-    (SELECT count() FROM rule_evaluations
-     WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID}) AS entities,
-    arraySort(groupArray((t.entity_id, t.condition_results, t.entity_type, i.identified, i.entity_name, i.dsp_type,
-                          i.advertiser_id, c.hit))) AS matched
-FROM typed AS t
-LEFT JOIN identities AS i ON i.campaign_id = t.entity_id
-LEFT JOIN cooling AS c ON c.alerted_type = t.entity_type AND c.alerted_id = t.entity_id;
+-- name: evaluation_outcome
+-- The entity count of one run and its matched entities, in one read of the run's rows.
+SELECT count() AS entities,
+       arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched
+FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
 -- name: delete_evaluations
 DELETE FROM rule_evaluations
@@ -52,6 +24,13 @@ WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND r
 -- name: delete_alerts
 DELETE FROM alert_events
 WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+
+-- name: alerts_in_cooldown
+SELECT DISTINCT entity_type, entity_id
+FROM alert_events
+WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
+  AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
+  AND entity_id IN {entity_ids:Array(String)};
 
 -- name: campaign_identities
 -- Each campaign's name, DSP and advertiser on the latest date with data between first and last (the window and

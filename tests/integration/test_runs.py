@@ -628,17 +628,16 @@ def test_a_run_failing_after_its_evaluations_leaves_none_behind(env):
     org = env.org()
     yesterday_data(env, org)
     rule = env.rule(org, SPEND_AND_CTR)
-    # The evaluations are written, then reading back the matches (with the cooldown from alert_events) fails on a
-    # broken alert_events: a query error, not an outage.
+    # The evaluations are written, then the alert stage fails on a broken alert_events: a query error, not an outage.
     env.ch_raw.command("CREATE TABLE alert_events_broken (x UInt8) ENGINE = Memory")
     env.ch_raw.command("EXCHANGE TABLES alert_events AND alert_events_broken")
 
     result = env.run(rule, T)
 
     run = env.runs(rule)[0]
-    assert states(run) == ["claimed", "compiled", "failed"]
-    assert (result["status"], run["status"]) == ("failed", "failed")
-    assert "run_matches" in result["error"], result["error"]
+    assert states(run) == ["claimed", "compiled", "evaluated", "failed"]
+    assert (result["status"], run["status"], run["entities"], run["matched"]) == ("failed", "failed", 3, 1)
+    assert "alert_events" in result["error"], result["error"]
     assert env.count("rule_evaluations") == 0
 
 
