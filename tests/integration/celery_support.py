@@ -34,6 +34,8 @@ import redis
 from celery import Celery
 from psycopg.rows import dict_row
 
+from storage.migrations import ensure_clickhouse_database, migrate_clickhouse
+from tests.conftest import free_port, start_clickhouse_local, stop_process
 from tests.integration.runs_support import RunEnv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -387,3 +389,26 @@ def wait_for_pending_requests(port: int, count: int, timeout: float = 10) -> Non
         return done
 
     wait_until(settled, timeout, f"{count} requests waiting at port {port}", interval=0.2)
+
+
+@contextmanager
+def own_clickhouse(tmp_path: Path, database: str) -> Iterator[tuple[dict[str, Any], int, str]]:
+    """A migrated clickhouse-local of the test's own: ({"process": the current server}, its port, the
+    CLICKHOUSE_URL of `database`). A test may kill and replace server["process"]; the last one is stopped."""
+    port = free_port()
+    path = tmp_path / "clickhouse"
+    log = open(tmp_path / "clickhouse.log", "ab")
+    server = {"process": start_clickhouse_local(path, port, log=log), "path": path, "log": log}
+    try:
+        ch_url = f"http://default@127.0.0.1:{port}/{database}"
+        ensure_clickhouse_database(ch_url)
+        migrate_clickhouse(ch_url)
+        yield server, port, ch_url
+    finally:
+        process = server["process"]
+        try:
+            os.kill(process.pid, signal.SIGCONT)  # never leave the server stopped
+        except ProcessLookupError:
+            pass
+        stop_process(process)
+        log.close()

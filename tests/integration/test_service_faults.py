@@ -38,10 +38,10 @@ import psycopg
 import pytest
 import redis
 
-from storage.migrations import (ensure_clickhouse_database, ensure_postgres_database, migrate_clickhouse,
-                                migrate_postgres)
-from tests.conftest import free_port, start_clickhouse_local, stop_process
-from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, services_on, spend_rule,
+from storage.migrations import ensure_postgres_database, migrate_postgres
+from tests.conftest import free_port, start_clickhouse_local
+from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, own_clickhouse, services_on,
+                                              spend_rule,
                                               three_campaigns, utc_now, wait_for_pending_requests, wait_for_runs,
                                               wait_until)
 from tests.integration.runs_support import RunEnv, ch_text
@@ -357,29 +357,6 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresCluster]:
             if cluster.server_log.exists():
                 shutil.copyfile(cluster.server_log, tmp_path / "postgres-server.log")
             shutil.rmtree(root, ignore_errors=True)
-
-
-@contextmanager
-def own_clickhouse(tmp_path: Path, database: str) -> Iterator[tuple[dict[str, Any], int, str]]:
-    """A migrated clickhouse-local of the test's own: ({"process": the current server}, its port, the
-    CLICKHOUSE_URL of `database`). A test may kill and replace server["process"]; the last one is stopped."""
-    port = free_port()
-    path = tmp_path / "clickhouse"
-    log = open(tmp_path / "clickhouse.log", "ab")
-    server = {"process": start_clickhouse_local(path, port, log=log), "path": path, "log": log}
-    try:
-        ch_url = f"http://default@127.0.0.1:{port}/{database}"
-        ensure_clickhouse_database(ch_url)
-        migrate_clickhouse(ch_url)
-        yield server, port, ch_url
-    finally:
-        process = server["process"]
-        try:
-            os.kill(process.pid, signal.SIGCONT)  # never leave the server stopped
-        except ProcessLookupError:
-            pass
-        stop_process(process)
-        log.close()
 
 
 # --- 1. Redis down for 30 seconds ------------------------------------------------------------------------------------

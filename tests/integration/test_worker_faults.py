@@ -16,37 +16,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from storage.migrations import ensure_clickhouse_database, migrate_clickhouse
-from tests.conftest import free_port, start_clickhouse_local, stop_process
 from tests.integration.celery_support import (NO_COOLDOWN, Services, children_of, is_alive, iso, minute_floor,
-                                              naive, pending_requests, services_on, spend_rule, three_campaigns,
+                                              naive, own_clickhouse, pending_requests, services_on, spend_rule, three_campaigns,
                                               utc_now, wait_for_pending_requests, wait_for_runs, wait_until)
 from tests.integration.test_worker_beat import _blocks_someone, _gate, _lease_left, _pool_child, _run_row, _state_is
 
 TAKEN_OVER = "taken over after the lease expired"
-
-
-@contextmanager
-def own_clickhouse(tmp_path: Path, database: str) -> Iterator[tuple[object, int, str]]:
-    """A migrated clickhouse-local of the test's own: (its process, its port, the CLICKHOUSE_URL of `database`)."""
-    port = free_port()
-    with open(tmp_path / "clickhouse.log", "wb") as server_log:
-        server = start_clickhouse_local(tmp_path / "clickhouse", port, log=server_log)
-        try:
-            ch_url = f"http://default@127.0.0.1:{port}/{database}"
-            ensure_clickhouse_database(ch_url)
-            migrate_clickhouse(ch_url)
-            yield server, port, ch_url
-        finally:
-            os.kill(server.pid, signal.SIGCONT)  # never leave the server stopped
-            stop_process(server)
 
 
 def hold_in_first_clickhouse_statement(services: Services, server, port: int, worker, rule: str, org: int,
@@ -58,7 +37,7 @@ def hold_in_first_clickhouse_statement(services: Services, server, port: int, wo
         task = services.send("rules.evaluate", rule, scheduled_for=iso(at))
         child = _pool_child(services, task.id, worker)  # its runner (and ClickHouse client) is made by now
         wait_until(lambda: _blocks_someone(services, gate), 10, "the claim to wait", interval=0.05)
-        os.kill(server.pid, signal.SIGSTOP)
+        os.kill(server["process"].pid, signal.SIGSTOP)
     finally:
         gate.rollback()
         gate.close()
@@ -148,7 +127,7 @@ def test_a_worker_sigtermed_mid_run_requeues_the_task_and_it_finishes_once(pg_ur
 
             # The child's INSERT ... SELECT sits in the stopped server's socket: resumed, the server carries it out,
             # a half-written stage that the take-over must not double.
-            os.kill(server.pid, signal.SIGCONT)
+            os.kill(server["process"].pid, signal.SIGCONT)
             wait_until(lambda: len(data.evaluations(rule, at)) == 3, 10, "the stranded insert")
 
             # A new worker started once the lease is over takes the run over at its first try.
@@ -190,7 +169,7 @@ def test_a_whole_worker_killed_mid_run_is_finished_after_its_lease_by_beat(pg_ur
             assert queued_task_ids(services) == {"rules": [], "unacked": [task.id]}
             frozen = _run_row(services, rule, at)
             assert (frozen["status"], frozen["state"], frozen["attempts"]) == ("running", "compiled", 1)
-            os.kill(server.pid, signal.SIGCONT)
+            os.kill(server["process"].pid, signal.SIGCONT)
             wait_until(lambda: len(data.evaluations(rule, at)) == 3, 10, "the stranded insert")
 
             # Beat is started so that its first sweep (at once) comes while the lease holds and its second (30 s
@@ -242,7 +221,7 @@ def test_a_run_past_its_time_limit_fails_clearly_and_others_run(pg_url, tmp_path
             assert is_alive(child) and child in children_of(worker.pid)
 
             # The server resumes and deals with the stopped run's request (which the child has given up) first.
-            os.kill(server.pid, signal.SIGCONT)
+            os.kill(server["process"].pid, signal.SIGCONT)
             wait_until(lambda: not pending_requests(port) and server_is_idle(services), 10,
                        "the server to be done with the stopped run's request")
 
