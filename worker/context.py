@@ -36,12 +36,24 @@ def open_postgres() -> Iterator[Postgres]:
         postgres.close()
 
 
+def _clickhouse() -> ClickHouse:
+    """A client for the configured ClickHouse, its queries limited to the run time limit."""
+    config = settings()
+    return ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds)
+
+
+def _runner(postgres: Postgres, clickhouse: ClickHouse) -> RuleRunner:
+    config = settings()
+    return RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
+                      send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
+                      time_limit_seconds=config.run_time_limit_seconds)
+
+
 @contextmanager
 def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
     """The configured PostgreSQL pool and ClickHouse client (queries limited to the run time limit), closed after."""
-    config = settings()
     with open_postgres() as postgres:
-        clickhouse = ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds)
+        clickhouse = _clickhouse()
         try:
             yield postgres, clickhouse
         finally:
@@ -52,10 +64,7 @@ def open_stores() -> Iterator[tuple[Postgres, ClickHouse]]:
 def open_runner() -> Iterator[RuleRunner]:
     """A RuleRunner on the configured PostgreSQL and ClickHouse, closed when the block ends."""
     with open_stores() as (postgres, clickhouse):
-        config = settings()
-        yield RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
-                         send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
-                         time_limit_seconds=config.run_time_limit_seconds)
+        yield _runner(postgres, clickhouse)
 
 
 _shared_runner: RuleRunner | None = None
@@ -65,15 +74,7 @@ def shared_runner() -> RuleRunner:
     """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life."""
     global _shared_runner
     if _shared_runner is None:
-        config = settings()
-        _shared_runner = RuleRunner(
-            Postgres(config.database_url),
-            ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds),
-            allowed_hosts=config.notify_allowed_hosts,
-            send_deliveries=send_deliveries,
-            lease_seconds=config.run_lease_seconds,
-            time_limit_seconds=config.run_time_limit_seconds,
-        )
+        _shared_runner = _runner(shared_postgres(), _clickhouse())
     return _shared_runner
 
 
@@ -82,7 +83,7 @@ _shared_postgres_lock = threading.Lock()
 
 
 def shared_postgres() -> Postgres:
-    """The process's PostgreSQL pool for deliveries (shared by a thread pool's threads), made on first use."""
+    """The process's PostgreSQL pool (shared by its runs, its deliveries and a thread pool's threads)."""
     global _shared_postgres
     with _shared_postgres_lock:
         if _shared_postgres is None:

@@ -193,8 +193,7 @@ class RuleRunner:
         keys = self._scope(rule_row, at)
         try:
             self._clickhouse.command_named("delete_evaluations", **keys)
-            self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
-                                           alert_time=keys["eval_time"])
+            self._delete_alerts(keys)
         except StorageError as error:
             log.warning("run %s failed and its rows could not be deleted: %s", run.id, error)
 
@@ -259,6 +258,10 @@ class RuleRunner:
 
     def _scope(self, rule_row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
         return {"org_id": rule_row["org_id"], "rule_id": rule_row["rule_id"], "eval_time": utc_text(at)}
+
+    def _delete_alerts(self, keys: Mapping[str, Any]) -> None:
+        self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
+                                       alert_time=keys["eval_time"])
 
     def _write_evaluations(self, run: _Run, rule_row: Mapping[str, Any], entities: Statement, compiled,
                            at: datetime) -> int:
@@ -331,8 +334,7 @@ class RuleRunner:
         assert run.rule is not None and run.bounds is not None
         keys = self._scope(rule_row, at)
         if run.row["attempts"] > 1:
-            self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
-                                           alert_time=keys["eval_time"])
+            self._delete_alerts(keys)
         if run.matched is None:
             self._read_outcome(run, keys)
         actions = run.rule.actions

@@ -76,6 +76,14 @@ def owner_of(data: RunEnv, org: int) -> int:
     return user
 
 
+def two_rules_every_minute(data: RunEnv) -> list[str]:
+    """An organization with three campaigns and an owner, and two rules due every minute that alert on two."""
+    org = data.org(timezone="UTC", modules=["alerts"])
+    three_campaigns(data, org)
+    owner_of(data, org)
+    return [data.rule(org, spend_rule(15), NO_COOLDOWN, name=f"every minute {n}") for n in (1, 2)]
+
+
 def runs_by_key(services: Services) -> dict[tuple[str, datetime], list[dict[str, Any]]]:
     """The non-dry rule_runs rows by (rule id, T as an aware UTC time)."""
     grouped: dict[tuple[str, datetime], list[dict[str, Any]]] = {}
@@ -388,10 +396,7 @@ def test_redis_down_for_30_seconds(pg_url, migrated_ch_url, tmp_path):
 
 def _redis_down(services: Services, broker: RedisServer, note: Evidence) -> None:
     data = services.data()
-    org = data.org(timezone="UTC", modules=["alerts"])
-    three_campaigns(data, org)
-    owner_of(data, org)
-    rules = [data.rule(org, spend_rule(15), NO_COOLDOWN, name=f"every minute {n}") for n in (1, 2)]
+    rules = two_rules_every_minute(data)
     worker = services.start_worker()
     beat = services.start_beat()
     beat.wait_for_log("sent rule", timeout=60)
@@ -672,10 +677,7 @@ def test_a_beat_stopped_past_its_lease_beside_a_second_beat(pg_url, migrated_ch_
     note = Evidence(tmp_path / "evidence.txt")
     with services_on(pg_url, migrated_ch_url, SHARED_REDIS_DB, tmp_path / "logs", time_limit=TIME_LIMIT) as services:
         data = services.data()
-        org = data.org(timezone="UTC", modules=["alerts"])
-        three_campaigns(data, org)
-        owner_of(data, org)
-        rules = [data.rule(org, spend_rule(15), NO_COOLDOWN, name=f"every minute {n}") for n in (1, 2)]
+        rules = two_rules_every_minute(data)
         worker = services.start_worker()
         stopped, steady = services.start_beat("beat-stopped"), services.start_beat("beat-steady")
         for beat in (stopped, steady):

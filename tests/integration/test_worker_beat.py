@@ -27,10 +27,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from storage.migrations import ensure_clickhouse_database, migrate_clickhouse
-from tests.conftest import admin_sql, free_port, postgres_url, start_clickhouse_local, stop_process
+from storage.migrations import migrate_clickhouse
+from tests.conftest import admin_sql, postgres_url
 from tests.integration.celery_support import (NO_COOLDOWN, Services, children_of, is_alive, iso, minute_floor, naive,
-                                              services_on, spend_rule, three_campaigns, utc_now,
+                                              own_clickhouse, services_on, spend_rule, three_campaigns, utc_now,
                                               wait_for_pending_requests, wait_for_runs, wait_until)
 from tests.integration.runs_support import ch_text
 from tests.integration.test_runs import SUMMARY_KEYS
@@ -253,18 +253,9 @@ def test_a_pool_child_killed_mid_run_leaves_the_run_finished_exactly_once(pg_url
     out when the server resumes: a half-written stage the take-over must not double), and SIGKILLed once its lease
     has less than LEASE_LEFT_AT_KILL s left, so that the take-over comes within the tries Celery really makes.
     """
-    port = free_port()
-    with open(tmp_path / "clickhouse.log", "wb") as server_log:
-        server = start_clickhouse_local(tmp_path / "clickhouse", port, log=server_log)
-        try:
-            ch_url = f"http://default@127.0.0.1:{port}/rules_killed"
-            ensure_clickhouse_database(ch_url)
-            migrate_clickhouse(ch_url)
-            with services_on(pg_url, ch_url, 12, tmp_path / "logs", time_limit=10) as services:
-                _kill_mid_run(services, server, port)
-        finally:
-            os.kill(server.pid, signal.SIGCONT)  # never leave the server stopped
-            stop_process(server)
+    with own_clickhouse(tmp_path, "rules_killed") as (server, port, ch_url):
+        with services_on(pg_url, ch_url, 12, tmp_path / "logs", time_limit=10) as services:
+            _kill_mid_run(services, server["process"], port)
 
 
 def _kill_mid_run(services, server, port: int) -> None:
