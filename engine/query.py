@@ -72,9 +72,20 @@ def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[s
     return Statement(f"SELECT {', '.join(columns)} FROM ({inner}) GROUP BY {group_by}", parameters)
 
 
-def _sides(with_previous: bool) -> list[tuple[str, str]]:
-    """(field-name prefix, condition selecting that side's rows): the window, then the previous period."""
-    return [("", "in_window")] + ([(PREVIOUS_PREFIX, "NOT in_window")] if with_previous else [])
+def _sides(with_previous: bool) -> list[tuple[str, str | None]]:
+    """(field-name prefix, condition selecting that side's rows): the window, then the previous period.
+
+    Without a previous period every row read is in the window, so the window's condition is None and its fields
+    are plain aggregates rather than their -If forms, which ClickHouse computes faster.
+    """
+    if not with_previous:
+        return [("", None)]
+    return [("", "in_window"), (PREVIOUS_PREFIX, "NOT in_window")]
+
+
+def _aggregate(function: str, arguments: str, side: str | None) -> str:
+    """`function(arguments)` over the rows of one side: its -If form unless the side is every row."""
+    return f"{function}({arguments})" if side is None else f"{function}If({arguments}, {side})"
 
 
 def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
@@ -85,17 +96,12 @@ def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: Windo
     if earliest is not None:
         parameters["r_earliest"] = earliest
         filters.append("date >= {r_earliest:Date}")
-    if bounds.first is None:
-        current = "1"
-    else:
-        parameters["r_first"] = bounds.first
-        current = "date >= {r_first:Date}"
     # Raw columns are renamed (m_*) so that no output alias can shadow the column it is computed from, and each
     # field is a self-contained expression (ClickHouse computes a repeated aggregate once).
     fields: dict[str, str] = {}
     for prefix, side in _sides(with_previous):
         def total(counter: str) -> str:
-            return f"toFloat64(sumIf(m_{counter}, {side}))"
+            return f"toFloat64({_aggregate('sum', f'm_{counter}', side)})"
 
         def ratio(numerator: str, denominator: str, scale: str = "") -> str:
             return f"if({total(denominator)} = 0, 0, {total(numerator)}{scale} / {total(denominator)})"
@@ -103,19 +109,23 @@ def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: Windo
         fields[prefix + "campaign_id"] = f"if(countIf({side}) > 0, m_campaign_id, '')" if prefix else "m_campaign_id"
         for attribute in _CAMPAIGN_ATTRIBUTES:
             # The latest date with data on this side; for the window, else the previous period's.
+            latest = _aggregate("argMax", f"m_{attribute}, m_date", side)
             fields[prefix + attribute] = (
-                f"argMaxIf(m_{attribute}, m_date, {side})" if prefix
-                else f"if(countIf(in_window) > 0, argMaxIf(m_{attribute}, m_date, in_window), argMax(m_{attribute}, m_date))"
+                f"if(countIf(in_window) > 0, {latest}, argMax(m_{attribute}, m_date))" if side == "in_window"
+                else latest
             )
         for counter in _CAMPAIGN_COUNTERS:
             fields[prefix + counter] = total(counter)
         fields[prefix + "cpm"] = ratio("spend", "impressions", " * 1000")
         fields[prefix + "ctr"] = ratio("clicks", "impressions")
         fields[prefix + "cvr"] = ratio("conversions", "clicks")
-        fields[prefix + "days"] = f"toFloat64(uniqExactIf(m_date, {side}))"
+        fields[prefix + "days"] = f"toFloat64({_aggregate('uniqExact', 'm_date', side)})"
     raw = ", ".join(f"{name} AS m_{name}" for name in ("date", "campaign_id", *_CAMPAIGN_COUNTERS))
     raw += ", " + ", ".join(f"toString({name}) AS m_{name}" for name in _CAMPAIGN_ATTRIBUTES)
-    inner = f"SELECT {raw}, {current} AS in_window FROM campaign_metrics_daily WHERE {' AND '.join(filters)}"
+    if with_previous:
+        parameters["r_first"] = bounds.first
+        raw += ", date >= {r_first:Date} AS in_window"
+    inner = f"SELECT {raw} FROM campaign_metrics_daily WHERE {' AND '.join(filters)}"
     keys = [f"m_campaign_id AS {quote_identifier(ENTITY_ID)}", f"'campaign' AS {quote_identifier(ENTITY_TYPE)}"]
     return keys, fields, inner, "m_campaign_id"
 
@@ -128,24 +138,23 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     if earliest is not None:
         parameters["r_earliest"] = utc_text(earliest)
         filters.append("snapshot_time >= {r_earliest:DateTime('UTC')}")
-    if bounds.utc_start is None:
-        current = "1"
-    else:
-        parameters["r_start"] = utc_text(bounds.utc_start)
-        current = "snapshot_time >= {r_start:DateTime('UTC')}"
     fields: dict[str, str] = {}
     for prefix, side in _sides(with_previous):
-        present = f"countIf({side}) > 0"
-        fields[prefix + "entity_type"] = f"if({present}, m_entity_type, '')"
-        fields[prefix + "entity_id"] = f"if({present}, m_entity_id, '')"
+        def when_present(value: str, empty: str) -> str:
+            return value if side is None else f"if(countIf({side}) > 0, {value}, {empty})"
+
+        fields[prefix + "entity_type"] = when_present("m_entity_type", "''")
+        fields[prefix + "entity_id"] = when_present("m_entity_id", "''")
         for number in _PACING_NUMBERS:
-            fields[prefix + number] = f"toFloat64(argMaxIf(m_{number}, m_snapshot_time, {side}))"
-        fields[prefix + "snapshot_time"] = (
-            f"if({present}, formatDateTime(maxIf(m_snapshot_time, {side}), '%Y-%m-%d %H:%i:%S', 'UTC'), '')"
-        )
+            fields[prefix + number] = f"toFloat64({_aggregate('argMax', f'm_{number}, m_snapshot_time', side)})"
+        latest = _aggregate("max", "m_snapshot_time", side)
+        fields[prefix + "snapshot_time"] = when_present(f"formatDateTime({latest}, '%Y-%m-%d %H:%i:%S', 'UTC')", "''")
     raw = ", ".join(f"{name} AS m_{name}" for name in ("snapshot_time", "entity_id", *_PACING_NUMBERS))
-    inner = (f"SELECT {raw}, toString(entity_type) AS m_entity_type, {current} AS in_window "
-             f"FROM pacing_snapshots WHERE {' AND '.join(filters)}")
+    raw += ", toString(entity_type) AS m_entity_type"
+    if with_previous:
+        parameters["r_start"] = utc_text(bounds.utc_start)
+        raw += ", snapshot_time >= {r_start:DateTime('UTC')} AS in_window"
+    inner = f"SELECT {raw} FROM pacing_snapshots WHERE {' AND '.join(filters)}"
     keys = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
     return keys, fields, inner, "m_entity_type, m_entity_id"
 
