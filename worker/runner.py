@@ -339,7 +339,7 @@ class RuleRunner:
             self._read_outcome(run, keys)
         actions = run.rule.actions
         notifies = run.row["trigger"] != "backfill"
-        matched = self._matched_entities(run, rule_row, run.matched or [])
+        matched = self._matched_entities(run, rule_row, run.matched or [], at)
         alerted = self._out_of_cooldown(run, rule_row, matched, at)
         # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
         stored = [entity.without_nul() for entity in alerted]
@@ -347,9 +347,10 @@ class RuleRunner:
         recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, stored + resolved, at)
                       if notifies else {})
         users = [sorted(r.user_id for r in recipients.get(entity.key, [])) for entity in stored]
-        rows = [[rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"], actions.severity,
-                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details, entity_users]
-                for entity, entity_users in zip(alerted, users)]
+        run_columns = [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"],
+                       actions.severity]
+        rows = [[*run_columns, entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
+                 entity_users] for entity, entity_users in zip(alerted, users)]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
         notified = sorted({user for entity_users in users for user in entity_users})
@@ -364,14 +365,14 @@ class RuleRunner:
             self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(rows),
                              notified_users=notified, tx=tx)
 
-    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any],
-                          matched: list[tuple[str, str]]) -> list[Entity]:
+    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any], matched: list[tuple[str, str]],
+                          at: datetime) -> list[Entity]:
         """The matched entities with their names and, for campaigns, the DSP and advertiser grants are matched on."""
         assert run.rule is not None and run.bounds is not None
         if run.rule.conditions.source != CAMPAIGN_METRICS:
             return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
                     for entity_id, results in matched]
-        identities = self._campaign_identities(run, rule_row["org_id"], [entity_id for entity_id, _ in matched])
+        identities = self._campaign_identities(run.bounds, rule_row, at, [entity_id for entity_id, _ in matched])
         entities = []
         for entity_id, results in matched:
             identity = identities.get(entity_id, {})
@@ -379,23 +380,23 @@ class RuleRunner:
                                    identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
         return entities
 
-    def _campaign_identities(self, run: _Run, org_id: int, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Name, DSP and advertiser of each campaign on its latest date with data in the window or the previous one.
+    def _campaign_identities(self, bounds: WindowBounds, rule_row: Mapping[str, Any], at: datetime,
+                             ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Name, DSP and advertiser of each matched campaign on its latest date with data in the window or the
+        previous one.
 
         Most matched campaigns have data on the window's last day, so that day alone is read first; the whole
         range is read only for the campaigns it does not have.
         """
-        assert run.bounds is not None
         if not ids:
             return {}
-        last = run.bounds.last
         found = {row["entity_id"]: row for row in self._clickhouse.rows(
-            "campaign_identities", org_id=org_id, entity_ids=ids, first=last, last=last)}
+            "matched_campaign_identities", **self._scope(rule_row, at), day=bounds.last)}
         missing = [entity_id for entity_id in ids if entity_id not in found]
         if missing:
-            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+            earliest = bounds.previous_first or bounds.first or CLICKHOUSE_FIRST_DATE
             found.update({row["entity_id"]: row for row in self._clickhouse.rows(
-                "campaign_identities", org_id=org_id, entity_ids=missing, first=earliest, last=last)})
+                "campaign_identities", org_id=rule_row["org_id"], entity_ids=missing, first=earliest, last=bounds.last)})
         return found
 
     def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
@@ -407,9 +408,8 @@ class RuleRunner:
             return matched
         cooling = {
             (row["entity_type"], row["entity_id"])
-            for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
-                                             since=utc_text(at - cooldown), until=utc_text(at),
-                                             entity_ids=[entity.entity_id for entity in matched])
+            for row in self._clickhouse.rows("alerts_in_cooldown", **self._scope(rule_row, at),
+                                             since=utc_text(at - cooldown), until=utc_text(at))
         }
         return [entity for entity in matched if entity.key not in cooling]
 

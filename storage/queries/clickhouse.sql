@@ -26,11 +26,26 @@ DELETE FROM alert_events
 WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
 -- name: alerts_in_cooldown
+-- The run's matched entities that this rule alerted on between since and until. The ids are read from the run's
+-- own rows here, not sent: a run may match many thousands of entities.
 SELECT DISTINCT entity_type, entity_id
 FROM alert_events
 WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
   AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
-  AND entity_id IN {entity_ids:Array(String)};
+  AND entity_id IN (SELECT entity_id FROM rule_evaluations
+                    WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')}
+                      AND rule_id = {rule_id:UUID} AND matched = 1);
+
+-- name: matched_campaign_identities
+-- Each campaign the run matched that has data on {day}: its name, DSP and advertiser on that day.
+SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name, argMax(dsp_type, date) AS dsp_type,
+       argMax(advertiser_id, date) AS advertiser_id
+FROM campaign_metrics_daily
+WHERE org_id = {org_id:UInt32} AND date = {day:Date}
+  AND campaign_id IN (SELECT entity_id FROM rule_evaluations
+                      WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')}
+                        AND rule_id = {rule_id:UUID} AND matched = 1)
+GROUP BY campaign_id;
 
 -- name: campaign_identities
 -- Each campaign's name, DSP and advertiser on the latest date with data between first and last (the window and
