@@ -15,7 +15,9 @@ import redis
 from tests.conftest import RULESCTL, free_port
 from worker.supervisor import stop_process_group
 
-REDIS_DB = 9
+# A Redis database no other test module uses: a worker of another module on the same one would take this
+# module's tasks and look their rules up in its own PostgreSQL database.
+REDIS_DB = 2
 
 
 def _get_json(url: str):
