@@ -110,6 +110,7 @@ class ClickHouse:
     def __init__(self, url: str, **settings: Any) -> None:
         self.target = parse_clickhouse_url(url)
         self._client = connect(self.target, **settings)
+        self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
     @property
     def database(self) -> str:
@@ -145,9 +146,17 @@ class ClickHouse:
             return self._client.command(sql, parameters=parameters, settings=settings)
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
-        """Inserts rows into `table` of this database."""
+        """Inserts rows into `table` of this database.
+
+        The columns' types are asked of the server on the first insert into (table, columns) and remembered for the
+        life of this client, which saves a round trip on every later insert; migrations run before clients open.
+        """
+        key = (table, tuple(columns))
         with translated_errors(self.target, f"insert into {table}"):
-            self._client.insert(table, rows, column_names=list(columns))
+            if key not in self._column_types:
+                context = self._client.create_insert_context(table, list(columns))
+                self._column_types[key] = [column_type.name for column_type in context.column_types]
+            self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key])
 
     def close(self) -> None:
         """Releases the client."""

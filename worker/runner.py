@@ -82,6 +82,8 @@ class _Run:
     bounds: WindowBounds | None = None
     path: str | None = None
     matched: list[tuple[str, str]] | None = None
+    # Campaign rules: name, DSP and advertiser of the matched campaigns with data on the window's last day.
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -294,8 +296,15 @@ class RuleRunner:
         return {"max_execution_time": max(1, int(left))}
 
     def _read_outcome(self, run: _Run, keys: Mapping[str, Any]) -> int:
-        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations."""
-        outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
+        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations; for a
+        campaign rule, the same read brings the identities of the matched campaigns with data on the last day."""
+        assert run.rule is not None and run.bounds is not None
+        if run.rule.conditions.source == CAMPAIGN_METRICS:
+            outcome = self._clickhouse.rows("campaign_evaluation_outcome", **keys, day=run.bounds.last)[0]
+            run.identities = {entity_id: {"entity_name": name, "dsp_type": dsp_type, "advertiser_id": advertiser_id}
+                              for entity_id, name, dsp_type, advertiser_id in outcome["identities"]}
+        else:
+            outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
         run.matched = [(entity_id, results) for entity_id, results in outcome["matched"]]
         return int(outcome["entities"])
 
@@ -339,7 +348,7 @@ class RuleRunner:
             self._read_outcome(run, keys)
         actions = run.rule.actions
         notifies = run.row["trigger"] != "backfill"
-        matched = self._matched_entities(run, rule_row, run.matched or [], at)
+        matched = self._matched_entities(run, rule_row, run.matched or [])
         alerted = self._out_of_cooldown(run, rule_row, matched, at)
         # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
         stored = [entity.without_nul() for entity in alerted]
@@ -365,14 +374,14 @@ class RuleRunner:
             self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(rows),
                              notified_users=notified, tx=tx)
 
-    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any], matched: list[tuple[str, str]],
-                          at: datetime) -> list[Entity]:
+    def _matched_entities(self, run: _Run, rule_row: Mapping[str, Any],
+                          matched: list[tuple[str, str]]) -> list[Entity]:
         """The matched entities with their names and, for campaigns, the DSP and advertiser grants are matched on."""
         assert run.rule is not None and run.bounds is not None
         if run.rule.conditions.source != CAMPAIGN_METRICS:
             return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
                     for entity_id, results in matched]
-        identities = self._campaign_identities(run.bounds, rule_row, at, [entity_id for entity_id, _ in matched])
+        identities = {**run.identities, **self._identities_before_last_day(run, rule_row, matched)}
         entities = []
         for entity_id, results in matched:
             identity = identities.get(entity_id, {})
@@ -380,24 +389,17 @@ class RuleRunner:
                                    identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
         return entities
 
-    def _campaign_identities(self, bounds: WindowBounds, rule_row: Mapping[str, Any], at: datetime,
-                             ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Name, DSP and advertiser of each matched campaign on its latest date with data in the window or the
-        previous one.
-
-        Most matched campaigns have data on the window's last day, so that day alone is read first; the whole
-        range is read only for the campaigns it does not have.
-        """
-        if not ids:
+    def _identities_before_last_day(self, run: _Run, rule_row: Mapping[str, Any],
+                                    matched: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """Name, DSP and advertiser of the matched campaigns with no data on the window's last day (most have
+        some, and came with the run's outcome): from their latest date in the window or the previous one."""
+        assert run.bounds is not None
+        missing = [entity_id for entity_id, _ in matched if entity_id not in run.identities]
+        if not missing:
             return {}
-        found = {row["entity_id"]: row for row in self._clickhouse.rows(
-            "matched_campaign_identities", **self._scope(rule_row, at), day=bounds.last)}
-        missing = [entity_id for entity_id in ids if entity_id not in found]
-        if missing:
-            earliest = bounds.previous_first or bounds.first or CLICKHOUSE_FIRST_DATE
-            found.update({row["entity_id"]: row for row in self._clickhouse.rows(
-                "campaign_identities", org_id=rule_row["org_id"], entity_ids=missing, first=earliest, last=bounds.last)})
-        return found
+        earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+        return {row["entity_id"]: row for row in self._clickhouse.rows(
+            "campaign_identities", org_id=rule_row["org_id"], entity_ids=missing, first=earliest, last=run.bounds.last)}
 
     def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
                          at: datetime) -> list[Entity]:
