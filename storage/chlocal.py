@@ -859,6 +859,11 @@ class _Session:
     # The session's own values of settings (value, changed), as read from system.settings.
     known_settings: dict[str, tuple[str, bool]] = field(default_factory=dict)
     unknown_settings: set[str] = field(default_factory=set)
+    # The connection's current database when known. And the last request's own settings, left in effect on the
+    # connection until a request with other settings comes: most clients send the same ones with every request,
+    # and setting and restoring them each time would cost two statements per request.
+    database: str | None = None
+    request_settings: dict[str, str] = field(default_factory=dict)
 
     def expired(self, now: float) -> bool:
         return now - self.last_used > self.timeout
@@ -944,11 +949,18 @@ class _Lease:
     http_settings: dict[str, str]
     session: _Session | None = None
 
+    changed_settings: bool = False
+
     def ran(self, statement: _PlainStatement | None) -> None:
-        """Notes the statement run; a SET may have changed the session's own settings."""
-        if self.session is not None and statement is not None and statement.first_keyword == "SET":
+        """Notes the statement run; a SET may have changed the session's own settings, a USE its database."""
+        if self.session is None or statement is None:
+            return
+        if statement.first_keyword == "SET":
             self.session.known_settings.clear()
             self.session.unknown_settings.clear()
+            self.changed_settings = True
+        elif statement.first_keyword == "USE":
+            self.session.database = None
 
 
 @dataclass
@@ -1087,7 +1099,15 @@ class _Service:
         close = request.close_session
         try:
             connection = session.connection
-            self._use_database(connection, request.database)
+            if request.database and request.database != session.database:
+                self._use_database(connection, request.database)
+                session.database = request.database
+            if session.request_settings != request.settings:
+                try:
+                    self._put_back_settings(session, session.restore_statement(list(session.request_settings)))
+                except _ClickHouseError:
+                    close = True
+                    raise
             names = [*request.settings, *_HTTP_LAYER_SETTINGS]
             self._run_setup(connection, None, lambda: session.read_settings(names))
             own = {
@@ -1100,21 +1120,35 @@ class _Service:
                 return
             # Built before the statement runs: a SET in it makes the session forget its cached settings.
             restore = session.restore_statement(list(request.settings))
-            try:
+            if session.request_settings != request.settings:
                 self._run_setup(connection, _set_statement(request.settings))
-                yield _Lease(connection, {**self.engine.http_defaults, **own, **request.settings}, session)
+                session.request_settings = dict(request.settings)
+            lease = _Lease(connection, {**self.engine.http_defaults, **own, **request.settings}, session)
+            try:
+                yield lease
             finally:
-                try:
-                    if restore:
-                        connection.query(restore)
-                except Exception:
-                    # A session whose settings cannot be put back would leak them into its next requests.
-                    _log.warning(
-                        "closing session %s: its settings could not be restored", session.session_id, exc_info=True
-                    )
-                    close = True
+                # A statement that set the session's own settings gets the request's put back at once.
+                if lease.changed_settings:
+                    try:
+                        self._put_back_settings(session, restore)
+                    except _ClickHouseError:
+                        close = True
         finally:
             self.sessions.release(session, close)
+
+    @staticmethod
+    def _put_back_settings(session: _Session, restore: str | None) -> None:
+        """Runs `restore`, giving the last request's settings back the session's own values.
+
+        If that fails, the session must be closed: its settings would leak into its next requests.
+        """
+        session.request_settings = {}
+        try:
+            if restore:
+                session.connection.query(restore)
+        except Exception as exc:
+            _log.warning("closing session %s: its settings could not be restored", session.session_id, exc_info=True)
+            raise _engine_error(exc) from None
 
     @staticmethod
     def _use_database(connection: Any, database: str) -> None:

@@ -82,8 +82,6 @@ class _Run:
     bounds: WindowBounds | None = None
     path: str | None = None
     matched: list[tuple[str, str]] | None = None
-    # Campaign rules: name, DSP and advertiser of the matched campaigns with data on the window's last day.
-    identities: dict[str, dict[str, str]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -296,15 +294,8 @@ class RuleRunner:
         return {"max_execution_time": max(1, int(left))}
 
     def _read_outcome(self, run: _Run, keys: Mapping[str, Any]) -> int:
-        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations; for a
-        campaign rule, the same read brings the identities of the matched campaigns with data on the last day."""
-        assert run.rule is not None and run.bounds is not None
-        if run.rule.conditions.source == CAMPAIGN_METRICS:
-            outcome = self._clickhouse.rows("campaign_evaluation_outcome", **keys, day=run.bounds.last)[0]
-            run.identities = {entity_id: {"entity_name": name, "dsp_type": dsp_type, "advertiser_id": advertiser_id}
-                              for entity_id, name, dsp_type, advertiser_id in outcome["identities"]}
-        else:
-            outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
+        """Reads back the run's entity count and its matched rows (kept on `run`) from rule_evaluations."""
+        outcome = self._clickhouse.rows("evaluation_outcome", **keys)[0]
         run.matched = [(entity_id, results) for entity_id, results in outcome["matched"]]
         return int(outcome["entities"])
 
@@ -356,10 +347,9 @@ class RuleRunner:
         recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, stored + resolved, at)
                       if notifies else {})
         users = [sorted(r.user_id for r in recipients.get(entity.key, [])) for entity in stored]
-        run_columns = [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"],
-                       actions.severity]
-        rows = [[*run_columns, entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
-                 entity_users] for entity, entity_users in zip(alerted, users)]
+        rows = [[rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"], actions.severity,
+                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details, entity_users]
+                for entity, entity_users in zip(alerted, users)]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
         notified = sorted({user for entity_users in users for user in entity_users})
@@ -381,7 +371,7 @@ class RuleRunner:
         if run.rule.conditions.source != CAMPAIGN_METRICS:
             return [Entity(json.loads(results).get("entity_type", ""), entity_id, entity_id, results)
                     for entity_id, results in matched]
-        identities = {**run.identities, **self._identities_before_last_day(run, rule_row, matched)}
+        identities = self._campaign_identities(run, rule_row["org_id"], [entity_id for entity_id, _ in matched])
         entities = []
         for entity_id, results in matched:
             identity = identities.get(entity_id, {})
@@ -389,17 +379,24 @@ class RuleRunner:
                                    identity.get("dsp_type", ""), identity.get("advertiser_id", "")))
         return entities
 
-    def _identities_before_last_day(self, run: _Run, rule_row: Mapping[str, Any],
-                                    matched: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-        """Name, DSP and advertiser of the matched campaigns with no data on the window's last day (most have
-        some, and came with the run's outcome): from their latest date in the window or the previous one."""
+    def _campaign_identities(self, run: _Run, org_id: int, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Name, DSP and advertiser of each campaign on its latest date with data in the window or the previous one.
+
+        Most matched campaigns have data on the window's last day, so that day alone is read first; the whole
+        range is read only for the campaigns it does not have.
+        """
         assert run.bounds is not None
-        missing = [entity_id for entity_id, _ in matched if entity_id not in run.identities]
-        if not missing:
+        if not ids:
             return {}
-        earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
-        return {row["entity_id"]: row for row in self._clickhouse.rows(
-            "campaign_identities", org_id=rule_row["org_id"], entity_ids=missing, first=earliest, last=run.bounds.last)}
+        last = run.bounds.last
+        found = {row["entity_id"]: row for row in self._clickhouse.rows(
+            "campaign_identities", org_id=org_id, entity_ids=ids, first=last, last=last)}
+        missing = [entity_id for entity_id in ids if entity_id not in found]
+        if missing:
+            earliest = run.bounds.previous_first or run.bounds.first or CLICKHOUSE_FIRST_DATE
+            found.update({row["entity_id"]: row for row in self._clickhouse.rows(
+                "campaign_identities", org_id=org_id, entity_ids=missing, first=earliest, last=last)})
+        return found
 
     def _out_of_cooldown(self, run: _Run, rule_row: Mapping[str, Any], matched: list[Entity],
                          at: datetime) -> list[Entity]:
@@ -410,8 +407,9 @@ class RuleRunner:
             return matched
         cooling = {
             (row["entity_type"], row["entity_id"])
-            for row in self._clickhouse.rows("alerts_in_cooldown", **self._scope(rule_row, at),
-                                             since=utc_text(at - cooldown), until=utc_text(at))
+            for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
+                                             since=utc_text(at - cooldown), until=utc_text(at),
+                                             entity_ids=[entity.entity_id for entity in matched])
         }
         return [entity for entity in matched if entity.key not in cooling]
 

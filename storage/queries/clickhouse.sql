@@ -17,23 +17,6 @@ SELECT count() AS entities,
 FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
--- name: campaign_evaluation_outcome
--- evaluation_outcome for a campaign rule, with `identities`: each matched campaign that has data on {day} (the
--- window's last day), with its name, DSP and advertiser on that day.
-SELECT count() AS entities,
-       arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched,
-       (SELECT groupArray((entity_id, entity_name, dsp_type, advertiser_id)) FROM (
-            SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name,
-                   toString(argMax(dsp_type, date)) AS dsp_type, argMax(advertiser_id, date) AS advertiser_id
-            FROM campaign_metrics_daily
-            WHERE org_id = {org_id:UInt32} AND date = {day:Date}
-              AND campaign_id IN (SELECT entity_id FROM rule_evaluations
-                                  WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')}
-                                    AND rule_id = {rule_id:UUID} AND matched = 1)
-            GROUP BY campaign_id)) AS identities
-FROM rule_evaluations
-WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
-
 -- name: delete_evaluations
 DELETE FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
@@ -43,15 +26,11 @@ DELETE FROM alert_events
 WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
 -- name: alerts_in_cooldown
--- The run's matched entities that this rule alerted on between since and until. The ids are read from the run's
--- own rows here, not sent: a run may match many thousands of entities.
 SELECT DISTINCT entity_type, entity_id
 FROM alert_events
 WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
   AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
-  AND entity_id IN (SELECT entity_id FROM rule_evaluations
-                    WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')}
-                      AND rule_id = {rule_id:UUID} AND matched = 1);
+  AND entity_id IN {entity_ids:Array(String)};
 
 -- name: campaign_identities
 -- Each campaign's name, DSP and advertiser on the latest date with data between first and last (the window and

@@ -162,6 +162,38 @@ def test_the_session_keeps_a_temporary_table_and_a_set(base_url):
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (404, "60")
 
 
+def test_request_settings_stay_with_their_requests_however_they_follow_each_other(base_url):
+    session = {"session_id": f"s-{uuid.uuid4()}"}
+    threads = b"SELECT getSetting('max_threads'), getSetting('max_block_size')"
+    assert http(base_url, session, b"SET max_threads = 3")[0] == 200
+    assert http(base_url, {**session, "max_threads": "1"}, threads)[2] == b"1\t65409\n"
+    assert http(base_url, {**session, "max_threads": "1"}, threads)[2] == b"1\t65409\n"
+    assert http(base_url, {**session, "max_threads": "2"}, threads)[2] == b"2\t65409\n"
+    assert http(base_url, {**session, "max_block_size": "100"}, threads)[2] == b"3\t100\n"
+    assert http(base_url, session, threads)[2] == b"3\t65409\n"
+    # A SET in a request with settings of its own changes the session; the request's settings still end with it.
+    assert http(base_url, {**session, "max_threads": "1"}, b"SET max_block_size = 500")[0] == 200
+    assert http(base_url, {**session, "max_threads": "1"}, threads)[2] == b"1\t500\n"
+    assert http(base_url, session, threads)[2] == b"3\t500\n"
+
+
+def test_a_session_follows_the_database_each_request_names(base_url):
+    first, second = f"d1_{uuid.uuid4().hex[:8]}", f"d2_{uuid.uuid4().hex[:8]}"
+    for name in (first, second):
+        assert http(base_url, None, f"CREATE DATABASE {name}".encode())[0] == 200
+    try:
+        session = {"session_id": f"s-{uuid.uuid4()}"}
+        current = b"SELECT currentDatabase()"
+        assert http(base_url, {**session, "database": first}, current)[2] == f"{first}\n".encode()
+        assert http(base_url, {**session, "database": first}, f"USE {second}".encode())[0] == 200
+        assert http(base_url, session, current)[2] == f"{second}\n".encode()
+        assert http(base_url, {**session, "database": first}, current)[2] == f"{first}\n".encode()
+        assert http(base_url, {**session, "database": second}, current)[2] == f"{second}\n".encode()
+    finally:
+        for name in (first, second):
+            http(base_url, None, f"DROP DATABASE IF EXISTS {name}".encode())
+
+
 # --- errors -------------------------------------------------------------------------------------------------------
 
 
