@@ -347,9 +347,10 @@ class RuleRunner:
         recipients = (audience(self._postgres, rule_row["org_id"], actions.notify.roles, stored + resolved, at)
                       if notifies else {})
         users = [sorted(r.user_id for r in recipients.get(entity.key, [])) for entity in stored]
-        rows = [[rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"], actions.severity,
-                 entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details, entity_users]
-                for entity, entity_users in zip(alerted, users)]
+        run_columns = [rule_row["org_id"], at.replace(tzinfo=None), rule_row["rule_id"], rule_row["name"],
+                       actions.severity]
+        rows = [[*run_columns, entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
+                 entity_users] for entity, entity_users in zip(alerted, users)]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
         notified = sorted({user for entity_users in users for user in entity_users})
