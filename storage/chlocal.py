@@ -948,8 +948,7 @@ class _Lease:
     connection: Any
     http_settings: dict[str, str]
     session: _Session | None = None
-
-    changed_settings: bool = False
+    changed_settings: bool = False  # a SET statement ran in the request
 
     def ran(self, statement: _PlainStatement | None) -> None:
         """Notes the statement run; a SET may have changed the session's own settings, a USE its database."""
