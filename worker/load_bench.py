@@ -118,28 +118,29 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
     peaks: dict[str, float] = {}
     try:
         with scratch_stores(config, "rules_load") as stores:
-            env = dict(os.environ, DATABASE_URL=stores.pg_url, CLICKHOUSE_URL=stores.ch_url, REDIS_URL=redis_url,
-                       REMAP_SIGTERM="SIGQUIT", PYTHONUNBUFFERED="1")
-            _populate(stores.postgres, stores.clickhouse, orgs, rules, campaigns, stores.name)
-            broker.flushdb()
-            worker = _start([*celery, "worker", "-Q", "rules", "-c", "2", "--without-mingle", "--without-gossip",
-                             "--loglevel", "WARNING", "--hostname", f"{stores.name}@%h"], env, logs / "worker.log")
-            processes.append(worker)
-            time.sleep(5)  # the worker forks its pool and connects before beat sends anything
-            # Created now, the rules have no fire time before the next minute: beat starts with no backlog.
-            first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-            stores.postgres.execute("load_bench_rules_created_now")
-            beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")], env,
-                          logs / "beat.log")
-            processes.append(beat)
-            last = first + timedelta(minutes=minutes - 1)
-            _watch(stores.postgres, worker, beat, first, last, rules * minutes, peaks, logs)
-            figures = _lag_figures(stores.postgres, first, last, rules)
-            for process in reversed(processes):
-                stop_process_group(process)
+            try:
+                env = dict(os.environ, DATABASE_URL=stores.pg_url, CLICKHOUSE_URL=stores.ch_url, REDIS_URL=redis_url,
+                           REMAP_SIGTERM="SIGQUIT", PYTHONUNBUFFERED="1")
+                _populate(stores.postgres, stores.clickhouse, orgs, rules, campaigns, stores.name)
+                broker.flushdb()
+                worker = _start([*celery, "worker", "-Q", "rules", "-c", "2", "--without-mingle", "--without-gossip",
+                                 "--loglevel", "WARNING", "--hostname", f"{stores.name}@%h"], env, logs / "worker.log")
+                processes.append(worker)
+                time.sleep(5)  # the worker forks its pool and connects before beat sends anything
+                # Created now, the rules have no fire time before the next minute: beat starts with no backlog.
+                first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+                stores.postgres.execute("load_bench_rules_created_now")
+                beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")],
+                              env, logs / "beat.log")
+                processes.append(beat)
+                last = first + timedelta(minutes=minutes - 1)
+                _watch(stores.postgres, worker, beat, first, last, rules * minutes, peaks, logs)
+                figures = _lag_figures(stores.postgres, first, last, rules)
+            finally:
+                # Stopped before the scratch databases are dropped under them.
+                for process in reversed(processes):
+                    stop_process_group(process)
     finally:
-        for process in reversed(processes):
-            stop_process_group(process)
         broker.flushdb()
         broker.close()
     return {"rules": rules, "orgs": orgs, "campaigns": campaigns, "minutes": minutes, **figures,
