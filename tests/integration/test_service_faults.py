@@ -39,11 +39,10 @@ import pytest
 import redis
 
 from storage.migrations import ensure_postgres_database, migrate_postgres
-from tests.conftest import free_port, start_clickhouse_local
-from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, own_clickhouse, services_on,
-                                              spend_rule,
-                                              three_campaigns, utc_now, wait_for_pending_requests, wait_for_runs,
-                                              wait_until)
+from tests.conftest import free_port, start_clickhouse_local, stop_process
+from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, naive, own_clickhouse,
+                                              services_on, spend_rule, three_campaigns, utc_now,
+                                              wait_for_pending_requests, wait_for_runs, wait_until)
 from tests.integration.runs_support import RunEnv, ch_text
 from tests.integration.test_worker_beat import _blocks_someone, _gate, _pool_child, _run_row, _state_is
 
@@ -165,7 +164,7 @@ def runs_at(services: Services, rules: list[str], at: datetime, timeout: float) 
     """Waits until every rule of `rules` has a finished run as of `at`; returns them."""
     return wait_all_finished(services, timeout, f"the runs at {iso(at)}",
                              "SELECT * FROM rule_runs WHERE scheduled_for = %s AND rule_id::text = ANY(%s)",
-                             (at.astimezone(UTC).replace(tzinfo=None), rules), count=len(rules))
+                             (naive(at), rules), count=len(rules))
 
 
 def assert_every_minute(runs: dict[tuple[str, datetime], dict], rules: list[str], last: datetime) -> None:
@@ -177,8 +176,8 @@ def assert_every_minute(runs: dict[tuple[str, datetime], dict], rules: list[str]
         assert times == expected, f"rule {rule}: missing fire times {[iso(t) for t in set(expected) - set(times)]}"
 
 
-def hold_in_clickhouse(services: Services, server: subprocess.Popen, port: int, rule: str, org: int,
-                       at: datetime, gate: psycopg.Connection) -> None:
+def hold_in_clickhouse(services: Services, server: subprocess.Popen, port: int, rule: str, at: datetime,
+                       gate: psycopg.Connection) -> None:
     """With the run of (rule, at) waiting on `gate` (an uncommitted rule_runs row), SIGSTOPs the ClickHouse server
     and lets the claim through: the run blocks in its INSERT ... SELECT of rule_evaluations, unread by the server."""
     os.kill(server.pid, signal.SIGSTOP)
@@ -244,13 +243,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM (nothing is saved: --save ''), waits for the process to end."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -498,7 +492,7 @@ def _postgres_faults(services: Services, cluster: PostgresCluster, server: subpr
     tasks[a], gate_a = send_held_at_claim(services, worker, a, org, at_restart)
     tasks[b], gate_b = send_held_at_claim(services, worker, b, org, at_restart)
     try:
-        hold_in_clickhouse(services, server, port, a, org, at_restart, gate_a)
+        hold_in_clickhouse(services, server, port, a, at_restart, gate_a)
         started = time.monotonic()
         cluster.restart_fast()
         note(f"(a) pg_ctl restart -m fast took {time.monotonic() - started:.1f} s, with A compiled and in its "
@@ -514,7 +508,7 @@ def _postgres_faults(services: Services, cluster: PostgresCluster, server: subpr
     tasks[d], gate_d = send_held_at_claim(services, worker, d, org, at_terminate)
     lock = None
     try:
-        hold_in_clickhouse(services, server, port, c, org, at_terminate, gate_c)
+        hold_in_clickhouse(services, server, port, c, at_terminate, gate_c)
         lock = psycopg.connect(services.pg_url)
         lock.execute("SELECT id FROM rule_runs WHERE id = %s FOR UPDATE", (_run_row(services, c, at_terminate)["id"],))
         os.kill(server.pid, signal.SIGCONT)
@@ -538,7 +532,7 @@ def _postgres_faults(services: Services, cluster: PostgresCluster, server: subpr
     tasks[e], gate_e = send_held_at_claim(services, worker, e, org, at_down)
     down = False
     try:
-        hold_in_clickhouse(services, server, port, e, org, at_down, gate_e)
+        hold_in_clickhouse(services, server, port, e, at_down, gate_e)
         cluster.stop_fast()
         down, down_at = True, time.monotonic()
         note("(c) pg_ctl stop -m fast, with E compiled and in its ClickHouse statement; ClickHouse resumed")
@@ -613,7 +607,7 @@ def _clickhouse_killed(services: Services, server: dict[str, Any], port: int, no
 
     task, gate = send_held_at_claim(services, worker, rule, org, at)
     process = server["process"]
-    hold_in_clickhouse(services, process, port, rule, org, at, gate)
+    hold_in_clickhouse(services, process, port, rule, at, gate)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=15)
     killed_at = utc_now()
@@ -622,7 +616,7 @@ def _clickhouse_killed(services: Services, server: dict[str, Any], port: int, no
     # The run learns of it at once: it ends (failed), or its task is retried; it is not left hanging.
     def reacted() -> bool:
         row = _run_row(services, rule, at)
-        return row["status"] != "running" or task.id in "".join(log_lines(worker.log(), "retry"))
+        return row["status"] != "running" or bool(log_lines(worker.log(), "retry", task.id))
 
     wait_until(reacted, 30, "the run to notice the killed server")
     right_after = _run_row(services, rule, at)
@@ -632,9 +626,7 @@ def _clickhouse_killed(services: Services, server: dict[str, Any], port: int, no
     server["process"] = start_clickhouse_local(server["path"], port, log=server["log"])
     note(f"clickhouse-local started again on port {port}, same data directory, in {time.monotonic() - started:.1f} s")
 
-    row = wait_all_finished(services, services.lease_seconds + 90, "the run to end",
-                            "SELECT * FROM rule_runs WHERE rule_id = %s AND scheduled_for = %s",
-                            (rule, at.replace(tzinfo=None)))[0]
+    row = runs_at(services, [rule], at, services.lease_seconds + 90)[0]
     result = task.get(timeout=services.lease_seconds + 150, propagate=False)
     note(f"the run: {row['status']}, attempts {row['attempts']}, error {row['error']!r}, transitions "
          f"{transition_details(row)}; task result {result if isinstance(result, BaseException) else result['status']}")
