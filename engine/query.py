@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.compiler import CompiledLogic
+from engine.timestamps import utc_sql
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
 from engine.windows import WindowBounds
 
@@ -40,11 +41,6 @@ def quote_identifier(name: str) -> str:
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def utc_text(moment: datetime) -> str:
-    """`YYYY-MM-DD HH:MM:SS` of an instant in UTC, as DateTime('UTC') parameters take it."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[str, Sequence[str]] | None,
@@ -132,11 +128,11 @@ def _campaign_rows(parameters: dict[str, Any], filters: list[str], bounds: Windo
 
 def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowBounds,
                  with_previous: bool) -> tuple[list[str], dict[str, str], str, str]:
-    parameters["r_end"] = utc_text(bounds.utc_end)
+    parameters["r_end"] = utc_sql(bounds.utc_end)
     filters.append("snapshot_time < {r_end:DateTime('UTC')}")
     earliest = bounds.previous_utc_start if with_previous else bounds.utc_start
     if earliest is not None:
-        parameters["r_earliest"] = utc_text(earliest)
+        parameters["r_earliest"] = utc_sql(earliest)
         filters.append("snapshot_time >= {r_earliest:DateTime('UTC')}")
     fields: dict[str, str] = {}
     for prefix, side in _sides(with_previous):
@@ -152,7 +148,7 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     raw = ", ".join(f"{name} AS m_{name}" for name in ("snapshot_time", "entity_id", *_PACING_NUMBERS))
     raw += ", toString(entity_type) AS m_entity_type"
     if with_previous:
-        parameters["r_start"] = utc_text(bounds.utc_start)
+        parameters["r_start"] = utc_sql(bounds.utc_start)
         raw += ", snapshot_time >= {r_start:DateTime('UTC')} AS in_window"
     inner = f"SELECT {raw} FROM pacing_snapshots WHERE {' AND '.join(filters)}"
     keys = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
@@ -202,6 +198,6 @@ def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str,
         "condition_results, toUInt32(greatest(0, dateDiff('millisecond', {r_started:DateTime64(3, 'UTC')}, "
         f"now64(3, 'UTC')))) FROM ({inner.sql})"
     )
-    parameters = {**inner.parameters, "r_eval_time": utc_text(eval_time), "r_rule": rule_id,
+    parameters = {**inner.parameters, "r_eval_time": utc_sql(eval_time), "r_rule": rule_id,
                   "r_started": started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]}
     return Statement(sql, parameters)

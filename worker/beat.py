@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 
 from celery.beat import Scheduler
+from engine.timestamps import utc_iso
 
 from storage.errors import StorageError
 from storage.postgres import Postgres
@@ -92,7 +93,7 @@ class RuleScheduler(Scheduler):
         self.app.send_task(name, args=args, kwargs=kwargs, ignore_result=True)
 
     def _send(self, rule: ScheduledRule, due: datetime) -> None:
-        scheduled_for = due.strftime("%Y-%m-%dT%H:%M:%SZ")
+        scheduled_for = utc_iso(due)
         try:
             self._send_task("rules.evaluate", (rule.rule_id,), {"scheduled_for": scheduled_for})
         except Exception as error:  # the broker is down: try again next tick, nothing is marked as sent

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from engine.timestamps import utc_iso
 from storage.errors import StorageError
 from worker.errors import CommandFailed
 from worker.settings import ConfigurationError
@@ -126,7 +127,7 @@ def _enqueue_and_wait(request) -> dict:
     from worker.app import VISIBILITY_TIMEOUT_SECONDS
     from worker.tasks import evaluate
 
-    scheduled_for = request.scheduled_for.strftime("%Y-%m-%dT%H:%M:%SZ") if request.scheduled_for else None
+    scheduled_for = utc_iso(request.scheduled_for) if request.scheduled_for else None
     try:
         pending = evaluate.apply_async(args=(request.rule_id,), kwargs={
             "scheduled_for": scheduled_for, "dry_run": request.dry_run, "triggered_by": request.triggered_by,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from engine.timestamps import utc_iso
 from worker.context import open_postgres
 from worker.schedule import ScheduledRule, latest_fire_time
 
@@ -22,7 +23,7 @@ def dispatch_due(at: datetime) -> list[dict]:
     for rule in rules:
         due = latest_fire_time(rule, at)
         if due is not None and due == minute:
-            scheduled_for = due.strftime("%Y-%m-%dT%H:%M:%SZ")
+            scheduled_for = utc_iso(due)
             task = evaluate.apply_async(args=(rule.rule_id,), kwargs={"scheduled_for": scheduled_for})
             sent.append({"rule_id": rule.rule_id, "scheduled_for": scheduled_for, "task_id": task.id})
     return sent

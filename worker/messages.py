@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.query import CONDITIONS_KEY
+from engine.timestamps import utc_iso
 from worker.audience import Entity
 
 # An e-mail or Slack message lists this many entities and says how many more there are.
@@ -38,7 +39,7 @@ class RunNotice:
 
     @property
     def time_text(self) -> str:
-        return self.evaluated_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_iso(self.evaluated_at)
 
 
 def entity_record(entity: Entity) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from engine.fields import CAMPAIGN_METRICS
 from engine.interpreter import evaluate_row, truthy
 from engine.model import Rule, parse_rule
 from engine.query import (CONDITIONS_KEY, ENTITY_ID, ENTITY_TYPE, Statement, entity_rows, evaluation,
-                          evaluation_insert, utc_text)
+                          evaluation_insert)
+from engine.timestamps import utc_iso, utc_sql
 from engine.run_states import RunState, check_transition, reached
 from engine.windows import WindowBounds, resolve_window
 from storage.clickhouse import ClickHouse
@@ -110,7 +111,7 @@ def summary(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "trigger": row["trigger"],
         "dry_run": row["dry_run"],
-        "scheduled_for": row["scheduled_for"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "scheduled_for": utc_iso(row["scheduled_for"]),
         "entities": row["entities"],
         "matched": row["matched"],
         "alerts": row["alerts"],
@@ -149,7 +150,7 @@ class RuleRunner:
         """
         at = evaluation_time(request.scheduled_for)
         if not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1):
-            raise BadRunRequest(f"{at:%Y-%m-%dT%H:%M:%SZ} is older than the 90 days rule_evaluations keeps; "
+            raise BadRunRequest(f"{utc_iso(at)} is older than the 90 days rule_evaluations keeps; "
                                 "use a dry run to look that far back")
         rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
         if rule_row is None:
@@ -257,7 +258,7 @@ class RuleRunner:
         self._transition(run, RunState.SUCCEEDED, "done")
 
     def _scope(self, rule_row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
-        return {"org_id": rule_row["org_id"], "rule_id": rule_row["rule_id"], "eval_time": utc_text(at)}
+        return {"org_id": rule_row["org_id"], "rule_id": rule_row["rule_id"], "eval_time": utc_sql(at)}
 
     def _delete_alerts(self, keys: Mapping[str, Any]) -> None:
         self._clickhouse.command_named("delete_alerts", org_id=keys["org_id"], rule_id=keys["rule_id"],
@@ -409,7 +410,7 @@ class RuleRunner:
         cooling = {
             (row["entity_type"], row["entity_id"])
             for row in self._clickhouse.rows("alerts_in_cooldown", org_id=rule_row["org_id"], rule_id=rule_row["rule_id"],
-                                             since=utc_text(at - cooldown), until=utc_text(at),
+                                             since=utc_sql(at - cooldown), until=utc_sql(at),
                                              entity_ids=[entity.entity_id for entity in matched])
         }
         return [entity for entity in matched if entity.key not in cooling]

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from engine.timestamps import utc_iso
 from storage.postgres import Postgres
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Sweeper:
             wanted.add(key)
             if key not in self._sent:
                 self._send("rules.evaluate", (run["rule_id"],), {
-                    "scheduled_for": run["scheduled_for"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "scheduled_for": utc_iso(run["scheduled_for"]),
                     "triggered_by": run["triggered_by"], "trigger": run["trigger"]})
                 log.warning("run %s of rule %s lost its process; sent again", run["run_id"], run["rule_id"])
         for delivery in self._postgres.all("stalled_deliveries", grace_seconds=DELIVERY_GRACE_SECONDS):

@@ -1,0 +1,19 @@
+"""How instants are written as text: ISO 8601 UTC for people and task arguments, SQL text for ClickHouse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utc_iso(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:MM:SSZ` of an instant; a naive datetime is taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_sql(moment: datetime) -> str:
+    """`YYYY-MM-DD HH:MM:SS` of an instant in UTC, as DateTime('UTC') parameters take it; naive means UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
