@@ -54,16 +54,22 @@ def send_email(smtp_url: str | None, sender: str | None, to: str, subject: str, 
             if parts.username:
                 client.login(unquote(parts.username), unquote(parts.password or ""))
             client.send_message(message)
-    except smtplib.SMTPRecipientsRefused as error:
-        codes = [code for code, _text in error.recipients.values()]
-        raise DeliveryFailed(f"SMTP {host}:{port} refused {to}: {error.recipients[to][1]!r}",
-                             permanent=all(code >= 500 for code in codes)) from None
-    except smtplib.SMTPResponseException as error:
-        reason = error.smtp_error.decode(errors="replace") if isinstance(error.smtp_error, bytes) else error.smtp_error
-        raise DeliveryFailed(f"SMTP {host}:{port} answered {error.smtp_code} {reason}",
-                             permanent=error.smtp_code >= 500) from None
     except (OSError, smtplib.SMTPException) as error:
-        raise DeliveryFailed(f"SMTP {host}:{port}: {error or type(error).__name__}") from None
+        raise smtp_failure(error, host, port, to) from None
+
+
+def smtp_failure(error: OSError | smtplib.SMTPException, host: str, port: int, to: str) -> DeliveryFailed:
+    """What an SMTP or network error while sending to `to` through host:port means: permanent when the server
+    answered 5xx (for refused recipients, when every refusal is 5xx), retryable otherwise."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _text in error.recipients.values()]
+        return DeliveryFailed(f"SMTP {host}:{port} refused {to}: {error.recipients[to][1]!r}",
+                              permanent=all(code >= 500 for code in codes))
+    if isinstance(error, smtplib.SMTPResponseException):
+        reason = error.smtp_error.decode(errors="replace") if isinstance(error.smtp_error, bytes) else error.smtp_error
+        return DeliveryFailed(f"SMTP {host}:{port} answered {error.smtp_code} {reason}",
+                              permanent=error.smtp_code >= 500)
+    return DeliveryFailed(f"SMTP {host}:{port}: {error or type(error).__name__}")
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -114,7 +120,7 @@ def checked_address(url: str, allowed_hosts: frozenset[str]) -> str:
 
 def post_json(url: str, body: bytes, headers: dict[str, str], allowed_hosts: frozenset[str]) -> None:
     """POSTs `body` as JSON to `url` after `checked_address`; a 2xx answer is success. Redirects are not
-    followed; 408, 429 and 5xx answers and network errors may be retried, other answers are permanent failures."""
+    followed; network errors may be retried, and answers as `http_failure` says."""
     address = checked_address(url, allowed_hosts)
     scheme, host, port = split_url(url)
     parts = urlsplit(url)
@@ -130,8 +136,15 @@ def post_json(url: str, body: bytes, headers: dict[str, str], allowed_hosts: fro
         raise DeliveryFailed(f"POST to {host}: {error or type(error).__name__}") from None
     finally:
         connection.close()
-    if 200 <= response.status < 300:
-        return
-    retryable = response.status in (408, 425, 429) or response.status >= 500
-    raise DeliveryFailed(f"{host} answered HTTP {response.status} {response.reason}".rstrip(),
-                         permanent=not retryable)
+    failure = http_failure(host, response.status, response.reason)
+    if failure is not None:
+        raise failure
+
+
+def http_failure(host: str, status: int, reason: str) -> DeliveryFailed | None:
+    """What an HTTP answer from `host` means: None for 2xx; a failure that may be retried for 408, 425, 429 and
+    5xx; a permanent failure for any other status (redirects included)."""
+    if 200 <= status < 300:
+        return None
+    retryable = status in (408, 425, 429) or status >= 500
+    return DeliveryFailed(f"{host} answered HTTP {status} {reason}".rstrip(), permanent=not retryable)

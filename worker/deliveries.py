@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,37 +37,66 @@ def delivery_retry(config: Settings) -> RetryPolicy:
                        backoff_max=max(config.delivery_backoff_seconds, 300))
 
 
-def record_deliveries(tx: Transaction, notice: RunNotice, entities: Sequence[Entity],
-                      recipients: dict[tuple[str, str], list[Recipient]], notify: Notify) -> None:
-    """Writes, in `tx`, the in-app notifications and the deliveries that `notice` owes for `entities`: per user
-    (in-app, e-mail to verified addresses) the entities that user may see, per run (Slack, webhook) all of them."""
+@dataclass(frozen=True)
+class OwedDelivery:
+    """One `deliveries` row a run owes. An in-app delivery also carries the `notifications.entities` of its user's
+    notification; it is written with the run and recorded as sent, the others start pending."""
+
+    channel: str
+    recipient: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    user_id: int | None = None
+    notification_entities: list[dict[str, Any]] | None = None
+
+    @property
+    def sent(self) -> bool:
+        """True for the in-app delivery, which is done once its row is written."""
+        return self.channel == "in_app"
+
+
+def owed_deliveries(notice: RunNotice, entities: Sequence[Entity],
+                    recipients: dict[tuple[str, str], list[Recipient]], notify: Notify) -> list[OwedDelivery]:
+    """The deliveries `notice` owes for `entities`, in the order they are written: per user by user id (in-app,
+    then e-mail when the address is verified) the entities that user may see, in the order of `entities`; then per
+    run (Slack, webhook, each when its URL is set) all of them. Each has a fresh idempotency key; the webhook body's
+    `delivery_id` is its delivery's key. Nothing is owed for no entities."""
     if not entities:
-        return
+        return []
     per_user: dict[int, tuple[Recipient, list[Entity]]] = {}
     for entity in entities:
         for recipient in recipients.get(entity.key, []):
             per_user.setdefault(recipient.user_id, (recipient, []))[1].append(entity)
-    common = {"run_id": notice.run_id, "org_id": notice.org_id, "rule_id": notice.rule_id, "kind": notice.kind}
-
-    def add(channel: str, recipient: str, payload: dict[str, Any], *, user_id: int | None = None,
-            key: str | None = None, sent: bool = False) -> None:
-        tx.execute("insert_delivery", **common, idempotency_key=key or str(uuid.uuid4()), channel=channel,
-                   recipient=recipient, user_id=user_id, payload=json.dumps(payload),
-                   status="sent" if sent else "pending", attempts=1 if sent else 0)
-
+    owed: list[OwedDelivery] = []
     for user_id, (recipient, own) in sorted(per_user.items()):
         if "in_app" in notify.channels:
-            tx.execute("insert_notification", org_id=notice.org_id, user_id=user_id, rule_id=notice.rule_id,
-                       run_id=notice.run_id, severity=notice.severity, kind=notice.kind,
-                       entities=json.dumps(in_app_entities(own)))
-            add("in_app", str(user_id), {"entities": len(own)}, user_id=user_id, sent=True)
+            owed.append(OwedDelivery("in_app", str(user_id), {"entities": len(own)}, str(uuid.uuid4()),
+                                     user_id=user_id, notification_entities=in_app_entities(own)))
         if "email" in notify.channels and recipient.email_verified:
-            add("email", recipient.email, email_message(notice, own), user_id=user_id)
+            owed.append(OwedDelivery("email", recipient.email, email_message(notice, own), str(uuid.uuid4()),
+                                     user_id=user_id))
     if "slack" in notify.channels and notify.slack_webhook_url:
-        add("slack", notify.slack_webhook_url, {"body": slack_body(notice, entities)})
+        owed.append(OwedDelivery("slack", notify.slack_webhook_url, {"body": slack_body(notice, entities)},
+                                 str(uuid.uuid4())))
     if "webhook" in notify.channels and notify.webhook_url:
         key = str(uuid.uuid4())
-        add("webhook", notify.webhook_url, {"body": webhook_body(notice, entities, key)}, key=key)
+        owed.append(OwedDelivery("webhook", notify.webhook_url, {"body": webhook_body(notice, entities, key)}, key))
+    return owed
+
+
+def record_deliveries(tx: Transaction, notice: RunNotice, entities: Sequence[Entity],
+                      recipients: dict[tuple[str, str], list[Recipient]], notify: Notify) -> None:
+    """Writes, in `tx`, the in-app notifications and the deliveries that `notice` owes for `entities`
+    (`owed_deliveries`)."""
+    common = {"run_id": notice.run_id, "org_id": notice.org_id, "rule_id": notice.rule_id, "kind": notice.kind}
+    for owed in owed_deliveries(notice, entities, recipients, notify):
+        if owed.notification_entities is not None:
+            tx.execute("insert_notification", org_id=notice.org_id, user_id=owed.user_id, rule_id=notice.rule_id,
+                       run_id=notice.run_id, severity=notice.severity, kind=notice.kind,
+                       entities=json.dumps(owed.notification_entities))
+        tx.execute("insert_delivery", **common, idempotency_key=owed.idempotency_key, channel=owed.channel,
+                   recipient=owed.recipient, user_id=owed.user_id, payload=json.dumps(owed.payload),
+                   status="sent" if owed.sent else "pending", attempts=1 if owed.sent else 0)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -83,15 +113,33 @@ class DeliveryOutcome:
     error: str | None = None
 
 
+def post_request(channel: str, body: dict[str, Any], idempotency_key: str,
+                 webhook_secret: str | None) -> tuple[bytes, dict[str, str]]:
+    """The bytes and extra headers of a Slack or webhook post: compact UTF-8 JSON, the `Idempotency-Key`, and for
+    a webhook, when a secret is set, the `X-Signature` of exactly those bytes."""
+    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {"Idempotency-Key": idempotency_key}
+    if channel == "webhook" and webhook_secret:
+        headers["X-Signature"] = signature(webhook_secret, encoded)
+    return encoded, headers
+
+
+def failure_outcome(failure: DeliveryFailed, attempts_made: int, policy: RetryPolicy,
+                    rng: random.Random | None = None) -> DeliveryOutcome:
+    """What a failed attempt leaves: `failed` when the failure is permanent or `policy` allows no more tries after
+    `attempts_made`, else `pending` with the policy's backoff before the next try."""
+    error = str(failure)
+    if failure.permanent or not policy.allows(attempts_made):
+        return DeliveryOutcome("failed", error=error)
+    return DeliveryOutcome("pending", retry_in=policy.delay(attempts_made, rng), error=error)
+
+
 def _send(row: dict[str, Any], config: Settings) -> None:
     payload, key = row["payload"], str(row["idempotency_key"])
     if row["channel"] == "email":
         send_email(config.smtp_url, config.smtp_from, row["recipient"], payload["subject"], payload["text"], key)
         return
-    body = json.dumps(payload["body"], separators=(",", ":"), ensure_ascii=False).encode()
-    headers = {"Idempotency-Key": key}
-    if row["channel"] == "webhook" and config.webhook_secret:
-        headers["X-Signature"] = signature(config.webhook_secret, body)
+    body, headers = post_request(row["channel"], payload["body"], key, config.webhook_secret)
     post_json(row["recipient"], body, headers, config.notify_allowed_hosts)
 
 
@@ -100,16 +148,15 @@ def deliver(postgres: Postgres, delivery_id: int, config: Settings) -> DeliveryO
     row = postgres.one("claim_delivery", delivery_id=delivery_id, lease_seconds=DELIVERY_LEASE_SECONDS)
     if row is None:
         return None
-    policy = delivery_retry(config)
     try:
         _send(row, config)
     except DeliveryFailed as failure:
-        error = str(failure)
-        if failure.permanent or not policy.allows(row["attempts"]):
-            postgres.execute("record_delivery_failed", delivery_id=delivery_id, error=error)
-            return DeliveryOutcome("failed", error=error)
-        delay = policy.delay(row["attempts"])
-        postgres.execute("record_delivery_retry", delivery_id=delivery_id, error=error, delay_seconds=delay)
-        return DeliveryOutcome("pending", retry_in=delay, error=error)
+        outcome = failure_outcome(failure, row["attempts"], delivery_retry(config))
+        if outcome.status == "failed":
+            postgres.execute("record_delivery_failed", delivery_id=delivery_id, error=outcome.error)
+        else:
+            postgres.execute("record_delivery_retry", delivery_id=delivery_id, error=outcome.error,
+                             delay_seconds=outcome.retry_in)
+        return outcome
     postgres.execute("record_delivery_sent", delivery_id=delivery_id)
     return DeliveryOutcome("sent")
