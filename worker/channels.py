@@ -69,7 +69,7 @@ def smtp_failure(error: OSError | smtplib.SMTPException, host: str, port: int, t
         reason = error.smtp_error.decode(errors="replace") if isinstance(error.smtp_error, bytes) else error.smtp_error
         return DeliveryFailed(f"SMTP {host}:{port} answered {error.smtp_code} {reason}",
                               permanent=error.smtp_code >= 500)
-    return DeliveryFailed(f"SMTP {host}:{port}: {error or type(error).__name__}")
+    return DeliveryFailed(f"SMTP {host}:{port}: {str(error) or type(error).__name__}")
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -133,7 +133,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str], allowed_hosts: fro
         response = connection.getresponse()
         response.read(65536)
     except (OSError, http.client.HTTPException) as error:
-        raise DeliveryFailed(f"POST to {host}: {error or type(error).__name__}") from None
+        raise DeliveryFailed(f"POST to {host}: {str(error) or type(error).__name__}") from None
     finally:
         connection.close()
     failure = http_failure(host, response.status, response.reason)
