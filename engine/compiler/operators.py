@@ -52,22 +52,15 @@ if TYPE_CHECKING:
     from engine.compiler.compilation import Compilation
 
 
-def _compile_loose_equals(compiler: Compilation, arguments: list[Any]) -> Typed:
-    return typed_bool(loose_equals_sql(compiler, compiler.argument(arguments, 0), compiler.argument(arguments, 1)))
+def _compile_equality(equals_sql: Callable[[Compilation, Typed, Typed], str],
+                      negated: bool) -> Callable[[Compilation, list[Any]], Typed]:
+    """`==` and `===` over two operands (`!=` and `!==` when `negated`)."""
 
+    def compile_equality(compiler: Compilation, arguments: list[Any]) -> Typed:
+        equal = equals_sql(compiler, compiler.argument(arguments, 0), compiler.argument(arguments, 1))
+        return typed_bool(f"NOT {equal}" if negated else equal)
 
-def _compile_loose_not_equals(compiler: Compilation, arguments: list[Any]) -> Typed:
-    equal = loose_equals_sql(compiler, compiler.argument(arguments, 0), compiler.argument(arguments, 1))
-    return typed_bool(f"NOT {equal}")
-
-
-def _compile_strict_equals(compiler: Compilation, arguments: list[Any]) -> Typed:
-    return typed_bool(strict_equals_sql(compiler, compiler.argument(arguments, 0), compiler.argument(arguments, 1)))
-
-
-def _compile_strict_not_equals(compiler: Compilation, arguments: list[Any]) -> Typed:
-    equal = strict_equals_sql(compiler, compiler.argument(arguments, 0), compiler.argument(arguments, 1))
-    return typed_bool(f"NOT {equal}")
+    return compile_equality
 
 
 def _compile_chain(or_equal: bool) -> Callable[[Compilation, list[Any]], Typed]:
@@ -587,10 +580,10 @@ def _truth_and_or(stop_when: bool) -> Callable[[Compilation, list[Any]], str]:
 
 
 VALUE_OPERATORS: dict[str, Callable[[Compilation, list[Any]], Typed]] = {
-    "==": _compile_loose_equals,
-    "!=": _compile_loose_not_equals,
-    "===": _compile_strict_equals,
-    "!==": _compile_strict_not_equals,
+    "==": _compile_equality(loose_equals_sql, negated=False),
+    "!=": _compile_equality(loose_equals_sql, negated=True),
+    "===": _compile_equality(strict_equals_sql, negated=False),
+    "!==": _compile_equality(strict_equals_sql, negated=True),
     "<": _compile_chain(or_equal=False),
     "<=": _compile_chain(or_equal=True),
     ">": _compile_reversed(or_equal=False),
