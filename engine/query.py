@@ -15,7 +15,7 @@ from engine.compiler import CompiledLogic
 from engine.evaluation_document import CONDITIONS_KEY, document_sql, holds_entity_type
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
 from engine.sql_text import quote_identifier
-from engine.timestamps import utc_sql
+from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
 
 ENTITY_ID = "__entity_id"
@@ -175,5 +175,5 @@ def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str,
         f"now64(3, 'UTC')))) FROM ({inner.sql})"
     )
     parameters = {**inner.parameters, "r_eval_time": utc_sql(eval_time), "r_rule": rule_id,
-                  "r_started": started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]}
+                  "r_started": utc_sql_milliseconds(started_at)}
     return Statement(sql, parameters)

@@ -19,12 +19,12 @@ from engine.compiler import Kind, compile_logic
 from engine.compiler.compilation import Compilation
 from engine.errors import NotCompilable
 from engine.fields import FieldType
-from engine.interpreter import is_number, truthy
+from engine.interpreter import SCOPED_OPERATORS, is_number, truthy
 from tests.unit.test_interpreter_conformance import same_js_value
 
 SUITE = Path(__file__).resolve().parent.parent / "data" / "compatible.json"
 # Operators whose operands stay as written: names read from the data, and logic run over array elements.
-_UNLIFTED_OPERATORS = {"var", "missing", "missing_some", "filter", "map", "reduce", "all", "none", "some"}
+_UNLIFTED_OPERATORS = {"var", "missing", "missing_some"} | SCOPED_OPERATORS
 
 
 def _row_of(data: Any) -> dict[str, Any] | None:
