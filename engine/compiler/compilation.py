@@ -61,7 +61,11 @@ def _check_size(*expressions: str) -> None:
 
 
 class Compilation:
-    """One compilation: the fields, and the query parameters collected so far."""
+    """One compilation: the fields, and the query parameters collected so far.
+
+    compile_logic asks it for the `truth` of the logic and of each condition; `value` and `sql` give the SQL of a
+    logic's value itself, which the conformance tests compare with the interpreter's.
+    """
 
     def __init__(self, fields: Mapping[str, FieldType]) -> None:
         self.fields = fields

@@ -1,4 +1,4 @@
-"""Compiles JSON Logic to ClickHouse SQL over one entity row, with the interpreter's semantics exactly.
+"""The SQL of each JSON Logic operator over one entity row, with the interpreter's semantics exactly.
 
 The row has one column per field, named as the field (`spend`, `prev.spend`), Float64 for numbers and String
 for text, never NULL. Every subexpression gets a static type: number (Float64), string (String), bool (UInt8
