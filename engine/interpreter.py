@@ -64,9 +64,10 @@ JS_WHITESPACE = (
     "\t\n\x0b\x0c\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
-_DECIMAL = r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
-_DECIMAL_LITERAL = re.compile(_DECIMAL + r"\Z")
-_DECIMAL_PREFIX = re.compile(_DECIMAL)
+# A decimal numeral as JavaScript's Number() and parseFloat() read it (after the blanks are trimmed).
+DECIMAL_PATTERN = r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+_DECIMAL_LITERAL = re.compile(DECIMAL_PATTERN + r"\Z")
+_DECIMAL_PREFIX = re.compile(DECIMAL_PATTERN)
 _RADIX_LITERAL = re.compile(r"0(?:[xX]([0-9a-fA-F]+)|[oO]([0-7]+)|[bB]([01]+))\Z")
 _ARRAY_INDEX = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 
@@ -633,6 +634,9 @@ def _form_some(values: list, data: Any) -> Any:
     items, logic = _scoped(values, data)
     return any(truthy(_apply(logic, item)) for item in items or [])
 
+
+# The operations whose logic runs once per element of an array, with the element as its data.
+SCOPED_OPERATORS = frozenset({"filter", "map", "reduce", "all", "none", "some"})
 
 SPECIAL_FORMS: dict[str, Callable[[list, Any], Any]] = {
     "if": _form_if,

@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
+from engine.interpreter import SCOPED_OPERATORS
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
 
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -51,10 +52,9 @@ MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
 ALL_ROLES = ("owner", "admin", "member", "viewer")
 
-ITERATION_OPERATORS = frozenset({"map", "filter", "reduce", "all", "none", "some"})
 # The operators of classic JSON Logic that rules may use, plus `matches`. `log` is left out on purpose: all it
 # does is print to a console during evaluation, which has no place in a rule run and no SQL equivalent.
-RULE_OPERATORS = ITERATION_OPERATORS | frozenset(
+RULE_OPERATORS = SCOPED_OPERATORS | frozenset(
     "var missing missing_some if ?: == === != !== ! !! or and > >= < <= max min + - * / % in cat substr merge matches"
     .split()
 )
@@ -465,7 +465,7 @@ def _walk_logic(
     elif operator == "matches":
         problems += _matches_problems(argument_list, argument_paths, path)
     for index, (argument, argument_path) in enumerate(zip(argument_list, argument_paths)):
-        in_body = operator in ITERATION_OPERATORS and index == 1
+        in_body = operator in SCOPED_OPERATORS and index == 1
         _walk_logic(argument, argument_path, fields, in_item or in_body, problems)
 
 

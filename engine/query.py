@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from engine.compiler import CompiledLogic
-from engine.timestamps import utc_sql
+from engine.evaluation_document import CONDITIONS_KEY, document_sql, holds_entity_type
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
+from engine.sql_text import quote_identifier
+from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
 
 ENTITY_ID = "__entity_id"
 ENTITY_TYPE = "__entity_type"
-CONDITIONS_KEY = "conditions"
+# Still imported from here by the run's orchestration; the document's own module owns it.
+__all__ = ["CONDITIONS_KEY", "ENTITY_ID", "ENTITY_TYPE", "Statement", "entity_rows", "evaluation",
+           "evaluation_insert"]
 
 _CAMPAIGN_COUNTERS = ("impressions", "clicks", "conversions", "spend")
 _CAMPAIGN_ATTRIBUTES = ("campaign_name", "advertiser_id", "dsp_type")
@@ -32,15 +36,6 @@ class Statement:
 
     sql: str
     parameters: dict[str, Any]
-
-
-def quote_identifier(name: str) -> str:
-    """A backquoted ClickHouse identifier; field names may hold a dot (`prev.spend`)."""
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[str, Sequence[str]] | None,
@@ -139,8 +134,9 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
         def when_present(value: str, empty: str) -> str:
             return value if side is None else f"if(countIf({side}) > 0, {value}, {empty})"
 
-        fields[prefix + "entity_type"] = when_present("m_entity_type", "''")
-        fields[prefix + "entity_id"] = when_present("m_entity_id", "''")
+        # The identity is the entity's own on both sides, also on a side without a snapshot (README, Fields).
+        fields[prefix + "entity_type"] = "m_entity_type"
+        fields[prefix + "entity_id"] = "m_entity_id"
         for number in _PACING_NUMBERS:
             fields[prefix + number] = f"toFloat64({_aggregate('argMax', f'm_{number}, m_snapshot_time', side)})"
         latest = _aggregate("max", "m_snapshot_time", side)
@@ -155,32 +151,12 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     return keys, fields, inner, "m_entity_type, m_entity_id"
 
 
-def condition_results_sql(compiled: CompiledLogic, source: str) -> str:
-    """A SQL expression building the JSON object of every variable the logic reads and each condition's outcome.
-
-    For pacing snapshots it also holds `entity_type`, which tells apart entities that share an id.
-    """
-    columns = {name: name for name in compiled.variables}
-    if source == PACING_SNAPSHOTS:
-        columns["entity_type"] = ENTITY_TYPE
-    parts = ["'{'"]
-    for key, column in columns.items():
-        parts.append(_sql_string(f'"{key}":'))
-        parts.append(f"toJSONString({quote_identifier(column)})")
-        parts.append("','")
-    outcomes = ", ',', ".join(f"if({condition}, 'true', 'false')" for condition in compiled.conditions)
-    parts.append(_sql_string(f'"{CONDITIONS_KEY}":['))
-    if outcomes:
-        parts.append(outcomes)
-    parts.append("']}'")
-    return f"concat({', '.join(parts)})"
-
-
 def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Statement:
     """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity."""
+    document = document_sql(compiled.variables, compiled.conditions, ENTITY_TYPE if holds_entity_type(source) else None)
     sql = (
         f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, toUInt8({compiled.matched}) AS matched, "
-        f"{condition_results_sql(compiled, source)} AS condition_results FROM ({entities.sql})"
+        f"{document} AS condition_results FROM ({entities.sql})"
     )
     return Statement(sql, {**entities.parameters, **compiled.parameters})
 
@@ -199,5 +175,5 @@ def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str,
         f"now64(3, 'UTC')))) FROM ({inner.sql})"
     )
     parameters = {**inner.parameters, "r_eval_time": utc_sql(eval_time), "r_rule": rule_id,
-                  "r_started": started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]}
+                  "r_started": utc_sql_milliseconds(started_at)}
     return Statement(sql, parameters)

@@ -17,3 +17,9 @@ def utc_sql(moment: datetime) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_sql_milliseconds(moment: datetime) -> str:
+    """`YYYY-MM-DD HH:MM:SS.mmm` of an instant in UTC (truncated to the millisecond), as DateTime64(3, 'UTC')
+    parameters take it; naive means UTC."""
+    return utc_sql(moment) + moment.strftime(".%f")[:4]

@@ -70,6 +70,8 @@ try:
 except ImportError:
     brotli = None
 
+from engine.sql_text import quote_identifier, quote_string
+
 _log = logging.getLogger(__name__)
 
 _LOCK_FILE_NAME = ".clickhouse-local.lock"
@@ -631,17 +633,9 @@ def _parse_multipart(content_type_header: str, body: bytes) -> list[tuple[str, s
 # --- SQL text built here ----------------------------------------------------------------------------------------
 
 
-def _quote_identifier(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def _quote_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _set_statement(settings: dict[str, str]) -> str:
     """`SET a = 'x', b = 'y'`: ClickHouse converts a quoted value to each setting's type."""
-    return "SET " + ", ".join(f"{name} = {_quote_string(value)}" for name, value in settings.items())
+    return "SET " + ", ".join(f"{name} = {quote_string(value)}" for name, value in settings.items())
 
 
 def _truthy(value: str | None) -> bool:
@@ -825,7 +819,7 @@ class _Engine:
         self.version, self.timezone, self.display_name = json.loads(facts.bytes())
         formats = self._anchor.query("SELECT name FROM system.formats", "JSONCompactEachRow")
         self.format_names = {row[0].lower(): row[0] for row in map(json.loads, formats.bytes().splitlines())}
-        names = ", ".join(_quote_string(name) for name in _HTTP_LAYER_SETTINGS)
+        names = ", ".join(quote_string(name) for name in _HTTP_LAYER_SETTINGS)
         defaults = self._anchor.query(
             f"SELECT name, value FROM system.settings WHERE name IN ({names})", "JSONCompactEachRow"
         )
@@ -873,7 +867,7 @@ class _Session:
         missing = [name for name in names if name not in self.known_settings and name not in self.unknown_settings]
         if not missing:
             return
-        listed = ", ".join(_quote_string(name) for name in missing)
+        listed = ", ".join(quote_string(name) for name in missing)
         rows = self.connection.query(
             f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})", "JSONCompactEachRow"
         )
@@ -887,7 +881,7 @@ class _Session:
         for name in names:
             if name in self.known_settings:
                 value, changed = self.known_settings[name]
-                parts.append(f"{name} = {_quote_string(value)}" if changed else f"{name} = DEFAULT")
+                parts.append(f"{name} = {quote_string(value)}" if changed else f"{name} = DEFAULT")
         return "SET " + ", ".join(parts) if parts else None
 
 
@@ -1152,7 +1146,7 @@ class _Service:
     @staticmethod
     def _use_database(connection: Any, database: str) -> None:
         if database:
-            _Service._run_setup(connection, f"USE {_quote_identifier(database)}")
+            _Service._run_setup(connection, f"USE {quote_identifier(database)}")
 
     @staticmethod
     def _run_setup(connection: Any, statement: str | None, action: Callable[[], None] | None = None) -> None:
@@ -1184,7 +1178,7 @@ class _Service:
                         f"Neither structure nor types have been provided for external table {name}. "
                         f"Use fields {name}_structure or {name}_types to do so",
                     )
-                table = _quote_identifier(name)
+                table = quote_identifier(name)
                 self._run_setup(connection, f"CREATE TEMPORARY TABLE {table} ({structure}) ENGINE = Memory")
                 created.append(table)
                 if data:

@@ -11,13 +11,12 @@ The webhook body (also documented in the README):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.query import CONDITIONS_KEY
+from engine.evaluation_document import parse_document
 from engine.timestamps import utc_iso
 from worker.audience import Entity
 
@@ -44,11 +43,9 @@ class RunNotice:
 
 def entity_record(entity: Entity) -> dict[str, Any]:
     """An entity as messages carry it: identity, the values the logic read, the top-level condition outcomes."""
-    details = json.loads(entity.condition_details) if entity.condition_details else {}
-    conditions = details.pop(CONDITIONS_KEY, [])
-    details.pop("entity_type", None)
+    document = parse_document(entity.condition_details)
     return {"entity_type": entity.entity_type, "entity_id": entity.entity_id, "entity_name": entity.entity_name,
-            "values": details, "conditions": conditions}
+            "values": document.values, "conditions": document.conditions}
 
 
 def _headline(notice: RunNotice, count: int) -> str:

@@ -15,15 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.compiler import Kind, compile_logic, compile_value
+from engine.compiler import Kind, compile_logic
+from engine.compiler.compilation import Compilation
 from engine.errors import NotCompilable
 from engine.fields import FieldType
-from engine.interpreter import is_number, truthy
+from engine.interpreter import SCOPED_OPERATORS, is_number, truthy
 from tests.unit.test_interpreter_conformance import same_js_value
 
 SUITE = Path(__file__).resolve().parent.parent / "data" / "compatible.json"
 # Operators whose operands stay as written: names read from the data, and logic run over array elements.
-_UNLIFTED_OPERATORS = {"var", "missing", "missing_some", "filter", "map", "reduce", "all", "none", "some"}
+_UNLIFTED_OPERATORS = {"var", "missing", "missing_some"} | SCOPED_OPERATORS
 
 
 def _row_of(data: Any) -> dict[str, Any] | None:
@@ -105,12 +106,14 @@ def _run(ch, rule: Any, row: dict[str, Any]) -> tuple[bool, Any, bool] | None:
     except NotCompilable:
         return None
     row_sql, row_parameters = _row_sql(row)
+    # The value goes through the same compilation compile_logic runs; arrays and undefined have no SQL form.
+    compilation = Compilation(fields)
     try:
-        value = compile_value(rule, fields)
+        value = compilation.value(rule)
+        value_sql = compilation.sql(value)
     except NotCompilable:
-        value = None
-    value_sql = value.sql if value else "NULL"
-    parameters = {**row_parameters, **compiled.parameters, **(value.parameters if value else {})}
+        value, value_sql = None, "NULL"
+    parameters = {**row_parameters, **compiled.parameters, **(compilation.parameters if value else {})}
     sql = f"SELECT {compiled.matched}, {value_sql} FROM ({row_sql})"
     matched, result = ch.query(sql, parameters=parameters).result_rows[0]
     return bool(matched), (_sql_value(result, value.kind) if value else None), value is not None

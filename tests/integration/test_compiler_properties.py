@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.compiler import compile_logic, compile_value
+from engine.compiler import compile_logic
+from engine.compiler.compilation import Compilation
 from engine.errors import NotCompilable
 from engine.fields import CAMPAIGN_METRICS, FieldType, field_types
 from engine.interpreter import evaluate_row, truthy
@@ -242,11 +243,12 @@ def test_number_text_and_remainder_are_exact(ch, pairs):
     """Numbers as JavaScript writes them, and JavaScript's `%`, for numbers of every magnitude."""
     fields = {"x": FieldType.NUMBER, "d": FieldType.NUMBER}
     logic = {"cat": [{"var": "x"}, " ", {"%": [{"var": "x"}, {"var": "d"}]}]}
-    compiled = compile_value(logic, fields)
+    compilation = Compilation(fields)
+    value_sql = compilation.sql(compilation.value(logic))
     rows = ch.query(
-        f"SELECT x, d, {compiled.sql} FROM (SELECT pair.1 AS x, pair.2 AS d"
+        f"SELECT x, d, {value_sql} FROM (SELECT pair.1 AS x, pair.2 AS d"
         " FROM (SELECT arrayJoin(arrayZip({xs:Array(Float64)}, {ds:Array(Float64)})) AS pair))",
-        parameters={**compiled.parameters, "xs": [x for x, _ in pairs], "ds": [d for _, d in pairs]},
+        parameters={**compilation.parameters, "xs": [x for x, _ in pairs], "ds": [d for _, d in pairs]},
     ).result_rows
     for x, d, text in rows:
         assert text == evaluate_row(logic, {"x": x, "d": d}), f"x={x!r} d={d!r}"

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from engine.compiler import Kind, compile_logic, compile_value
+from engine.compiler import Kind, compile_logic
+from engine.compiler.compilation import Compilation
 from engine.errors import NotCompilable, RuleError
 from engine.fields import CAMPAIGN_METRICS, field_types
 
@@ -180,12 +181,15 @@ def test_literal_subtrees_are_folded():
 
 
 def test_values_keep_their_static_kind():
-    assert compile_value({"var": "spend"}, FIELDS).kind is Kind.NUMBER
-    assert compile_value({"cat": [{"var": "dsp_type"}, "x"]}, FIELDS).kind is Kind.STRING
-    assert compile_value({">": [{"var": "spend"}, 1]}, FIELDS).kind is Kind.BOOL
-    divided = compile_value({"/": [{"var": "spend"}, {"var": "clicks"}]}, FIELDS)
+    def compiled_value(logic):
+        return Compilation(FIELDS).value(logic)
+
+    assert compiled_value({"var": "spend"}).kind is Kind.NUMBER
+    assert compiled_value({"cat": [{"var": "dsp_type"}, "x"]}).kind is Kind.STRING
+    assert compiled_value({">": [{"var": "spend"}, 1]}).kind is Kind.BOOL
+    divided = compiled_value({"/": [{"var": "spend"}, {"var": "clicks"}]})
     assert divided.kind is Kind.NUMBER and divided.nullable
-    assert not compile_value({"/": [{"var": "spend"}, 4]}, FIELDS).nullable
+    assert not compiled_value({"/": [{"var": "spend"}, 4]}).nullable
 
 
 def test_operands_used_several_times_are_bound_once():

@@ -1,0 +1,106 @@
+"""The evaluation document of one entity: `rule_evaluations.condition_results`, kept as `alert_events.condition_details`.
+
+A compact JSON object: each field the logic reads with its value, for pacing snapshots `entity_type` (which tells
+apart entities that share an id), then `conditions`, the outcome of each top-level condition:
+
+    {"delivered_amount":0,"prev.delivered_amount":1200.5,"entity_type":"line_item","conditions":[true,true]}
+
+ClickHouse builds it on the SQL path (document_sql) and Python on the interpreter path (document_json), byte for
+byte the same for the same values: numbers and text are written as ClickHouse's toJSONString writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.fields import PACING_SNAPSHOTS
+from engine.interpreter import number_to_string
+from engine.sql_text import quote_identifier, quote_string
+
+CONDITIONS_KEY = "conditions"
+ENTITY_TYPE_KEY = "entity_type"
+
+# toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
+_JSON_ESCAPES = {
+    **{code: f"\\u{code:04X}" for code in range(0x20)},
+    **{ord(character): escaped for character, escaped in
+       {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+        "\u2028": "\\u2028", "\u2029": "\\u2029"}.items()},
+}
+
+
+@dataclass(frozen=True)
+class EvaluationDocument:
+    """A parsed evaluation document: the values the logic read, the condition outcomes, the entity type if held."""
+
+    values: dict[str, Any]
+    conditions: list[bool]
+    entity_type: str | None
+
+
+def holds_entity_type(source: str) -> bool:
+    """Whether the documents of rules over `source` hold `entity_type` (pacing snapshots: ids are per type)."""
+    return source == PACING_SNAPSHOTS
+
+
+def _keyed_parts(variables: Sequence[str], entity_type: Any) -> dict[str, Any]:
+    """The document's keys in their order, each with what its value is built from (a field name or the type)."""
+    parts: dict[str, Any] = {name: name for name in variables}
+    if entity_type is not None:
+        parts[ENTITY_TYPE_KEY] = entity_type
+    return parts
+
+
+def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None) -> str:
+    """A ClickHouse expression building the document of the current row.
+
+    `variables` are columns named as the fields the logic reads, `conditions` UInt8 0/1 expressions, and
+    `entity_type_column` the column holding the entity's type (None: the document holds no type).
+    """
+    parts = ["'{'"]
+    for key, column in _keyed_parts(variables, entity_type_column).items():
+        parts += [quote_string(f'"{key}":'), f"toJSONString({quote_identifier(column)})", "','"]
+    parts.append(quote_string(f'"{CONDITIONS_KEY}":['))
+    if conditions:
+        parts.append(", ',', ".join(f"if({condition}, 'true', 'false')" for condition in conditions))
+    parts.append("']}'")
+    return f"concat({', '.join(parts)})"
+
+
+def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_type: str | None) -> str:
+    """The document of one entity, as document_sql would build it for a row with these values.
+
+    `values` maps each field the logic reads (in the logic's order) to its number or text, `conditions` are the
+    outcomes of the top-level conditions, `entity_type` the entity's type (None: the document holds no type).
+    """
+    written = {key: _json_value(values[key]) for key in values}
+    if entity_type is not None:
+        written[ENTITY_TYPE_KEY] = _json_value(entity_type)
+    members = [f'"{key}":{value}' for key, value in written.items()]
+    members.append(f'"{CONDITIONS_KEY}":[' + ",".join("true" if outcome else "false" for outcome in conditions) + "]")
+    return "{" + ",".join(members) + "}"
+
+
+def _json_value(value: Any) -> str:
+    """A number or text as ClickHouse's toJSONString writes a Float64 or a String."""
+    if isinstance(value, str):
+        return '"' + value.translate(_JSON_ESCAPES) + '"'
+    number = float(value)
+    if math.isnan(number) or math.isinf(number):
+        return "null"
+    if number == 0:
+        return "-0" if math.copysign(1.0, number) < 0 else "0"
+    # ClickHouse lays out the shortest digits as JavaScript does, but writes no "+" in an exponent.
+    return number_to_string(number).replace("e+", "e")
+
+
+def parse_document(text: str) -> EvaluationDocument:
+    """The document in `text`; empty text (an alert row written without one) is a document with nothing in it."""
+    values = json.loads(text) if text else {}
+    conditions = values.pop(CONDITIONS_KEY, [])
+    entity_type = values.pop(ENTITY_TYPE_KEY, None)
+    return EvaluationDocument(values, conditions, entity_type)
