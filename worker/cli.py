@@ -37,7 +37,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_clickhouse_local(args: argparse.Namespace) -> int:
-    from storage.chlocal import serve
+    from clickhouse_local.server import serve
 
     serve(args.path, host=args.host, port=args.port, password=args.password)
     return 0
