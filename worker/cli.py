@@ -236,7 +236,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from worker.bench import run_bench
+    from benchmarks.bench import run_bench
     from worker.settings import settings
 
     _print_figures(run_bench(settings(), args.entities, args.days, args.rules), args.json)
@@ -252,7 +252,7 @@ def _print_figures(figures: dict, as_json: bool) -> None:
 
 
 def _cmd_load_bench(args: argparse.Namespace) -> int:
-    from worker.load_bench import run_load_bench
+    from benchmarks.load_bench import run_load_bench
     from worker.settings import settings
 
     if args.orgs > args.rules:
