@@ -22,7 +22,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage; one line is the contract
+    def error(self, message: str) -> None:  # argparse would print the whole usage; the README promises one line
         raise UsageError(message)
 
 

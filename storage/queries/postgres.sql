@@ -154,7 +154,8 @@ ORDER BY id
 LIMIT 1000;
 
 -- name: audience
--- The members of the organization allowed to hear of each entity (CONTRACT §6), one row per (entity, user).
+-- The members of the organization allowed to hear of each entity (the README's Notifications), one row per
+-- (entity, user).
 WITH entity AS (
     SELECT DISTINCT * FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(dsp_types)s::text[],
                                   %(advertiser_ids)s::text[]) AS e(entity_type, entity_id, dsp_type, advertiser_id)
