@@ -3,7 +3,6 @@ classes, on the real PostgreSQL and the embedded ClickHouse."""
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime
 
 import psycopg
@@ -15,6 +14,14 @@ from storage.postgres import Postgres
 from storage.queries import queries
 
 EXTRA_POSTGRES = """
+-- name: insert_test_organization
+INSERT INTO organizations (name, slug) VALUES (%(slug)s, %(slug)s) RETURNING id;
+
+-- name: insert_test_rule
+INSERT INTO rules (org_id, name, module, conditions, actions)
+VALUES (%(org_id)s, %(name)s, 'alerts', '{}', '{}')
+RETURNING id::text AS id;
+
 -- name: rule_names_of_organization
 SELECT name FROM rules WHERE org_id = %(org_id)s ORDER BY name;
 """
@@ -30,14 +37,11 @@ SELECT campaign_id FROM campaign_metrics_daily WHERE org_id = {org_id:UInt32} OR
 
 
 def _organization(tx, slug: str) -> int:
-    return tx.one("insert_organization", name=slug, slug=slug, timezone="UTC", currency="USD",
-                  enabled_modules=json.dumps(["alerts"]))["id"]
+    return tx.one("insert_test_organization", slug=slug)["id"]
 
 
 def _rule(tx, org_id: int, name: str) -> str:
-    return tx.one("insert_rule", org_id=org_id, name=name, module="alerts",
-                  conditions=json.dumps({"logic": {">": [{"var": "spend"}, 1]}}), actions=json.dumps({}),
-                  created_by=None)["id"]
+    return tx.one("insert_test_rule", org_id=org_id, name=name)["id"]
 
 
 def test_an_extra_postgres_file_runs_by_name_beside_the_service_queries(pg_url, tmp_path):
@@ -51,8 +55,11 @@ def test_an_extra_postgres_file_runs_by_name_beside_the_service_queries(pg_url, 
             _rule(tx, org_id, "b")
             _rule(tx, org_id, "a")
             in_transaction = tx.all("rule_names_of_organization", org_id=org_id)
+            # A query of the service's own file, in the same transaction.
+            found = tx.one("database_exists", name=pg_url.rsplit("/", 1)[1])
 
         assert in_transaction == [{"name": "a"}, {"name": "b"}]
+        assert found == {"found": 1}
         assert postgres.all("rule_names_of_organization", org_id=org_id) == [{"name": "a"}, {"name": "b"}]
         # The service's own client knows only the service's queries.
         with pytest.raises(KeyError):
@@ -89,13 +96,18 @@ def test_an_extra_file_may_not_redefine_a_service_query(tmp_path):
 
 def test_the_load_bench_touches_only_the_rules_of_its_own_organizations(pg_url):
     postgres = Postgres(pg_url, extra_queries=BENCH_QUERY_DIR / "postgres.sql")
+    long_ago = datetime(2020, 1, 1)
     try:
-        with postgres.transaction() as tx:
-            own, other = _organization(tx, "load-own"), _organization(tx, "someone-else")
-            own_rule, other_rule = _rule(tx, own, "own"), _rule(tx, other, "other")
-        long_ago = datetime(2020, 1, 1)
         with psycopg.connect(pg_url, autocommit=True) as connection:
-            connection.execute("UPDATE rules SET created_at = %s", (long_ago,))
+            def rule_of_new_organization(slug: str) -> tuple[int, str]:
+                org_id = connection.execute("INSERT INTO organizations (name, slug) VALUES (%s, %s) RETURNING id",
+                                            (slug, slug)).fetchone()[0]
+                rule_id = connection.execute("INSERT INTO rules (org_id, name, module, conditions, actions, created_at)"
+                                             " VALUES (%s, 'r', 'alerts', '{}', '{}', %s) RETURNING id::text",
+                                             (org_id, long_ago)).fetchone()[0]
+                return org_id, rule_id
+
+            (own, own_rule), (_, other_rule) = rule_of_new_organization("load-own"), rule_of_new_organization("other")
 
             touched = postgres.execute("load_bench_rules_created_now", org_ids=[own])
 
