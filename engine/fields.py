@@ -12,7 +12,6 @@ class FieldType(str, Enum):
 
 CAMPAIGN_METRICS = "campaign_metrics_daily"
 PACING_SNAPSHOTS = "pacing_snapshots"
-SOURCES = (CAMPAIGN_METRICS, PACING_SNAPSHOTS)
 
 PREVIOUS_PREFIX = "prev."
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -105,25 +106,25 @@ def connect(target: ClickHouseTarget, database: str | None = None, **settings: A
 
 
 class ClickHouse:
-    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database."""
+    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database.
 
-    def __init__(self, url: str, **settings: Any) -> None:
+    With `extra_queries` (the path of a named-query file of a tool outside the service), that file's named queries
+    run too. `settings` are ClickHouse settings for every statement of this client.
+    """
+
+    def __init__(self, url: str, *, extra_queries: Path | None = None, **settings: Any) -> None:
         self.target = parse_clickhouse_url(url)
+        self._named = queries("clickhouse", extra_queries)
         self._client = connect(self.target, **settings)
         self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
-    @property
-    def database(self) -> str:
-        """The database this client is bound to."""
-        return self.target.database
-
     def rows(self, name: str, /, **parameters: Any) -> list[dict[str, Any]]:
         """Runs named query `name` with server-side parameters; returns rows as dicts."""
-        return self.sql_rows(queries("clickhouse")[name], parameters, what=f"query {name}")
+        return self.sql_rows(self._named[name], parameters, what=f"query {name}")
 
     def command_named(self, name: str, /, **parameters: Any) -> Any:
         """Runs named statement `name` (no rows back) with server-side parameters."""
-        return self.command(queries("clickhouse")[name], parameters, what=f"statement {name}")
+        return self.command(self._named[name], parameters, what=f"statement {name}")
 
     def sql_rows(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> list[dict[str, Any]]:
         """Runs SQL built by the engine with server-side parameters; returns rows as dicts."""

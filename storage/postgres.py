@@ -1,9 +1,10 @@
-"""PostgreSQL access: a connection pool and the named queries of storage/queries/postgres.sql."""
+"""PostgreSQL access: a connection pool and the named queries of storage/queries/postgres.sql (and of an extra file)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -43,13 +44,14 @@ def translated_errors(url: str, what: str) -> Iterator[None]:
 class Transaction:
     """Runs named queries on one connection inside one transaction."""
 
-    def __init__(self, connection: psycopg.Connection, url: str) -> None:
+    def __init__(self, connection: psycopg.Connection, url: str, named: Mapping[str, str]) -> None:
         self._connection = connection
         self._url = url
+        self._named = named
 
     def _run(self, name: str, params: Mapping[str, Any], /) -> psycopg.Cursor:
         with translated_errors(self._url, f"query {name}"):
-            return self._connection.execute(queries("postgres")[name], params, prepare=True)
+            return self._connection.execute(self._named[name], params, prepare=True)
 
     def execute(self, name: str, /, **params: Any) -> int:
         """Runs query `name`; returns the number of rows it touched."""
@@ -65,10 +67,16 @@ class Transaction:
 
 
 class Postgres:
-    """A pool of connections to one PostgreSQL database; opened lazily, safe to share between threads."""
+    """A pool of connections to one PostgreSQL database; opened lazily, safe to share between threads.
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
+    It runs the named queries of storage/queries/postgres.sql and, with `extra_queries` (the path of a named-query
+    file of a tool outside the service), that file's too.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0,
+                 extra_queries: Path | None = None) -> None:
         self.url = url
+        self._named = queries("postgres", extra_queries)
         self._pool = ConnectionPool(
             url,
             min_size=0,
@@ -87,7 +95,7 @@ class Postgres:
             self._open()
         with translated_errors(self.url, "the transaction"), self._pool.connection() as connection:
             with connection.transaction():
-                yield Transaction(connection, self.url)
+                yield Transaction(connection, self.url, self._named)
 
     def _open(self) -> None:
         # One direct connection first: the pool would only retry quietly and time out without saying why.

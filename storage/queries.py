@@ -1,10 +1,17 @@
-"""Named SQL: each `.sql` file under storage/queries holds blocks introduced by `-- name: <query_name>`."""
+"""Named SQL: a `.sql` file holds blocks introduced by `-- name: <query_name>`, loaded once and run by name.
+
+The service's statements are in storage/queries (postgres.sql, clickhouse.sql). A tool outside the service keeps its
+own in a file of its own and gives its path to `Postgres` or `ClickHouse` as `extra_queries`; those then run its
+statements by name beside the service's, with the same error translation.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
 QUERY_DIR = Path(__file__).with_name("queries")
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
@@ -24,6 +31,22 @@ def parse_named_blocks(text: str) -> dict[str, str]:
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    """The named queries of `dialect` ("postgres" or "clickhouse"), loaded once per process."""
-    return parse_named_blocks((QUERY_DIR / f"{dialect}.sql").read_text())
+def _named_queries_of(path: Path) -> Mapping[str, str]:
+    return MappingProxyType(parse_named_blocks(path.read_text()))
+
+
+@cache
+def queries(dialect: str, extra: Path | None = None) -> Mapping[str, str]:
+    """The named queries of `dialect` ("postgres" or "clickhouse"), each file read once per process.
+
+    With `extra`, the path of a named-query file outside storage/queries, its queries come too; a name it shares
+    with the service's file is refused (ValueError), so a tool can never replace a statement of the service.
+    """
+    own = _named_queries_of(QUERY_DIR / f"{dialect}.sql")
+    if extra is None:
+        return own
+    added = _named_queries_of(Path(extra).resolve())
+    shared = sorted(own.keys() & added.keys())
+    if shared:
+        raise ValueError(f"{extra}: {', '.join(shared)} already defined in storage/queries/{dialect}.sql")
+    return MappingProxyType({**own, **added})

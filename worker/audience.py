@@ -1,4 +1,4 @@
-"""Who may hear of an entity (CONTRACT §6), resolved in PostgreSQL with one query per run."""
+"""Who may hear of an entity (the README's Notifications), resolved in PostgreSQL with one query per run."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage; one line is the contract
+    def error(self, message: str) -> None:  # argparse would print the whole usage; the README promises one line
         raise UsageError(message)
 
 
@@ -37,7 +37,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_clickhouse_local(args: argparse.Namespace) -> int:
-    from storage.chlocal import serve
+    from clickhouse_local.server import serve
 
     serve(args.path, host=args.host, port=args.port, password=args.password)
     return 0
@@ -236,7 +236,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from worker.bench import run_bench
+    from benchmarks.bench import run_bench
     from worker.settings import settings
 
     _print_figures(run_bench(settings(), args.entities, args.days, args.rules), args.json)
@@ -252,7 +252,7 @@ def _print_figures(figures: dict, as_json: bool) -> None:
 
 
 def _cmd_load_bench(args: argparse.Namespace) -> int:
-    from worker.load_bench import run_load_bench
+    from benchmarks.load_bench import run_load_bench
     from worker.settings import settings
 
     if args.orgs > args.rules:

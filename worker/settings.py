@@ -1,4 +1,4 @@
-"""The service's configuration: the environment variables of the contract, read once and validated."""
+"""The service's configuration: the environment variables the README lists, read once and validated."""
 
 from __future__ import annotations
 

@@ -154,7 +154,8 @@ ORDER BY id
 LIMIT 1000;
 
 -- name: audience
--- The members of the organization allowed to hear of each entity (CONTRACT §6), one row per (entity, user).
+-- The members of the organization allowed to hear of each entity (the README's Notifications), one row per
+-- (entity, user).
 WITH entity AS (
     SELECT DISTINCT * FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(dsp_types)s::text[],
                                   %(advertiser_ids)s::text[]) AS e(entity_type, entity_id, dsp_type, advertiser_id)
@@ -242,9 +243,6 @@ WHERE id = %(delivery_id)s
        OR (status = 'sending' AND lease_expires_at < (now() AT TIME ZONE 'UTC')))
 RETURNING *;
 
--- name: delivery
-SELECT * FROM deliveries WHERE id = %(delivery_id)s;
-
 -- name: record_delivery_sent
 UPDATE deliveries
 SET status = 'sent', sent_at = now() AT TIME ZONE 'UTC', lease_expires_at = NULL, next_attempt_at = NULL,
@@ -261,17 +259,3 @@ WHERE id = %(delivery_id)s AND status = 'sending';
 UPDATE deliveries
 SET status = 'failed', last_error = %(error)s, lease_expires_at = NULL, next_attempt_at = NULL
 WHERE id = %(delivery_id)s AND status = 'sending';
-
--- name: load_bench_runs
-SELECT rule_id::text AS rule_id, scheduled_for, status,
-       EXTRACT(EPOCH FROM finished_at - scheduled_for)::float AS lag_s
-FROM rule_runs
-WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
-
--- name: load_bench_unfinished
-SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'running') AS unfinished
-FROM rule_runs
-WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
-
--- name: load_bench_rules_created_now
-UPDATE rules SET created_at = now();

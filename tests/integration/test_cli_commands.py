@@ -1,4 +1,4 @@
-"""`rulesctl` commands other than `run` (contract §1-2), through the installed console script.
+"""`rulesctl` commands other than `run` (the README's Commands), through the installed console script.
 
 Real PostgreSQL (a fresh migrated database per test) and the session's embedded ClickHouse (a fresh migrated
 database per test). Data is inserted and read back with plain SQL (psycopg, clickhouse-connect), never through the

@@ -1,4 +1,4 @@
-"""Hostile data through a whole run (contract §4, §6, §7): strings built to break SQL are stored and compared as
+"""Hostile data through a whole run (the README's Guarantees): strings built to break SQL are stored and compared as
 plain data, a catastrophic regex runs in linear time, and one organization's rule never reads another's rows or
 notifies its users. Plus `rulesctl validate` on malformed input: one clear line, exit 1, no traceback."""
 

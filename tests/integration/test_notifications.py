@@ -1,5 +1,6 @@
-"""Who hears of a run's alerts, and how (contract §6): the audience by role and grant, in-app rows, e-mail to a
-real SMTP server, Slack and signed webhook posts to real HTTP receivers on loopback, cooldown and resolve notices.
+"""Who hears of a run's alerts, and how (the README's Notifications): the audience by role and grant, in-app rows,
+e-mail to a real SMTP server, Slack and signed webhook posts to real HTTP receivers on loopback, cooldown and resolve
+notices.
 
 These tests run the rule in-process and send each delivery with `worker.deliveries.deliver`, the function the
 `notifications.deliver` task calls; test_notification_worker.py runs the same through a real worker.

@@ -1,4 +1,5 @@
-"""`rulesctl run` through the installed console script (contract §2), on real PostgreSQL and the embedded ClickHouse.
+"""`rulesctl run` through the installed console script (the README's Commands), on real PostgreSQL and the embedded
+ClickHouse.
 
 The data and the rule are those of test_runs: at T, SPEND_AND_CTR over yesterday_data has 3 entities (c1, c2, c3)
 of which only c1 matches.

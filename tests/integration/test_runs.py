@@ -1,4 +1,4 @@
-"""One rule run, end to end, on the real PostgreSQL and the real embedded ClickHouse (contract §4, §5).
+"""One rule run, end to end, on the real PostgreSQL and the real embedded ClickHouse (the README's How a run works).
 
 Every expected value below is worked out by hand from the rows the test inserts. The organization is in
 America/New_York and T is 02:00:00 UTC on a day about ten days ago (within the 90-day TTL of `rule_evaluations`:

@@ -1,5 +1,6 @@
-"""`rulesctl up` (contract §1) as a real foreground process: its own data directory, a PostgreSQL database that does
-not exist yet, and a CLICKHOUSE_URL on a free loopback port, so that it starts its own embedded ClickHouse.
+"""`rulesctl up` (the README's Quick start) as a real foreground process: its own data directory, a PostgreSQL
+database that does not exist yet, and a CLICKHOUSE_URL on a free loopback port, so that it starts its own embedded
+ClickHouse.
 
 One `up --demo` is started for the module, with a Redis server of the module's own (the shared one at 6379 would
 let its worker take other test runs' tasks); the tests look at it while it runs, and the last one stops it with

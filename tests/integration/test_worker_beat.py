@@ -1,4 +1,5 @@
-"""The Celery side of the contract (§1-3, §5) with real processes: `celery -A worker.app worker|beat`.
+"""The service's Celery side (the README's service and Guarantees sections) with real processes:
+`celery -A worker.app worker|beat`.
 
 Every worker and beat here is a real `python -m celery -A worker.app ...` process on the test's own PostgreSQL
 database, ClickHouse database and Redis database number (celery_support), killed with its process group at the end.

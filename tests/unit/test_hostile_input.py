@@ -1,5 +1,5 @@
 """Arbitrary and hostile documents: validation and compilation never crash, they answer with a clear problem or a
-valid compile (contract §4 limits, §7 bad input)."""
+valid compile (the limits and bad input the README describes)."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_nulls_of_optional_keys_mean_left_out():
     assert (rule.conditions.compare_to, rule.conditions.scope) == (None, None)
 
 
-def test_the_contract_examples_parse():
+def test_a_full_document_parses():
     conditions = {
         "source": "campaign_metrics_daily",
         "window": "last_7_days",
@@ -768,7 +768,7 @@ def schema_accepts(instance, schema: dict, root: dict) -> bool:
     return True
 
 
-CONTRACT_DOCUMENT = {
+FULL_DOCUMENT = {
     "conditions": {
         "source": "campaign_metrics_daily",
         "window": "last_7_days",
@@ -808,10 +808,10 @@ def test_the_schema_describes_the_document():
     json.dumps(schema)
 
 
-def test_the_schema_accepts_the_contract_examples_and_the_bare_form():
+def test_the_schema_accepts_a_full_document_and_the_bare_form():
     schema = rule_json_schema()
-    assert schema_accepts(CONTRACT_DOCUMENT, schema, schema)
-    assert schema_accepts({"conditions": CONTRACT_DOCUMENT["conditions"]}, schema, schema)
+    assert schema_accepts(FULL_DOCUMENT, schema, schema)
+    assert schema_accepts({"conditions": FULL_DOCUMENT["conditions"]}, schema, schema)
     assert schema_accepts({"conditions": SPEND_OVER_1000}, schema, schema)
     pacing = {"conditions": {"source": "pacing_snapshots", "logic": {"var": "pacing_rate"}}}
     assert schema_accepts(pacing, schema, schema)

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from benchmarks.bench import RULE_TEMPLATES, load_metrics, scratch_stores
 from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres
-from worker.bench import RULE_TEMPLATES, load_metrics, scratch_stores
 from worker.errors import CommandFailed
 from worker.progress import ProgressBar
 from worker.settings import Settings
@@ -60,7 +60,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _populate(postgres: Postgres, clickhouse: ClickHouse, orgs: int, rules: int, campaigns: int,
-              suffix: str) -> None:
+              suffix: str) -> list[int]:
+    """Creates `orgs` organizations with `rules` rules among them and their campaigns' metrics; returns their ids."""
     today = datetime.now(UTC).date()
     per_org = [rules // orgs + (1 if i < rules % orgs else 0) for i in range(orgs)]
     with postgres.transaction() as tx:
@@ -75,6 +76,7 @@ def _populate(postgres: Postgres, clickhouse: ClickHouse, orgs: int, rules: int,
                        created_by=None)
     for org_id in org_ids:
         load_metrics(clickhouse, org_id, max(1, campaigns // orgs), METRIC_DAYS, today)
+    return org_ids
 
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -121,7 +123,7 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
             try:
                 env = dict(os.environ, DATABASE_URL=stores.pg_url, CLICKHOUSE_URL=stores.ch_url, REDIS_URL=redis_url,
                            REMAP_SIGTERM="SIGQUIT", PYTHONUNBUFFERED="1")
-                _populate(stores.postgres, stores.clickhouse, orgs, rules, campaigns, stores.name)
+                org_ids = _populate(stores.postgres, stores.clickhouse, orgs, rules, campaigns, stores.name)
                 broker.flushdb()
                 worker = _start([*celery, "worker", "-Q", "rules", "-c", "2", "--without-mingle", "--without-gossip",
                                  "--loglevel", "WARNING", "--hostname", f"{stores.name}@%h"], env, logs / "worker.log")
@@ -129,7 +131,7 @@ def run_load_bench(config: Settings, *, rules: int, orgs: int, campaigns: int, m
                 time.sleep(5)  # the worker forks its pool and connects before beat sends anything
                 # Created now, the rules have no fire time before the next minute: beat starts with no backlog.
                 first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-                stores.postgres.execute("load_bench_rules_created_now")
+                stores.postgres.execute("load_bench_rules_created_now", org_ids=org_ids)
                 beat = _start([*celery, "beat", "--loglevel", "WARNING", "--schedule", str(logs / "beat-schedule")],
                               env, logs / "beat.log")
                 processes.append(beat)

@@ -1,0 +1,17 @@
+-- Named PostgreSQL queries of `rulesctl load-bench`, run beside storage/queries/postgres.sql on its scratch
+-- database. Each block starts with `-- name: <name>`; parameters are %(name)s.
+
+-- name: load_bench_runs
+SELECT rule_id::text AS rule_id, scheduled_for, status,
+       EXTRACT(EPOCH FROM finished_at - scheduled_for)::float AS lag_s
+FROM rule_runs
+WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
+
+-- name: load_bench_unfinished
+SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'running') AS unfinished
+FROM rule_runs
+WHERE NOT dry_run AND scheduled_for BETWEEN %(first)s AND %(last)s;
+
+-- name: load_bench_rules_created_now
+-- Only the rules of the load-bench's own organizations: `org_ids` are those it created in its scratch database.
+UPDATE rules SET created_at = now() WHERE org_id = ANY(%(org_ids)s);
