@@ -1,9 +1,11 @@
-"""PostgreSQL access: a connection pool and the named queries of storage/queries/postgres.sql."""
+"""PostgreSQL access: a connection pool and the named queries of storage/queries/postgres.sql (and, for a pool
+made with `extra_queries`, those of another named-query file)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.errors import DatabaseUnavailable, QueryFailed, first_line
-from storage.queries import queries
+from storage.queries import named_queries, queries
 
 
 def describe_postgres(url: str) -> str:
@@ -40,16 +42,30 @@ def translated_errors(url: str, what: str) -> Iterator[None]:
         raise QueryFailed(f"{describe_postgres(url)}: {what} failed: {reason}") from error
 
 
+def _query_set(extra_queries: Path | None = None) -> Mapping[str, str]:
+    """The named queries of storage/queries/postgres.sql, with those of the file `extra_queries` if given; raises
+    ValueError when that file defines a name the storage file already has."""
+    own = queries("postgres")
+    if extra_queries is None:
+        return own
+    added = named_queries(extra_queries)
+    clashes = sorted(own.keys() & added.keys())
+    if clashes:
+        raise ValueError(f"{extra_queries}: query {clashes[0]!r} is already defined in storage/queries/postgres.sql")
+    return {**own, **added}
+
+
 class Transaction:
     """Runs named queries on one connection inside one transaction."""
 
-    def __init__(self, connection: psycopg.Connection, url: str) -> None:
+    def __init__(self, connection: psycopg.Connection, url: str, statements: Mapping[str, str]) -> None:
         self._connection = connection
         self._url = url
+        self._statements = statements
 
     def _run(self, name: str, params: Mapping[str, Any], /) -> psycopg.Cursor:
         with translated_errors(self._url, f"query {name}"):
-            return self._connection.execute(queries("postgres")[name], params, prepare=True)
+            return self._connection.execute(self._statements[name], params, prepare=True)
 
     def execute(self, name: str, /, **params: Any) -> int:
         """Runs query `name`; returns the number of rows it touched."""
@@ -65,10 +81,16 @@ class Transaction:
 
 
 class Postgres:
-    """A pool of connections to one PostgreSQL database; opened lazily, safe to share between threads."""
+    """A pool of connections to one PostgreSQL database; opened lazily, safe to share between threads.
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
+    It runs the named queries of storage/queries/postgres.sql and, with `extra_queries` (the path of a named-query
+    file), that file's too.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0,
+                 extra_queries: Path | None = None) -> None:
         self.url = url
+        self._statements = _query_set(extra_queries)
         self._pool = ConnectionPool(
             url,
             min_size=0,
@@ -87,7 +109,7 @@ class Postgres:
             self._open()
         with translated_errors(self.url, "the transaction"), self._pool.connection() as connection:
             with connection.transaction():
-                yield Transaction(connection, self.url)
+                yield Transaction(connection, self.url, self._statements)
 
     def _open(self) -> None:
         # One direct connection first: the pool would only retry quietly and time out without saying why.

@@ -1,4 +1,5 @@
-"""Named SQL: each `.sql` file under storage/queries holds blocks introduced by `-- name: <query_name>`."""
+"""Named SQL: each `.sql` file under storage/queries (and a named-query file of its own for what is not the
+service, such as the demo's) holds blocks introduced by `-- name: <query_name>`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def parse_named_blocks(text: str) -> dict[str, str]:
 
 
 @cache
+def named_queries(path: Path) -> dict[str, str]:
+    """The named queries of the SQL file at `path`, loaded once per process."""
+    return parse_named_blocks(path.read_text())
+
+
 def queries(dialect: str) -> dict[str, str]:
     """The named queries of `dialect` ("postgres" or "clickhouse"), loaded once per process."""
-    return parse_named_blocks((QUERY_DIR / f"{dialect}.sql").read_text())
+    return named_queries(QUERY_DIR / f"{dialect}.sql")
