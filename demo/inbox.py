@@ -72,13 +72,17 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown channel {channel!r}")
 
 
+SIGNATURE_TEXT = {"valid": "signature ok", "invalid": "signature FAILS: not the demo secret's",
+                  "missing": "no X-Signature"}
+
+
 def describe(summary: dict[str, Any]) -> str:
     """One line of `rulesctl demo-inbox` for a summary made by `summarise`."""
     head = f"{summary['received_at']}  {summary['channel']:<8} "
     if summary["channel"] == "webhook":
         noun = "entity" if summary["entities"] == 1 else "entities"
         return (f"{head}{summary['event']} of rule {summary['rule']!r}: {summary['entities']} {noun}, "
-                f"signature {summary['signature']}")
+                f"{SIGNATURE_TEXT[summary['signature']]}")
     return f"{head}{summary['subject']}  to {', '.join(summary['recipients'])}"
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from demo.inbox import (HOST, POSTS_FILE, SLACK_PATH, WEBHOOK_PATH, WEBHOOK_PORT
 
 CHANNELS = {SLACK_PATH: "slack", WEBHOOK_PATH: "webhook"}
 MAX_BODY_BYTES = 1 << 20
+# Posts are handled on threads of their own; their lines must not interleave in the log.
+_print_lock = threading.Lock()
 
 
 def body_problem(channel: str, body: bytes) -> str | None:
@@ -71,7 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         record = {"received_at": received_now(), "channel": channel, "path": self.path, "body": body.decode(),
                   "signature": self.headers.get("X-Signature"), "idempotency_key": self.headers.get("Idempotency-Key")}
         self.server.inbox.append(POSTS_FILE, record)
-        print(f"received {describe(summarise(record))}", flush=True)
+        with _print_lock:
+            print(f"received {describe(summarise(record))}", flush=True)
         self._answer(200, "ok")
 
     def _answer(self, status: int, text: str) -> None:
