@@ -54,8 +54,15 @@ def signature_check(body: str, header: str | None) -> str:
 
 def summarise(record: dict[str, Any]) -> dict[str, Any]:
     """What `rulesctl demo-inbox --json` says of one received record: for a message its time, channel, subject and
-    recipients; for a webhook post its event, rule, entity count and signature check. KeyError, TypeError or
-    ValueError when the record is not one the receivers write."""
+    recipients; for a webhook post its event, rule, entity count and signature check. ValueError when the record is
+    not one the receivers write."""
+    try:
+        return _summary(record)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+        raise ValueError("not a record of the demo inbox") from None
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
     channel = record["channel"]
     common = {"received_at": record["received_at"], "channel": channel}
     if channel == "email":
@@ -116,7 +123,11 @@ class Inbox:
                 raise InboxError(f"cannot read {path}: {error}") from None
             for number, line in enumerate(text.splitlines(), start=1):
                 try:
-                    found.append(summarise(json.loads(line)))
-                except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-                    raise InboxError(f"{path} line {number}: not a record of the demo inbox") from None
+                    record = json.loads(line)
+                except ValueError:
+                    raise InboxError(f"{path} line {number}: not JSON") from None
+                try:
+                    found.append(summarise(record))
+                except ValueError as error:
+                    raise InboxError(f"{path} line {number}: {error}") from None
         return sorted(found, key=lambda summary: summary["received_at"])
