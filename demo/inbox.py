@@ -8,6 +8,7 @@ demo rules' e-mail, Slack and webhook channels at them. Each keeps what it recei
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
 import os
@@ -33,6 +34,16 @@ WEBHOOK_SECRET = "demo-webhook-secret"
 INBOX_DIR_NAME = "demo-inbox"
 MAIL_FILE = "mail.jsonl"
 POSTS_FILE = "posts.jsonl"
+
+
+def receiver_arguments(module: str, description: str | None, port: int,
+                       argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a receiver run as `python -m <module>`: --host, --port and --inbox (its directory)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--host", default=HOST)
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--inbox", type=Path, required=True, help="the demo inbox directory")
+    return parser.parse_args(argv)
 
 
 class InboxError(Exception):

@@ -3,18 +3,16 @@ demo inbox. `rulesctl up --demo` runs it as `python -m demo.mail_sink`; it print
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import email.policy
 import signal
 import sys
 from email.message import EmailMessage
 from email.parser import BytesParser
-from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from demo.inbox import HOST, MAIL_FILE, MAIL_PORT, Inbox, describe, received_now, summarise
+from demo.inbox import MAIL_FILE, MAIL_PORT, Inbox, describe, receiver_arguments, received_now, summarise
 
 
 def mail_record(envelope: Envelope) -> dict:
@@ -55,11 +53,7 @@ async def serve(host: str, port: int, inbox: Inbox) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the mail sink; exit 1 with one line when its port cannot be had."""
-    parser = argparse.ArgumentParser(prog="python -m demo.mail_sink", description=__doc__)
-    parser.add_argument("--host", default=HOST)
-    parser.add_argument("--port", type=int, default=MAIL_PORT)
-    parser.add_argument("--inbox", type=Path, required=True, help="the demo inbox directory")
-    args = parser.parse_args(argv)
+    args = receiver_arguments("demo.mail_sink", __doc__, MAIL_PORT, argv)
     try:
         asyncio.run(serve(args.host, args.port, Inbox(args.inbox)))
     except OSError as error:

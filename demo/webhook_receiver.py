@@ -9,17 +9,15 @@ is answered 400 saying why, and is not kept. GET answers 200, so that a readines
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from demo.inbox import (HOST, POSTS_FILE, SLACK_PATH, WEBHOOK_PATH, WEBHOOK_PORT, Inbox, describe, received_now,
-                        summarise)
+from demo.inbox import (POSTS_FILE, SLACK_PATH, WEBHOOK_PATH, WEBHOOK_PORT, Inbox, describe, receiver_arguments,
+                        received_now, summarise)
 
 CHANNELS = {SLACK_PATH: "slack", WEBHOOK_PATH: "webhook"}
 MAX_BODY_BYTES = 1 << 20
@@ -104,11 +102,7 @@ def _stop(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the receiver until SIGTERM or SIGINT; exit 1 with one line when its port cannot be had."""
-    parser = argparse.ArgumentParser(prog="python -m demo.webhook_receiver", description=__doc__)
-    parser.add_argument("--host", default=HOST)
-    parser.add_argument("--port", type=int, default=WEBHOOK_PORT)
-    parser.add_argument("--inbox", type=Path, required=True, help="the demo inbox directory")
-    args = parser.parse_args(argv)
+    args = receiver_arguments("demo.webhook_receiver", __doc__, WEBHOOK_PORT, argv)
     try:
         server = _Server((args.host, args.port), Inbox(args.inbox))
     except OSError as error:

@@ -21,7 +21,8 @@ from worker.settings import Settings
 from worker.supervisor import AlreadyRunning, InstanceLock, ProcessSpec, Supervisor
 
 
-def _answers(url: str) -> bool:
+def http_answers(url: str) -> bool:
+    """True when a GET of `url` answers 200 within a second."""
     try:
         with urllib.request.urlopen(url, timeout=1) as answer:
             return answer.status == 200
@@ -32,7 +33,7 @@ def _answers(url: str) -> bool:
 def clickhouse_answers(target: ClickHouseTarget) -> bool:
     """True when something at the target's host and port answers the ClickHouse /ping."""
     scheme = "https" if target.secure else "http"
-    return _answers(f"{scheme}://{target.host}:{target.port}/ping")
+    return http_answers(f"{scheme}://{target.host}:{target.port}/ping")
 
 
 def _is_loopback(host: str) -> bool:
@@ -69,11 +70,12 @@ def celery_specs() -> list[ProcessSpec]:
                                  "--pool", "threads", "--concurrency", "8", "--hostname", "notifier@%h"], env=WORKER_ENV),
         ProcessSpec("beat", [*celery, "beat", "--loglevel", "INFO"]),
         ProcessSpec("flower", [*celery, "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"],
-                    ready=lambda: _answers(f"http://127.0.0.1:{FLOWER_PORT}/healthcheck")),
+                    ready=lambda: http_answers(f"http://127.0.0.1:{FLOWER_PORT}/healthcheck")),
     ]
 
 
-def _smtp_answers(host: str, port: int) -> bool:
+def smtp_answers(host: str, port: int) -> bool:
+    """True when an SMTP server at host:port greets and answers NOOP."""
     try:
         with smtplib.SMTP(host, port, timeout=2) as client:
             return client.noop()[0] == 250
@@ -86,10 +88,10 @@ def demo_inbox_specs(data_dir: Path) -> list[ProcessSpec]:
     where = ["--inbox", str(data_dir / inbox.INBOX_DIR_NAME)]
     return [
         ProcessSpec("mail-sink", [sys.executable, "-m", "demo.mail_sink", "--port", str(inbox.MAIL_PORT), *where],
-                    ready=lambda: _smtp_answers(inbox.HOST, inbox.MAIL_PORT)),
+                    ready=lambda: smtp_answers(inbox.HOST, inbox.MAIL_PORT)),
         ProcessSpec("webhooks", [sys.executable, "-m", "demo.webhook_receiver", "--port", str(inbox.WEBHOOK_PORT),
                                  *where],
-                    ready=lambda: _answers(f"http://{inbox.HOST}:{inbox.WEBHOOK_PORT}/")),
+                    ready=lambda: http_answers(f"http://{inbox.HOST}:{inbox.WEBHOOK_PORT}/")),
     ]
 
 

@@ -5,12 +5,10 @@ service's own senders (worker/channels.py) over real SMTP and HTTP, and `rulesct
 from __future__ import annotations
 
 import json
-import smtplib
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from demo.inbox import INBOX_DIR_NAME, WEBHOOK_SECRET
 from tests.conftest import RULESCTL, free_port, stop_process
 from worker.channels import DeliveryFailed, post_json, send_email
 from worker.deliveries import signature
+from worker.service import http_answers, smtp_answers
 
 HOST = "127.0.0.1"
 
@@ -46,22 +45,6 @@ def _ready(check, process: subprocess.Popen, what: str) -> None:
         time.sleep(0.1)
 
 
-def _smtp_answers(port: int) -> bool:
-    try:
-        with smtplib.SMTP(HOST, port, timeout=2) as client:
-            return client.noop()[0] == 250
-    except (OSError, smtplib.SMTPException):
-        return False
-
-
-def _http_answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
 def start_receiver(module: str, port: int, inbox_dir: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, "--port", str(port), "--inbox", str(inbox_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -74,8 +57,8 @@ def local_inbox(tmp_path):
     sink = start_receiver("demo.mail_sink", smtp_port, data_dir / INBOX_DIR_NAME)
     receiver = start_receiver("demo.webhook_receiver", http_port, data_dir / INBOX_DIR_NAME)
     try:
-        _ready(lambda: _smtp_answers(smtp_port), sink, "the mail sink")
-        _ready(lambda: _http_answers(http_port), receiver, "the webhook receiver")
+        _ready(lambda: smtp_answers(HOST, smtp_port), sink, "the mail sink")
+        _ready(lambda: http_answers(f"http://{HOST}:{http_port}/"), receiver, "the webhook receiver")
         yield LocalInbox(data_dir, smtp_port, http_port)
     finally:
         stop_process(sink)
