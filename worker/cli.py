@@ -365,7 +365,8 @@ def _build_parser() -> _Parser:
     up = add_command("up", help="run the whole service in the foreground (Ctrl-C stops it)")
     up.add_argument("--demo", action="store_true",
                     help="load the demo data set first and run a local inbox for its notifications")
-    up.add_argument("--data-dir", default="./data", help="where the embedded ClickHouse keeps its data (default ./data)")
+    up.add_argument("--data-dir", default="./data",
+                    help="where the embedded ClickHouse and the demo inbox keep their data (default ./data)")
     up.set_defaults(handler=_cmd_up)
     return parser
 
