@@ -4,6 +4,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY storage storage
 COPY worker worker
+COPY demo demo
 COPY sql sql
 RUN pip install --no-cache-dir -e .
 ENTRYPOINT []
