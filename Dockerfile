@@ -6,6 +6,7 @@ COPY storage storage
 COPY worker worker
 COPY clickhouse_local clickhouse_local
 COPY benchmarks benchmarks
+COPY demo demo
 COPY sql sql
 RUN pip install --no-cache-dir -e .
 ENTRYPOINT []

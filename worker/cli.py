@@ -263,11 +263,27 @@ def _cmd_load_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from worker.context import open_stores
-    from worker.demo import load_demo_data
+    from demo.data import load_demo_data
+    from worker.settings import settings
 
-    with open_stores() as (postgres, clickhouse):
-        print(load_demo_data(postgres, clickhouse))
+    print(load_demo_data(settings()))
+    return 0
+
+
+def _cmd_demo_inbox(args: argparse.Namespace) -> int:
+    from demo.inbox import INBOX_DIR_NAME, Inbox, InboxError, describe
+
+    directory = Path(args.data_dir) / INBOX_DIR_NAME
+    try:
+        summaries = Inbox(directory).summaries()
+    except InboxError as error:
+        raise CommandFailed(str(error)) from None
+    if not summaries:
+        print(f"nothing received yet in {directory}: start the demo with `./rulesctl up --demo`, and its rules "
+              "send e-mail, Slack and webhook posts here within a minute", file=sys.stderr if args.json else sys.stdout)
+        return 0
+    for summary in summaries:
+        print(json.dumps(summary, sort_keys=True) if args.json else describe(summary))
     return 0
 
 
@@ -341,9 +357,16 @@ def _build_parser() -> _Parser:
     demo = add_command("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
     demo.set_defaults(handler=_cmd_demo_data)
 
+    demo_inbox = add_command("demo-inbox", help="what the demo's local mail sink and webhook receiver received")
+    demo_inbox.add_argument("--data-dir", default="./data", help="the data directory of `up --demo` (default ./data)")
+    demo_inbox.add_argument("--json", action="store_true", help="one JSON object per message or post")
+    demo_inbox.set_defaults(handler=_cmd_demo_inbox)
+
     up = add_command("up", help="run the whole service in the foreground (Ctrl-C stops it)")
-    up.add_argument("--demo", action="store_true", help="load the demo data set first")
-    up.add_argument("--data-dir", default="./data", help="where the embedded ClickHouse keeps its data (default ./data)")
+    up.add_argument("--demo", action="store_true",
+                    help="load the demo data set first and run a local inbox for its notifications")
+    up.add_argument("--data-dir", default="./data",
+                    help="where the embedded ClickHouse and the demo inbox keep their data (default ./data)")
     up.set_defaults(handler=_cmd_up)
     return parser
 

@@ -75,33 +75,10 @@ RETURNING *;
 INSERT INTO audit_logs (org_id, user_id, action, resource_type, resource_id, details)
 VALUES (%(org_id)s, %(user_id)s, %(action)s, %(resource_type)s, %(resource_id)s, %(details)s);
 
--- name: organization_by_slug
-SELECT id, name, timezone FROM organizations WHERE slug = %(slug)s;
-
 -- name: insert_organization
 INSERT INTO organizations (name, slug, timezone, currency, enabled_modules)
 VALUES (%(name)s, %(slug)s, %(timezone)s, %(currency)s, %(enabled_modules)s)
 RETURNING id;
-
--- name: insert_user
-INSERT INTO users (email, password_hash, full_name, email_verified)
-VALUES (%(email)s, %(password_hash)s, %(full_name)s, %(email_verified)s)
-ON CONFLICT (email) DO UPDATE SET full_name = EXCLUDED.full_name
-RETURNING id;
-
--- name: insert_membership
-INSERT INTO org_memberships (user_id, org_id, role, invited_by)
-VALUES (%(user_id)s, %(org_id)s, %(role)s, %(invited_by)s)
-ON CONFLICT (user_id, org_id) DO UPDATE SET role = EXCLUDED.role;
-
--- name: insert_dsp_account
-INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name)
-VALUES (%(org_id)s, %(dsp_type)s, %(external_id)s, %(name)s)
-RETURNING id;
-
--- name: insert_grant
-INSERT INTO entity_permissions (user_id, org_id, entity_type, entity_id, permission, granted_by, expires_at)
-VALUES (%(user_id)s, %(org_id)s, %(entity_type)s, %(entity_id)s, %(permission)s, %(granted_by)s, %(expires_at)s);
 
 -- name: insert_rule
 INSERT INTO rules (org_id, name, module, enabled, conditions, actions, created_by)

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 from tests.conftest import PG_SERVER, RULESCTL, free_port
 
 COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "schema", "backfill", "bench", "load-bench",
-            "demo-data", "up")
+            "demo-data", "demo-inbox", "up")
 METRIC_COLUMNS = ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
                   "clicks", "conversions", "spend", "cpm", "ctr", "cvr"]
 ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
@@ -491,7 +491,7 @@ def test_demo_data_loads_once_and_its_rules_match(pg_url, migrated_ch_url, click
         finally:
             client.close()
     assert all(matched_by_module[module] > 0 for module in ("alerts", "qa", "taxonomy")), matched_by_module
-    # demo.py: campaigns 2, 9, 14, 22 and 31 (12 per account, in account order) carry the broken names, and the
+    # demo/data.py: campaigns 2, 9, 14, 22 and 31 (12 per account, in account order) carry the broken names, and the
     # insertion orders IO-1003, IO-1007 and IO-1011 pace at 55-70 % while the others pace at 92-108 %
     assert alerted["Campaign names break the convention"] == {"dv360-1002", "dv360-1009", "ttd-1102", "ttd-1110",
                                                               "meta-1207"}

@@ -9,6 +9,7 @@ SIGINT (Ctrl-C). Everything it started is killed in the fixture's `finally` what
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,10 +25,13 @@ import clickhouse_connect
 import psycopg
 import pytest
 
+from demo.inbox import INBOX_DIR_NAME, MAIL_FILE, MAIL_PORT, POSTS_FILE, SLACK_URL, WEBHOOK_PORT
 from tests.conftest import RULESCTL, admin_sql, free_port, postgres_url
 
 START_TIMEOUT = 90
 STOP_TIMEOUT = 15
+# The demo's first fire time is at most a minute away; its run and deliveries follow within seconds.
+DELIVERY_TIMEOUT = 180
 FLOWER_PORT = 5555
 
 
@@ -161,15 +165,20 @@ def redis_url(tmp_path_factory):
         process.wait(timeout=10)
 
 
-def _wait_until_flower_port_is_free(timeout: float = 20) -> None:
-    """Flower's port is fixed (5555): while another `rulesctl up` on this machine holds it, ours cannot run."""
+def _wait_until_fixed_ports_are_free(timeout: float = 20) -> None:
+    """Flower's port (5555) and the demo inbox's (2525, 8525) are fixed: while another `rulesctl up --demo` on this
+    machine holds them, ours cannot run."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", FLOWER_PORT)) != 0:
-                return
+        held = []
+        for port in (FLOWER_PORT, MAIL_PORT, WEBHOOK_PORT):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    held.append(port)
+        if not held:
+            return
         time.sleep(0.5)
-    pytest.skip(f"port {FLOWER_PORT} (Flower's fixed port) is held by another process on this machine")
+    pytest.skip(f"the fixed ports {held} (Flower, the demo inbox) are held by another process on this machine")
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +189,7 @@ def up(tmp_path_factory, redis_url):
     data_dir = tmp_path_factory.mktemp("up") / "data"
     env = dict(os.environ, DATABASE_URL=pg_url, CLICKHOUSE_URL=f"http://default@127.0.0.1:{port}/rules",
                REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
-    _wait_until_flower_port_is_free()
+    _wait_until_fixed_ports_are_free()
     process = subprocess.Popen([RULESCTL, "up", "--demo", "--data-dir", str(data_dir)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, bufsize=1, start_new_session=True)
@@ -263,6 +272,70 @@ def test_a_second_up_on_the_same_data_dir_refuses(up):
     assert len(lines) == 1, lines
     assert "already running" in lines[0]
     assert "Traceback" not in second.stderr
+    assert up.process.poll() is None and answers(up.port)
+
+
+def _received_channels(inbox_dir: Path) -> set[str]:
+    channels = set()
+    for name in (MAIL_FILE, POSTS_FILE):
+        try:
+            lines = (inbox_dir / name).read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        channels |= {json.loads(line)["channel"] for line in lines}
+    return channels
+
+
+def test_the_demo_rules_deliver_to_the_local_inbox(up):
+    assert up.process.poll() is None, up.output()
+    prefixes = {line.split("|", 1)[0].strip() for line in up.lines if "|" in line}
+    assert {"mail-sink", "webhooks"} <= prefixes, up.output()
+    inbox_dir = up.data_dir / INBOX_DIR_NAME
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while _received_channels(inbox_dir) != {"email", "slack", "webhook"} and time.monotonic() < deadline:
+        time.sleep(1)
+
+    listed = subprocess.run([RULESCTL, "demo-inbox", "--json", "--data-dir", str(up.data_dir)], env=up.env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert listed.returncode == 0, listed.stderr
+    summaries = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {summary["channel"] for summary in summaries} == {"email", "slack", "webhook"}, up.output()
+    with psycopg.connect(up.pg_url) as connection:
+        def delivery(key: str) -> tuple:
+            return connection.execute(
+                "SELECT d.channel, d.recipient, d.kind, d.status, ru.name, r.alerts FROM deliveries d "
+                "JOIN rule_runs r ON r.id = d.run_id JOIN rules ru ON ru.id = d.rule_id WHERE d.idempotency_key = %s",
+                (key,)).fetchone()
+
+        for summary in summaries:
+            if summary["channel"] == "email":
+                channel, recipient, _kind, status, rule, _alerts = delivery(summary["message_id"][1:].split("@")[0])
+                assert (channel, [recipient]) == ("email", summary["recipients"]) and rule in summary["subject"]
+            elif summary["channel"] == "slack":
+                channel, recipient, _kind, status, rule, _alerts = delivery(summary["idempotency_key"])
+                assert (channel, recipient) == ("slack", SLACK_URL) and rule in summary["subject"]
+            else:
+                channel, _recipient, kind, status, rule, alerts = delivery(summary["idempotency_key"])
+                assert (channel, summary["event"], summary["rule"], summary["entities"]) == ("webhook", kind, rule,
+                                                                                             alerts)
+                assert summary["signature"] == "valid"
+            assert status in ("sending", "sent"), summary
+        failed = connection.execute("SELECT channel, recipient, last_error FROM deliveries "
+                                    "WHERE status = 'failed' OR last_error IS NOT NULL").fetchall()
+    assert failed == []
+
+
+def test_a_second_up_demo_beside_it_refuses_with_one_line_naming_the_port(up, tmp_path):
+    assert up.process.poll() is None, up.output()
+
+    second = subprocess.run([RULESCTL, "up", "--demo", "--data-dir", str(tmp_path / "data")], env=up.env,
+                            capture_output=True, text=True, timeout=30, start_new_session=True)
+
+    assert second.returncode == 1
+    lines = (second.stdout + second.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert f"port {MAIL_PORT}" in lines[0] and "in use" in lines[0], lines
     assert up.process.poll() is None and answers(up.port)
 
 

@@ -4,18 +4,26 @@ The organization (slug `demo`) works in America/New_York and has every module. I
 every kind of grant; 36 campaigns on three DSP accounts have 60 days of metrics up to today, 12 insertion orders
 have pacing snapshots every six hours, and four rules watch them: overspend, a collapsing CTR, under-pacing and
 the naming convention. The numbers come from a fixed seed, so two loads on the same day are identical.
+
+Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres, Transaction
+from worker.settings import Settings
+
+QUERIES = Path(__file__).with_name("queries.sql")
 
 DEMO_SLUG = "demo"
 DEMO_TIMEZONE = "America/New_York"
@@ -42,8 +50,8 @@ def demo_rules() -> list[dict]:
     """The demo's rules: name, module, conditions and actions."""
     notify = {"channels": ["in_app", "email"], "roles": ["owner", "admin", "member"]}
     return [
-        # Every channel: example.com is reserved for examples, so its posts fail and show retries in `deliveries`
-        # until the URLs are pointed at a real Slack incoming webhook and receiver.
+        # Every channel. example.com is reserved for examples, so its posts fail and show retries in `deliveries`;
+        # `rulesctl up --demo` points them at the local inbox instead (point_demo_channels).
         {"name": "Overspend yesterday", "module": "alerts",
          "conditions": {"window": "yesterday", "schedule": "* * * * *",
                         "logic": {">": [{"var": "spend"}, 1000]}},
@@ -155,9 +163,36 @@ def _add_people(tx: Transaction, org_id: int, campaigns: list[dict], account_ids
     return users
 
 
-def load_demo_data(postgres: Postgres, clickhouse: ClickHouse, now: datetime | None = None) -> str:
-    """Loads the demo data set unless it is there already; returns one line saying what happened."""
-    now = (now or datetime.now(UTC)).replace(microsecond=0)
+@contextmanager
+def _demo_postgres(config: Settings) -> Iterator[Postgres]:
+    postgres = Postgres(config.database_url, max_size=1, extra_queries=QUERIES)
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+
+
+def load_demo_data(config: Settings, now: datetime | None = None) -> str:
+    """Loads the demo data set into the configured databases unless it is there already; returns one line saying
+    what happened."""
+    clickhouse = ClickHouse(config.clickhouse_url)
+    try:
+        with _demo_postgres(config) as postgres:
+            return _load(postgres, clickhouse, (now or datetime.now(UTC)).replace(microsecond=0))
+    finally:
+        clickhouse.close()
+
+
+def point_demo_channels(config: Settings, slack_url: str, webhook_url: str) -> str:
+    """Makes the demo rules that post to Slack and a webhook post to these URLs; returns one line saying so."""
+    with _demo_postgres(config) as postgres, postgres.transaction() as tx:
+        changed = tx.all("point_demo_channels", slug=DEMO_SLUG, slack_url=slack_url, webhook_url=webhook_url)
+    names = ", ".join(repr(row["name"]) for row in changed)
+    return (f"the demo rules post to Slack at {slack_url} and to the webhook at {webhook_url}"
+            + (f" (changed: {names})" if names else ""))
+
+
+def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
     existing = postgres.one("organization_by_slug", slug=DEMO_SLUG)
     if existing:
         return f"demo data already loaded: organization {existing['name']!r} (id {existing['id']})"
