@@ -16,18 +16,12 @@ from storage.postgres import Postgres, Transaction
 class StatedEntity(Protocol):
     """What alert_states keeps of an entity (worker.audience.Entity is one)."""
 
-    @property
-    def entity_type(self) -> str: ...
-    @property
-    def entity_id(self) -> str: ...
-    @property
-    def entity_name(self) -> str: ...
-    @property
-    def condition_details(self) -> str: ...
-    @property
-    def dsp_type(self) -> str: ...
-    @property
-    def advertiser_id(self) -> str: ...
+    entity_type: str
+    entity_id: str
+    entity_name: str
+    condition_details: str
+    dsp_type: str
+    advertiser_id: str
 
 
 @dataclass(frozen=True)
