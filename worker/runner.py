@@ -125,9 +125,9 @@ class RuleRunner:
         """Runs `request` to a final state and returns its summary.
 
         Raises RuleNotFound (RuleNotScheduled for a scheduled run of a disabled rule) or BadRunRequest before
-        writing anything when the request is wrong or moot. A repeated
-        (rule, T) returns the existing run's summary without writing; a rule that fails gives a `failed` summary.
-        Raises DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
+        writing anything when the request is wrong or moot. A repeated (rule, T) returns the existing run's summary
+        without writing; a rule that fails gives a `failed` summary. Raises DatabaseUnavailable when a server is
+        down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
         rule_row = self._runnable_rule(request, at)
@@ -240,7 +240,7 @@ class RuleRunner:
                                           started_at=started)
             self._results.evaluate_into_table(statement, seconds_left=self._seconds_left(run))
         else:
-            # Evaluated while the rows stream in; written after, since a chdb client can't insert mid-stream.
+            # Written after the rows have streamed in, since a chdb client can't insert mid-stream.
             evaluated = self._interpreted(run, entities)
             self._results.insert_evaluations(run.scope, evaluated, int((time.monotonic() - run.started) * 1000))
         outcome = self._results.outcome(run.scope)
@@ -249,6 +249,7 @@ class RuleRunner:
                          matched=len(outcome.matched))
 
     def _interpreted(self, run: _Run, entities: Statement) -> list[Evaluation]:
+        """Every entity evaluated in Python while its rows stream in from ClickHouse."""
         return [result for batch in evaluate_batches(run.rule, self._results.entity_row_batches(entities))
                 for result in batch]
 
