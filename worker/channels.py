@@ -12,13 +12,14 @@ from email.utils import formatdate
 from urllib.parse import unquote, urlsplit
 
 from engine.model import is_allowed_host, is_non_public_ip, split_url, url_problem
+from worker.errors import WorkerError
 
 # Seconds allowed for connecting to a receiver and for each read from it.
 SEND_TIMEOUT_SECONDS = 10
 USER_AGENT = "adops-rules/0.1"
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(WorkerError):
     """A send did not go through; `permanent` when trying again cannot help (refused URL, 4xx, SMTP 5xx)."""
 
     def __init__(self, reason: str, *, permanent: bool = False) -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from engine.timestamps import utc_iso
 from storage.errors import StorageError
-from worker.errors import CommandFailed
+from worker.errors import CommandFailed, WorkerError
 from worker.settings import ConfigurationError
 
 
-class UsageError(Exception):
+class UsageError(WorkerError):
     """A bad argument: printed as one line, exit 2."""
 
 

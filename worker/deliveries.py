@@ -99,6 +99,11 @@ def record_deliveries(tx: Transaction, notice: RunNotice, entities: Sequence[Ent
                    status="sent" if owed.sent else "pending", attempts=1 if owed.sent else 0)
 
 
+def pending_delivery_ids(postgres: Postgres, run_id: str) -> list[int]:
+    """The ids of the run's deliveries still pending, in id order."""
+    return [row["id"] for row in postgres.all("pending_deliveries_of_run", run_id=run_id)]
+
+
 def signature(secret: str, body: bytes) -> str:
     """The `X-Signature` header value of a webhook body: `sha256=` and the hex HMAC-SHA256 of the body."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

@@ -8,8 +8,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from worker.errors import WorkerError
 
-class ConfigurationError(Exception):
+
+class ConfigurationError(WorkerError):
     """A setting has a bad value; the message is one line naming the variable."""
 
 

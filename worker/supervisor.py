@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from worker.errors import CommandFailed
+from worker.errors import CommandFailed, WorkerError
 
 
-class AlreadyRunning(Exception):
+class AlreadyRunning(WorkerError):
     """Another `rulesctl up` holds the data directory."""
 
 

@@ -1,0 +1,40 @@
+"""A rule as a run reads it: its `rules` row with what its organization says about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from storage.postgres import Postgres
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """A `rules` row and its organization's timezone and modules, as stored: `conditions` and `actions` are the
+    JSON documents unvalidated (a row written by SQL may hold anything), validated by engine.model at run time."""
+
+    rule_id: str
+    org_id: int | None  # rules.org_id may be NULL
+    name: str
+    module: str
+    enabled: bool  # NULL reads as disabled
+    conditions: Any
+    actions: Any
+    timezone: str | None  # None when the organization does not exist
+    enabled_modules: tuple[str, ...]  # none unless the organization's enabled_modules is a JSON array
+    organization_exists: bool
+
+
+def rule_with_organization(postgres: Postgres, rule_id: str) -> RuleRow | None:
+    """The rule `rule_id` with its organization's settings, or None when no rule has that id."""
+    row = postgres.one("rule_with_organization", rule_id=rule_id)
+    if row is None:
+        return None
+    return RuleRow(rule_id=row["rule_id"], org_id=row["org_id"], name=row["name"], module=row["module"],
+                   enabled=bool(row["enabled"]), conditions=row["conditions"], actions=row["actions"],
+                   timezone=row["timezone"], enabled_modules=_modules(row["enabled_modules"]),
+                   organization_exists=row["organization_exists"])
+
+
+def _modules(stored: Any) -> tuple[str, ...]:
+    return tuple(module for module in stored if isinstance(module, str)) if isinstance(stored, list) else ()

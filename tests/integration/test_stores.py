@@ -1,0 +1,198 @@
+"""The typed stores a run works through, on real PostgreSQL and the embedded ClickHouse: what they promise beyond
+what the runs of tests/integration/test_runs.py already show."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from engine.run_states import IllegalTransition, RunState
+from storage.alert_states import AlertStateStore
+from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
+from storage.rule_rows import rule_with_organization
+from storage.runs import RunClaim, RunStore, UnknownUser
+from worker.audience import Entity
+
+T = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+LAST = (T - timedelta(days=1)).date()
+
+
+def claim(rule_id: str, org: int, **changes) -> RunClaim:
+    return RunClaim(**{"rule_id": rule_id, "org_id": org, "scheduled_for": T, "trigger": "schedule",
+                       "dry_run": False, "triggered_by": None, **changes})
+
+
+# --- runs -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_transition_the_state_machine_forbids_writes_nothing(env):
+    org = env.org()
+    rule = env.rule(org, {"logic": {"==": [1, 1]}})
+    store = RunStore(env.postgres, lease_seconds=60)
+    run = store.claim(claim(rule, org))
+    before = env.run_row(run.id)
+
+    with pytest.raises(IllegalTransition, match="from claimed to alerted"):
+        store.transition(run, RunState.ALERTED, "skipping ahead", alerts=5)
+
+    assert env.run_row(run.id) == before
+
+
+def test_a_claim_while_the_lease_lives_gets_nothing_and_one_after_it_expired_takes_the_run_over(env):
+    org = env.org()
+    rule = env.rule(org, {"logic": {"==": [1, 1]}})
+    store = RunStore(env.postgres, lease_seconds=60)
+    first = store.transition(store.claim(claim(rule, org)), RunState.COMPILED, "compiled", path="sql")
+
+    assert store.claim(claim(rule, org)) is None
+    env.pg("UPDATE rule_runs SET lease_expires_at = (now() AT TIME ZONE 'UTC') - interval '1 minute' WHERE id = %s",
+           (first.id,))
+    taken = store.claim(claim(rule, org))
+
+    assert (taken.id, taken.state, taken.attempts, taken.path) == (first.id, RunState.COMPILED, 2, "sql")
+    assert store.for_fire_time(rule, T) == taken
+
+
+def test_a_dry_run_is_not_the_run_of_its_fire_time(env):
+    org = env.org()
+    rule = env.rule(org, {"logic": {"==": [1, 1]}})
+    store = RunStore(env.postgres, lease_seconds=60)
+    dry = store.claim(claim(rule, org, dry_run=True, trigger="manual"))
+
+    assert dry.dry_run and store.for_fire_time(rule, T) is None
+    assert store.claim(claim(rule, org)).id != dry.id
+
+
+def test_an_unknown_triggering_user_writes_nothing(env):
+    org = env.org()
+    rule = env.rule(org, {"logic": {"==": [1, 1]}})
+
+    with pytest.raises(UnknownUser, match="no user with id 2000000000"):
+        RunStore(env.postgres, lease_seconds=60).claim(claim(rule, org, trigger="manual",
+                                                        triggered_by=2_000_000_000))
+
+    assert env.runs() == [] and env.audit_logs() == []
+
+
+# --- rule rows --------------------------------------------------------------------------------------------------------
+
+
+def test_a_rule_row_carries_its_organizations_timezone_and_modules(env):
+    org = env.org(timezone="Europe/Paris", modules=["alerts", "qa"])
+    rule = env.rule(org, {"logic": {"==": [1, 1]}}, {"severity": "info"}, module="qa", name="Quality")
+
+    row = rule_with_organization(env.postgres, rule)
+
+    assert (row.rule_id, row.org_id, row.name, row.module, row.enabled) == (rule, org, "Quality", "qa", True)
+    assert (row.conditions, row.actions) == ({"logic": {"==": [1, 1]}}, {"severity": "info"})
+    assert (row.timezone, row.enabled_modules, row.organization_exists) == ("Europe/Paris", ("alerts", "qa"), True)
+
+
+@pytest.mark.parametrize("stored, modules", [(None, ()), ("alerts", ()), ({"alerts": True}, ()),
+                                             (["alerts", 7, None], ("alerts",))])
+def test_enabled_modules_that_are_not_a_list_of_names_enable_only_the_names_listed(env, stored, modules):
+    org = env.org()
+    env.pg("UPDATE organizations SET enabled_modules = %s WHERE id = %s", (Jsonb(stored), org))
+    assert rule_with_organization(env.postgres, env.rule(org, {})).enabled_modules == modules
+
+
+def test_a_rule_with_a_null_enabled_or_no_organization_reads_so(env):
+    rule = env.pg("INSERT INTO rules (org_id, name, module, enabled, conditions, actions) "
+                  "VALUES (NULL, 'orphan', 'alerts', NULL, '[]', '7') RETURNING id::text AS id")[0]["id"]
+
+    row = rule_with_organization(env.postgres, rule)
+
+    assert (row.org_id, row.enabled, row.organization_exists, row.timezone) == (None, False, False, None)
+    assert (row.conditions, row.actions) == ([], 7)
+    assert rule_with_organization(env.postgres, str(uuid.uuid4())) is None
+
+
+# --- results ----------------------------------------------------------------------------------------------------------
+
+
+def test_evaluations_written_by_python_read_back_as_the_outcome_and_are_deleted_per_run(env):
+    store = ResultStore(env.clickhouse)
+    rule = str(uuid.uuid4())
+    scope, later, other_org = RunScope(1, rule, T), RunScope(1, rule, T + timedelta(hours=1)), RunScope(2, rule, T)
+    for each in (scope, later, other_org):
+        store.insert_evaluations(each, [Evaluation("c-2", True, '{"conditions":[true]}'),
+                                        Evaluation("c-3", False, '{"conditions":[false]}'),
+                                        Evaluation("c-1", True, '{"conditions":[true]}')], 12)
+
+    outcome = store.outcome(scope)
+    assert outcome.entities == 3
+    assert outcome.matched == [Evaluation("c-1", True, '{"conditions":[true]}'),
+                               Evaluation("c-2", True, '{"conditions":[true]}')]
+    assert {row["execution_time_ms"] for row in env.evaluations(rule, T)} == {12}
+
+    store.delete_evaluations(scope)
+    assert store.outcome(scope).entities == 0
+    assert (store.outcome(later).entities, store.outcome(other_org).entities) == (3, 3)
+
+
+def test_cooldown_looks_from_its_start_until_just_before_t_in_the_rules_organization(env):
+    store = ResultStore(env.clickhouse)
+    rule = str(uuid.uuid4())
+    since = T - timedelta(minutes=30)
+
+    def alert(org: int, at: datetime, entity_id: str, entity_type: str = "campaign") -> None:
+        store.insert_alerts(RunScope(org, rule, at), "rule", "warning",
+                            [AlertEvent(entity_type, entity_id, entity_id, "{}", [])])
+
+    alert(1, since, "at-start")
+    alert(1, T - timedelta(seconds=1), "just-before", "line_item")
+    alert(1, since - timedelta(seconds=1), "too-early")
+    alert(1, T, "at-t")
+    alert(2, T - timedelta(minutes=1), "other-org")
+
+    cooling = store.alerted_since(RunScope(1, rule, T), since,
+                                  ["at-start", "just-before", "too-early", "at-t", "other-org"])
+
+    assert cooling == {("campaign", "at-start"), ("line_item", "just-before")}
+
+
+def test_campaign_identities_come_from_the_latest_date_with_data_falling_back_to_the_range(env):
+    org = env.org()
+    env.metrics({"org_id": org, "date": LAST, "campaign_id": "c-1", "campaign_name": "Latest",
+                 "dsp_type": "TTD", "advertiser_id": "adv-9"},
+                {"org_id": org, "date": LAST - timedelta(days=3), "campaign_id": "c-1", "campaign_name": "Older"},
+                {"org_id": org, "date": LAST - timedelta(days=5), "campaign_id": "c-2", "campaign_name": "Early"},
+                {"org_id": org, "date": LAST - timedelta(days=2), "campaign_id": "c-2", "campaign_name": "Later"},
+                {"org_id": org, "date": LAST - timedelta(days=20), "campaign_id": "c-3", "campaign_name": "Gone"},
+                {"org_id": org + 1, "date": LAST, "campaign_id": "c-4", "campaign_name": "Elsewhere"})
+    store = ResultStore(env.clickhouse)
+
+    found = store.campaign_identities(org, ["c-1", "c-2", "c-3", "c-4"], LAST, LAST - timedelta(days=7))
+
+    assert {key: (value.entity_name, value.dsp_type, value.advertiser_id) for key, value in found.items()} == {
+        "c-1": ("Latest", "TTD", "adv-9"), "c-2": ("Later", "DV360", "adv-1")}
+    assert store.campaign_identities(org, ["c-3"], LAST, None)["c-3"].entity_name == "Gone"
+    assert store.campaign_identities(org, [], LAST, None) == {}
+
+
+# --- alert states -------------------------------------------------------------------------------------------------------
+
+
+def test_the_firing_state_only_moves_forward_in_time(env):
+    org = env.org()
+    rule = str(uuid.uuid4())
+    store = AlertStateStore(env.postgres)
+    entity = Entity("campaign", "c-1", "Spring", '{"conditions":[true]}', "DV360", "adv-1")
+    renamed = Entity("campaign", "c-1", "Spring (renamed)", '{"conditions":[true]}', "DV360", "adv-1")
+
+    with env.postgres.transaction() as tx:
+        store.mark_firing(tx, rule, org, T, [renamed])
+    with env.postgres.transaction() as tx:  # an earlier fire time, finishing late, changes nothing
+        store.mark_firing(tx, rule, org, T - timedelta(hours=1), [entity])
+        store.mark_resolved(tx, rule, T - timedelta(minutes=30), [entity])
+
+    [state] = store.firing(rule)
+    assert (state.entity_name, state.evaluated_at) == ("Spring (renamed)", T.replace(tzinfo=None))
+
+    with env.postgres.transaction() as tx:
+        store.mark_resolved(tx, rule, T + timedelta(hours=1), [entity])
+    assert store.firing(rule) == []
+
