@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.compiler import CompiledLogic
-from engine.evaluation_document import CONDITIONS_KEY, document_sql, holds_entity_type
+from engine.evaluation_document import document_sql, holds_entity_type
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
 from engine.sql_text import quote_identifier
 from engine.timestamps import utc_sql, utc_sql_milliseconds
@@ -20,9 +20,6 @@ from engine.windows import WindowBounds
 
 ENTITY_ID = "__entity_id"
 ENTITY_TYPE = "__entity_type"
-# Still imported from here by the run's orchestration; the document's own module owns it.
-__all__ = ["CONDITIONS_KEY", "ENTITY_ID", "ENTITY_TYPE", "Statement", "entity_rows", "evaluation",
-           "evaluation_insert"]
 
 _CAMPAIGN_COUNTERS = ("impressions", "clicks", "conversions", "spend")
 _CAMPAIGN_ATTRIBUTES = ("campaign_name", "advertiser_id", "dsp_type")

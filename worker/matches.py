@@ -6,25 +6,20 @@ data in the window or the previous period; a pacing entity is named by its id an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
+from engine.evaluation_document import parse_document
 from engine.fields import CAMPAIGN_METRICS
 from engine.windows import WindowBounds
 from storage.results import Evaluation, ResultStore
 from worker.audience import Entity
 
 
-def entity_type_of(condition_results: str) -> str:
-    """The `entity_type` a `condition_results` document holds, or "" when it holds none (campaigns)."""
-    return json.loads(condition_results).get("entity_type", "")
-
-
 def matched_entities(results: ResultStore, source: str, org_id: int, bounds: WindowBounds,
                      matched: Sequence[Evaluation]) -> list[Entity]:
     """The matched evaluations as entities, in their order; a campaign without data keeps its id as its name."""
     if source != CAMPAIGN_METRICS:
-        return [Entity(entity_type_of(evaluation.condition_results), evaluation.entity_id, evaluation.entity_id,
+        return [Entity(parse_document(evaluation.condition_results).entity_type or "", evaluation.entity_id, evaluation.entity_id,
                        evaluation.condition_results) for evaluation in matched]
     identities = results.campaign_identities(org_id, [evaluation.entity_id for evaluation in matched], bounds.last,
                                              bounds.previous_first or bounds.first)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from engine.evaluation_document import parse_document
 from engine.fields import FieldType
 from engine.model import parse_rule
 from engine.query import ENTITY_ID, ENTITY_TYPE
 from storage.results import Evaluation
-from worker.interpreter_path import condition_results, evaluate_batches
-from worker.matches import entity_type_of
+from worker.interpreter_path import evaluate_batches
 
 
 def entity_row(rule, entity_id: str, entity_type: str = "", **values) -> dict:
@@ -18,26 +18,14 @@ def entity_row(rule, entity_id: str, entity_type: str = "", **values) -> dict:
     return {**row, **values, ENTITY_ID: entity_id, ENTITY_TYPE: entity_type}
 
 
-def test_the_document_holds_the_values_then_the_outcomes_as_compact_json():
-    assert condition_results({"ctr": 0.005, "spend": 150.0}, None, [True, False]) == \
-        '{"ctr":0.005,"spend":150.0,"conditions":[true,false]}'
-
-
-def test_the_entity_type_follows_the_values_or_takes_the_place_of_a_variable_of_that_name():
-    assert condition_results({"delivered_amount": 0.0}, "line_item", [True]) == \
-        '{"delivered_amount":0.0,"entity_type":"line_item","conditions":[true]}'
-    assert condition_results({"booked_amount": 5.0, "entity_type": "x"}, "line_item", [False]) == \
-        '{"booked_amount":5.0,"entity_type":"line_item","conditions":[false]}'
-
-
 def test_campaign_rows_are_evaluated_per_batch_with_each_top_level_condition():
     rule = parse_rule({"logic": {"and": [{">": [{"var": "spend"}, 100]}, {"<": [{"var": "ctr"}, 0.01]}]}}, {})
     batches = [[entity_row(rule, "c-1", spend=150.0, ctr=0.005), entity_row(rule, "c-2", spend=50.0, ctr=0.005)],
                [entity_row(rule, "c-3", spend=500.0, ctr=0.2)]]
     assert list(evaluate_batches(rule, batches)) == [
-        [Evaluation("c-1", True, '{"ctr":0.005,"spend":150.0,"conditions":[true,true]}'),
-         Evaluation("c-2", False, '{"ctr":0.005,"spend":50.0,"conditions":[false,true]}')],
-        [Evaluation("c-3", False, '{"ctr":0.2,"spend":500.0,"conditions":[true,false]}')],
+        [Evaluation("c-1", True, '{"ctr":0.005,"spend":150,"conditions":[true,true]}'),
+         Evaluation("c-2", False, '{"ctr":0.005,"spend":50,"conditions":[false,true]}')],
+        [Evaluation("c-3", False, '{"ctr":0.2,"spend":500,"conditions":[true,false]}')],
     ]
 
 
@@ -50,8 +38,10 @@ def test_pacing_rows_carry_their_entity_type_which_the_document_gives_back():
         ("li-1", True, {"delivered_amount": 0.0, "entity_type": "line_item", "conditions": [True]}),
         ("li-1", False, {"delivered_amount": 3.0, "entity_type": "insertion_order", "conditions": [False]}),
     ]
-    assert [entity_type_of(e.condition_results) for e in evaluated] == ["line_item", "insertion_order"]
+    assert [parse_document(e.condition_results).entity_type for e in evaluated] == ["line_item", "insertion_order"]
 
 
 def test_a_campaign_document_has_no_entity_type():
-    assert entity_type_of('{"spend":1.0,"conditions":[true]}') == ""
+    rule = parse_rule({"logic": {">": [{"var": "spend"}, 0]}}, {})
+    [[evaluated]] = list(evaluate_batches(rule, [[entity_row(rule, "c-1", spend=1.0)]]))
+    assert parse_document(evaluated.condition_results).entity_type is None
