@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+from urllib3 import Timeout
 
 from storage.errors import DatabaseUnavailable, QueryFailed, first_line
 from storage.queries import queries
@@ -84,14 +85,23 @@ def _network_reason(error: Exception) -> str:
     return found.group(1).strip().lower() if found else first_line(error)
 
 
+# How long opening a client may take: connecting, and the server's first answer (its version and settings). A
+# server that accepts connections but does not answer (hung, stopped) fails within this, not at a query's timeout.
+CONNECT_TIMEOUT_SECONDS = 5
+# How long a query may wait for its answer, once the client is open.
+SEND_RECEIVE_TIMEOUT_SECONDS = 300
+
+
 def connect(target: ClickHouseTarget, database: str | None = None, **settings: Any) -> Client:
-    """A clickhouse-connect client for `target` (default settings, compression on), bound to `database`."""
+    """A clickhouse-connect client for `target` (default settings, compression on), bound to `database`.
+
+    Raises DatabaseUnavailable when the server does not answer within CONNECT_TIMEOUT_SECONDS."""
     database = database or target.database
     with translated_errors(target, "connecting"):
         if target.is_embedded:
             path = target.chdb_path
             return clickhouse_connect.get_client(interface="chdb", path=path, database=database, settings=settings)
-        return clickhouse_connect.get_client(
+        client = clickhouse_connect.get_client(
             host=target.host,
             port=target.port,
             username=target.username,
@@ -99,18 +109,30 @@ def connect(target: ClickHouseTarget, database: str | None = None, **settings: A
             secure=target.secure,
             database=database,
             settings=settings,
-            connect_timeout=5,
-            send_receive_timeout=300,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            send_receive_timeout=CONNECT_TIMEOUT_SECONDS,
         )
+        client.timeout = Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=SEND_RECEIVE_TIMEOUT_SECONDS)
+        return client
 
 
 class ClickHouse:
-    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database."""
+    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database.
+
+    The client is opened on the first statement, not when this object is made: a process can claim its work in
+    PostgreSQL before ClickHouse is ever reached."""
 
     def __init__(self, url: str, **settings: Any) -> None:
         self.target = parse_clickhouse_url(url)
-        self._client = connect(self.target, **settings)
+        self._settings = settings
+        self._opened: Client | None = None
         self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+
+    @property
+    def _client(self) -> Client:
+        if self._opened is None:
+            self._opened = connect(self.target, **self._settings)
+        return self._opened
 
     @property
     def database(self) -> str:
@@ -159,5 +181,7 @@ class ClickHouse:
             self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key])
 
     def close(self) -> None:
-        """Releases the client."""
-        self._client.close()
+        """Releases the client, if it was opened."""
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None

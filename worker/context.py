@@ -71,7 +71,10 @@ _shared_runner: RuleRunner | None = None
 
 
 def shared_runner() -> RuleRunner:
-    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life."""
+    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life.
+
+    Making it opens no connection: PostgreSQL connects on the run's first query (its claim), ClickHouse on the
+    run's first statement, each within a short connect timeout."""
     global _shared_runner
     if _shared_runner is None:
         _shared_runner = _runner(shared_postgres(), _clickhouse())

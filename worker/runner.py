@@ -149,10 +149,12 @@ class RuleRunner:
         Raises DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        if not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1):
+        too_old = not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1)
+        rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
+        # An invalid rule fails at any T without writing evaluations, so even an old T records its failure.
+        if too_old and (rule_row is None or self._is_valid(rule_row)):
             raise BadRunRequest(f"{utc_iso(at)} is older than the 90 days rule_evaluations keeps; "
                                 "use a dry run to look that far back")
-        rule_row = self._postgres.one("rule_with_organization", rule_id=request.rule_id)
         if rule_row is None:
             raise RuleNotFound(f"no rule with id {request.rule_id}")
         if request.trigger == "schedule" and not rule_row["enabled"]:
@@ -183,6 +185,14 @@ class RuleRunner:
         except Exception as error:  # a bug: the run still ends failed, saying what stopped it
             self._fail(run, rule_row, at, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
         return summary(run.row)
+
+    def _is_valid(self, rule_row: Mapping[str, Any]) -> bool:
+        try:
+            parse_rule(rule_row["conditions"], rule_row["actions"], timezone=rule_row["timezone"],
+                       allowed_hosts=self._allowed_hosts)
+        except RuleError:
+            return False
+        return True
 
     def _fail(self, run: _Run, rule_row: Mapping[str, Any], at: datetime, reason: str) -> None:
         """Records `run` as failed; rows its evaluation stage wrote before the failure are deleted (best effort),
