@@ -117,22 +117,12 @@ def connect(target: ClickHouseTarget, database: str | None = None, **settings: A
 
 
 class ClickHouse:
-    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database.
-
-    The client is opened on the first statement, not when this object is made: a process can claim its work in
-    PostgreSQL before ClickHouse is ever reached."""
+    """Runs the named queries of storage/queries/clickhouse.sql, and engine-built SQL, on one database."""
 
     def __init__(self, url: str, **settings: Any) -> None:
         self.target = parse_clickhouse_url(url)
-        self._settings = settings
-        self._opened: Client | None = None
+        self._client = connect(self.target, **settings)
         self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-
-    @property
-    def _client(self) -> Client:
-        if self._opened is None:
-            self._opened = connect(self.target, **self._settings)
-        return self._opened
 
     @property
     def database(self) -> str:
@@ -181,7 +171,5 @@ class ClickHouse:
             self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key])
 
     def close(self) -> None:
-        """Releases the client, if it was opened."""
-        if self._opened is not None:
-            self._opened.close()
-            self._opened = None
+        """Releases the client."""
+        self._client.close()

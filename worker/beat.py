@@ -65,8 +65,7 @@ class RuleScheduler(Scheduler):
             return
         try:
             versions = {row["rule_id"]: row["version"] for row in self._database().all("schedulable_rule_versions")}
-            held = self._timetable.versions()
-            changed = [rule_id for rule_id, version in versions.items() if held.get(rule_id) != version]
+            changed = self._timetable.changed(versions)
             rules = load_rules(self._database(), settings().notify_allowed_hosts, changed) if changed else []
         except StorageError as error:
             log.warning("keeping the last known rules: %s", error)

@@ -153,24 +153,31 @@ def fire_time_at(rule: ScheduledRule, at: datetime) -> FireTime | None:
     for a rule with no fire times and a document that is not valid, its one failed run as of `edited_at`."""
     try:
         due = latest_fire_time(rule, at)
-    except NoFireTimes:
-        return FireTime(rule.rule_id, rule.edited_at) if rule.problem else None
+    except NoFireTimes as error:
+        return _fire_time_without_schedule(rule, error)
     return FireTime(rule.rule_id, due) if due == at.replace(second=0, microsecond=0) else None
 
 
+def _fire_time_without_schedule(rule: ScheduledRule, error: NoFireTimes) -> FireTime | None:
+    """The one fire time of a rule with no fire times: as of its last change when its document is not valid, so
+    that its run fails saying why; none for a valid document whose cron never comes (logged here)."""
+    if rule.problem:
+        return FireTime(rule.rule_id, rule.edited_at)
+    log.warning("rule %s never fires: %s", rule.rule_id, error)
+    return None
+
+
 def report_problem(rule: ScheduledRule, now: datetime) -> None:
-    """Logs one line naming `rule` and what is wrong with it, if anything; silent for a sound rule."""
+    """Logs one line naming `rule` and why its document is not valid, if it is not; silent for a valid one."""
+    if not rule.problem:
+        return
     try:
         next_fire_time(rule, now)
     except NoFireTimes as error:
-        if rule.problem:
-            log.warning("rule %s has no fire times and is not scheduled (%s); its one failed run is as of %s: %s",
-                        rule.rule_id, error, utc_iso(rule.edited_at), rule.problem)
-        else:
-            log.warning("rule %s never fires: %s", rule.rule_id, error)
+        log.warning("rule %s has no fire times and is not scheduled (%s); its one failed run is as of %s: %s",
+                    rule.rule_id, error, utc_iso(rule.edited_at), rule.problem)
         return
-    if rule.problem:
-        log.warning("rule %s is not valid; each of its fire times gives a failed run: %s", rule.rule_id, rule.problem)
+    log.warning("rule %s is not valid; each of its fire times gives a failed run: %s", rule.rule_id, rule.problem)
 
 
 def load_rules(postgres: Postgres, allowed_hosts: frozenset[str], rule_ids: list[str] | None = None
@@ -199,13 +206,14 @@ class Timetable:
     def __len__(self) -> int:
         return len(self._rules)
 
-    def versions(self) -> dict[str, str]:
-        """{rule id: version} of the rules held."""
-        return {rule_id: rule.version for rule_id, rule in self._rules.items()}
+    def changed(self, versions: dict[str, str]) -> list[str]:
+        """The ids of `versions` ({rule id: version} of the enabled rules) that are new or changed."""
+        return [rule_id for rule_id, version in versions.items()
+                if rule_id not in self._rules or self._rules[rule_id].version != version]
 
     def update(self, enabled: set[str], changed: Iterable[ScheduledRule], now: datetime) -> None:
         """Keeps the rules of `enabled` (ids), replaces or adds those of `changed`, drops the others; a changed rule
-        is looked at on the next tick, and its problems are logged once."""
+        is looked at on the next tick, and a document that is not valid is logged once."""
         for rule_id in [rule_id for rule_id in self._rules if rule_id not in enabled]:
             del self._rules[rule_id], self._stamps[rule_id]
             self._sent.pop(rule_id, None)
@@ -263,8 +271,8 @@ class Timetable:
         try:
             due = latest_fire_time(rule, now)
             self._look_at(rule.rule_id, next_fire_time(rule, now))
-        except NoFireTimes:
-            return FireTime(rule.rule_id, rule.edited_at) if rule.problem else None
+        except NoFireTimes as error:
+            return _fire_time_without_schedule(rule, error)
         return FireTime(rule.rule_id, due) if due is not None else None
 
 
