@@ -109,10 +109,17 @@ def test_a_valid_rule_has_no_problem_and_a_bare_logic_document_fires_on_the_defa
     assert (bare.problem, bare.schedule) == (None, "0 * * * *")
 
 
-def test_a_valid_cron_that_never_fires_sends_nothing():
-    never = rule(schedule="0 0 31 2 *")
+def test_a_valid_cron_that_never_fires_sends_nothing_and_is_logged_once(caplog):
+    never = rule("never", schedule="0 0 31 2 *")
+    assert never.problem is None
     with pytest.raises(NoFireTimes):
         next_fire_time(never, CREATED)
+    table = Timetable()
+    with caplog.at_level(logging.WARNING, logger="worker.schedule"):
+        table.update({"never"}, [never], CREATED)
+        for minute in range(3):
+            assert table.due(CREATED + timedelta(minutes=minute)) == []
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["rule never never fires"]
     assert fire_time_at(never, CREATED) is None
 
 
