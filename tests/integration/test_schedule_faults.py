@@ -26,6 +26,7 @@ from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute
                                               services_on, spend_rule, three_campaigns, utc_now, wait_for_runs,
                                               wait_until)
 from tests.integration.test_service_faults import log_lines
+from worker.runner import BadRunRequest
 from worker.schedule import FireTime, FireTimeSender
 from worker.sweeper import MAX_FIRE_TIME_RESENDS, Sweeper
 
@@ -315,3 +316,24 @@ def test_a_fire_time_sent_and_never_claimed_is_sent_again_by_the_sweeper(pg_url,
             assert runs_of(services, unrunnable) == []
         finally:
             postgres.close()
+
+
+# --- 5. the runner and an old fire time of an invalid rule ------------------------------------------------------------
+
+
+def test_an_invalid_rule_records_its_failure_even_as_of_a_time_older_than_evaluations_are_kept(env):
+    """A valid rule as of a T past rule_evaluations' 90 days is refused, writing nothing; an invalid one writes no
+    evaluations at any T, so its failed run is recorded, as beat's one run of a rule with no fire times needs."""
+    org = env.org(timezone="UTC", modules=["alerts"])
+    good = env.rule(org, EVERY_MINUTE, NO_COOLDOWN)
+    bad = env.rule(org, {**EVERY_MINUTE, "schedule": "61 * * * *"}, NO_COOLDOWN)
+    old = minute_floor(utc_now()) - timedelta(days=100)
+
+    with pytest.raises(BadRunRequest, match="older than the 90 days"):
+        env.run(good, old, trigger="schedule")
+    failed = env.run(bad, old, trigger="schedule")
+
+    assert env.runs(good) == []
+    assert (failed["status"], failed["scheduled_for"], failed["entities"]) == ("failed", iso(old), 0)
+    assert '"61 * * * *" is not a valid cron expression' in failed["error"]
+    assert env.count("rule_evaluations", bad) == 0
