@@ -101,13 +101,26 @@ def _zone(rule: ScheduledRule) -> ZoneInfo:
     return ZoneInfo(rule.timezone)
 
 
+# Parsed crons by expression: making a croniter costs more than stepping it, and few expressions are in use. Each
+# is moved to its start before every use (set_current), so one object serves every rule and timezone.
+_CRONS: dict[str, croniter] = {}
+_MAX_CRONS = 4096
+
+
 def _times(rule: ScheduledRule, start: datetime) -> croniter:
     if rule.schedule is None:
         raise NoFireTimes("its schedule is not text")
-    try:
-        return croniter(rule.schedule, start)
-    except (CroniterError, ValueError, TypeError) as error:
-        raise NoFireTimes(f"schedule {rule.schedule!r}: {error}") from None
+    times = _CRONS.get(rule.schedule)
+    if times is None:
+        try:
+            times = croniter(rule.schedule, start)
+        except (CroniterError, ValueError, TypeError) as error:
+            raise NoFireTimes(f"schedule {rule.schedule!r}: {error}") from None
+        if len(_CRONS) >= _MAX_CRONS:
+            _CRONS.clear()
+        _CRONS[rule.schedule] = times
+    times.set_current(start, force=True)
+    return times
 
 
 def _step(rule: ScheduledRule, start: datetime, forward: bool) -> datetime:
