@@ -278,6 +278,10 @@ class Timetable:
         stamp = next(self._counter)
         self._stamps[rule_id] = stamp
         heapq.heappush(self._queue, (when, stamp, rule_id))
+        if len(self._queue) > 2 * len(self._stamps) + 1024:
+            # Entries of changed or dropped rules are skipped when they come up; far-off ones are cleared here.
+            self._queue = [entry for entry in self._queue if self._stamps.get(entry[2]) == entry[1]]
+            heapq.heapify(self._queue)
 
     def _fire_time(self, rule: ScheduledRule, now: datetime) -> FireTime | None:
         """The rule's fire time to send at `now` (None: none), after queueing its next look."""

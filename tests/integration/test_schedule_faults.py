@@ -11,7 +11,6 @@ Redis database number: 3, for every test of this module (they run one after the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute
                                               services_on, spend_rule, three_campaigns, utc_now, wait_for_runs,
                                               wait_until)
 from tests.integration.test_service_faults import log_lines
+from tests.integration.test_worker_beat import json_lines
 from worker.runner import BadRunRequest
 from worker.schedule import FireTime, FireTimeSender
 from worker.sweeper import MAX_FIRE_TIME_RESENDS, Sweeper
@@ -65,10 +65,6 @@ FIRING = ("window of a wrong type", "unknown window", "actions not an object", "
 UNSCHEDULABLE = ("bad cron", "unknown timezone", "schedule not text")
 
 
-def runs_of(services: Services, rule: str) -> list[dict]:
-    return services.pg("SELECT * FROM rule_runs WHERE rule_id = %s ORDER BY scheduled_for", (rule,))
-
-
 def problem_lines(log: str, rule: str) -> list[str]:
     """The lines of a log that report what is wrong with `rule` (not the lines sending it)."""
     return [line for line in log_lines(log, f"rule {rule} ")
@@ -85,7 +81,7 @@ def edited_at(services: Services, rule: str) -> datetime:
 
 
 def assert_one_failed_run(services: Services, rule: str, at: datetime, message: str) -> None:
-    [run] = runs_of(services, rule)
+    [run] = services.data().runs(rule)
     assert (run["scheduled_for"], run["status"], run["trigger"], run["entities"]) == (at, "failed", "schedule", 0)
     assert message in run["error"], run["error"]
     assert services.data().count("rule_evaluations", rule) == 0
@@ -129,11 +125,11 @@ def test_beat_schedules_the_good_rules_beside_every_kind_of_broken_row(pg_url, m
         for kind in UNSCHEDULABLE:
             rule, message = broken[kind]
             assert_one_failed_run(services, rule, edited_at(services, rule), message)
-        assert runs_of(services, broken["unknown timezone"][0])[0]["scheduled_for"] < naive(utc_now() - timedelta(
+        assert data.runs(broken["unknown timezone"][0])[0]["scheduled_for"] < naive(utc_now() - timedelta(
             days=99))
         # Without a schedule of its own, the rule whose conditions are not an object fires hourly, failing.
         assert all(r["status"] == "failed" and "conditions: must be an object" in r["error"]
-                   for r in runs_of(services, broken["conditions not an object"][0]))
+                   for r in data.runs(broken["conditions not an object"][0]))
 
         # One line per broken row, not one per tick; beat is still there.
         log = beat.log()
@@ -162,7 +158,7 @@ def test_beat_schedules_the_good_rules_beside_every_kind_of_broken_row(pg_url, m
             if kind != "bad cron":
                 assert len(problem_lines(log, rule)) == 1, kind
         for kind in UNSCHEDULABLE:
-            assert len(runs_of(services, broken[kind][0])) == (2 if kind == "bad cron" else 1), kind
+            assert len(data.runs(broken[kind][0])) == (2 if kind == "bad cron" else 1), kind
         assert beat.alive()
 
 
@@ -189,12 +185,12 @@ def test_a_first_task_meeting_a_stopped_clickhouse_is_retried_and_runs_once_afte
             wait_until(lambda: len(log_lines(worker.log(), "Retry in", "ClickHouse")) >= 2, 60,
                        "two retries of the task")
             assert services.task_meta(task.id)["status"] == "RETRY"
-            assert runs_of(services, rule) == []
+            assert data.runs(rule) == []
             assert "SoftTimeLimitExceeded" not in worker.log() and "TimeLimitExceeded" not in worker.log()
 
             os.kill(server["process"].pid, signal.SIGCONT)
             summary = task.get(timeout=180)
-            [run] = runs_of(services, rule)
+            [run] = data.runs(rule)
             assert (summary["status"], summary["run_id"]) == ("succeeded", str(run["id"]))
             assert (run["scheduled_for"], run["status"], run["attempts"], run["matched"]) == (
                 naive(at), "succeeded", 1, 2)
@@ -202,10 +198,6 @@ def test_a_first_task_meeting_a_stopped_clickhouse_is_retried_and_runs_once_afte
 
 
 # --- 3. dispatch and evaluate_org with broken rules -------------------------------------------------------------------
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -311,9 +303,9 @@ def test_a_fire_time_sent_and_never_claimed_is_sent_again_by_the_sweeper(pg_url,
             assert [kwargs for name, (rule,), kwargs in sent_tasks if rule == lost] == [{"scheduled_for": iso(at)}]
             assert len([rule for name, (rule,), kwargs in sent_tasks if rule == unrunnable]) == MAX_FIRE_TIME_RESENDS
             assert services.pg("SELECT * FROM sent_fire_times") == []
-            [run] = runs_of(services, lost)
+            [run] = data.runs(lost)
             assert (run["scheduled_for"], run["status"], run["trigger"]) == (naive(at), "succeeded", "schedule")
-            assert runs_of(services, unrunnable) == []
+            assert data.runs(unrunnable) == []
         finally:
             postgres.close()
 

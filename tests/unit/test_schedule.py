@@ -237,3 +237,16 @@ def test_the_timetable_sends_what_a_tick_by_tick_reading_of_every_rule_sends(zon
         assert rule_id.startswith("r"), (rule_id, moment)
         assert (rule_id, moment.astimezone(local).replace(tzinfo=None)) in wall_times, (rule_id, moment)
     assert len(by_table) > 2 * 5 * 60  # the every-minute rules alone fire some 300 times each
+
+
+def test_rules_edited_again_and_again_leave_one_live_entry_each():
+    table = Timetable()
+    now = datetime(2026, 3, 1, 10, 0, 1, tzinfo=UTC)
+    yearly = [ScheduledRule.from_row(row(f"y{n}", "0 0 1 1 *", version=f"v{n}")) for n in range(10)]
+    for edit in range(500):
+        table.update({r.rule_id for r in yearly}, [ScheduledRule.from_row(row(r.rule_id, "0 0 1 1 *",
+                                                                             version=f"{edit}"))
+                                                   for r in yearly], now)
+        table.sent(table.due(now))
+    assert len(table._queue) <= 2 * len(yearly) + 1024
+    assert table.next_due() == datetime(2027, 1, 1, tzinfo=UTC)
