@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+from urllib3 import Timeout
 
 from storage.errors import DatabaseUnavailable, QueryFailed, first_line
 from storage.queries import queries
@@ -85,14 +86,23 @@ def _network_reason(error: Exception) -> str:
     return found.group(1).strip().lower() if found else first_line(error)
 
 
+# How long opening a client may take: connecting, and the server's first answer (its version and settings). A
+# server that accepts connections but does not answer (hung, stopped) fails within this, not at a query's timeout.
+CONNECT_TIMEOUT_SECONDS = 5
+# How long a query may wait for its answer, once the client is open.
+SEND_RECEIVE_TIMEOUT_SECONDS = 300
+
+
 def connect(target: ClickHouseTarget, database: str | None = None, **settings: Any) -> Client:
-    """A clickhouse-connect client for `target` (default settings, compression on), bound to `database`."""
+    """A clickhouse-connect client for `target` (default settings, compression on), bound to `database`.
+
+    Raises DatabaseUnavailable when the server does not answer within CONNECT_TIMEOUT_SECONDS."""
     database = database or target.database
     with translated_errors(target, "connecting"):
         if target.is_embedded:
             path = target.chdb_path
             return clickhouse_connect.get_client(interface="chdb", path=path, database=database, settings=settings)
-        return clickhouse_connect.get_client(
+        client = clickhouse_connect.get_client(
             host=target.host,
             port=target.port,
             username=target.username,
@@ -100,9 +110,11 @@ def connect(target: ClickHouseTarget, database: str | None = None, **settings: A
             secure=target.secure,
             database=database,
             settings=settings,
-            connect_timeout=5,
-            send_receive_timeout=300,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            send_receive_timeout=CONNECT_TIMEOUT_SECONDS,
         )
+        client.timeout = Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=SEND_RECEIVE_TIMEOUT_SECONDS)
+        return client
 
 
 class ClickHouse:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
-
-from croniter import croniter
+from datetime import date
 
 from worker.progress import ProgressBar
 from worker.runner import RuleRunner, RunRequest
-
-
-def fire_times(schedule: str, timezone: str, first_day: date, last_day: date) -> Iterator[datetime]:
-    """Every time `schedule` fires on the local dates first_day..last_day of `timezone`, in UTC, in order."""
-    zone = ZoneInfo(timezone)
-    start = datetime.combine(first_day, time(0), tzinfo=zone) - timedelta(seconds=1)
-    end = datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=zone)
-    times = croniter(schedule, start)
-    while (moment := times.get_next(datetime)) < end:
-        yield moment.astimezone(UTC)
+from worker.schedule import fire_times_between
 
 
 def backfill(runner: RuleRunner, rule_id: str, schedule: str, timezone: str, first_day: date, last_day: date,
              write: bool) -> list[dict]:
     """Runs the rule at each fire time (dry runs unless `write`), with a progress bar; returns the summaries."""
-    moments = list(fire_times(schedule, timezone, first_day, last_day))
+    moments = list(fire_times_between(schedule, timezone, first_day, last_day))
     bar = ProgressBar("backfill", len(moments))
     summaries = []
     try:

@@ -2,11 +2,13 @@
 
 `celery -A worker.app beat` uses it without flags (`beat_scheduler`). Every tick re-reads the rules when the last
 read is older than RELOAD_SECONDS, so a rule added, edited, disabled or deleted by any means (plain SQL included)
-is followed within that time. For each rule, the latest fire time at or before now is sent once as
-`rules.evaluate(rule_id, scheduled_for=T)`; after downtime that is the latest missed one only. Beat remembers what
-it sent only in memory: a restarted or second beat may send the same (rule, T) again, and the claim in
-`rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not beat's. Every SWEEP_SECONDS the
-sweeper sends again the runs and deliveries whose task was lost (worker/sweeper.py).
+is followed within that time; only the rows whose version changed are read whole. The rules wait in a Timetable
+keyed by their next fire time (worker/schedule.py), so a tick costs only the rules due. For each rule, the latest
+fire time at or before now is sent once as `rules.evaluate(rule_id, scheduled_for=T)`; after downtime that is the
+latest missed one only. Beat remembers what it sent only in memory: a restarted or second beat may send the same
+(rule, T) again, and the claim in `rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not
+beat's. A rule whose row cannot be read or is not valid never stops the others (see worker/schedule.py). Every
+SWEEP_SECONDS the sweeper sends again the runs, fire times and deliveries whose task was lost (worker/sweeper.py).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import time
 from datetime import UTC, datetime
 
 from celery.beat import Scheduler
-from engine.timestamps import utc_iso
 
 from storage.errors import StorageError
 from storage.postgres import Postgres
-from worker.schedule import ScheduledRule, latest_fire_time, next_fire_time
+from worker.schedule import FireTime, FireTimeSender, Timetable, load_rules
 from worker.settings import settings
 from worker.sweeper import SWEEP_SECONDS, Sweeper
 
@@ -34,11 +35,11 @@ class RuleScheduler(Scheduler):
     """A Celery beat scheduler whose entries are the rules in PostgreSQL."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self._rules: list[ScheduledRule] = []
-        self._sent: dict[str, datetime] = {}
+        self._timetable = Timetable()
         self._loaded_at = float("-inf")
         self._swept_at = float("-inf")
         self._postgres: Postgres | None = None
+        self._sender: FireTimeSender | None = None
         self._sweeper: Sweeper | None = None
         super().__init__(*args, **kwargs)
 
@@ -46,14 +47,10 @@ class RuleScheduler(Scheduler):
         """No static entries: the schedule is the rules table."""
 
     def tick(self, *args, **kwargs) -> float:
-        """Sends every rule whose latest fire time has not been sent yet, and lost work again; returns the seconds
-        to sleep."""
+        """Sends the fire times due now and, every SWEEP_SECONDS, lost work again; returns the seconds to sleep."""
         now = datetime.now(UTC)
-        self._reload_if_stale()
-        for rule in self._rules:
-            due = latest_fire_time(rule, now)
-            if due is not None and self._sent.get(rule.rule_id) != due:
-                self._send(rule, due)
+        self._reload_if_stale(now)
+        self._send(self._timetable.due(now), now)
         self._sweep_if_stale()
         return self._sleep_seconds(now)
 
@@ -62,18 +59,26 @@ class RuleScheduler(Scheduler):
             self._postgres = Postgres(settings().database_url, max_size=1)
         return self._postgres
 
-    def _reload_if_stale(self) -> None:
+    def _reload_if_stale(self, now: datetime) -> None:
+        """Follows the rules table: drops the rules no longer enabled, reads whole only the new or changed ones."""
         if time.monotonic() - self._loaded_at < RELOAD_SECONDS:
             return
         try:
-            rows = self._database().all("schedulable_rules")
+            versions = {row["rule_id"]: row["version"] for row in self._database().all("schedulable_rule_versions")}
+            changed = self._timetable.changed(versions)
+            rules = load_rules(self._database(), settings().notify_allowed_hosts, changed) if changed else []
         except StorageError as error:
             log.warning("keeping the last known rules: %s", error)
             return
-        self._rules = [ScheduledRule.from_row(row) for row in rows]
-        known = {rule.rule_id for rule in self._rules}
-        self._sent = {rule_id: sent for rule_id, sent in self._sent.items() if rule_id in known}
+        self._timetable.update(set(versions), rules, now)
         self._loaded_at = time.monotonic()
+
+    def _send(self, fires: list[FireTime], now: datetime) -> None:
+        if self._sender is None:
+            self._sender = FireTimeSender(self._database(), self._send_task)
+        sent, unsent = self._sender.send(fires)
+        self._timetable.sent(fire for fire, _ in sent)
+        self._timetable.unsent(unsent, now)
 
     def _sweep_if_stale(self) -> None:
         if time.monotonic() - self._swept_at < SWEEP_SECONDS:
@@ -87,24 +92,14 @@ class RuleScheduler(Scheduler):
             return
         self._swept_at = time.monotonic()
 
-    def _send_task(self, name: str, args: tuple, kwargs: dict) -> None:
+    def _send_task(self, name: str, args: tuple, kwargs: dict) -> str:
         # Nobody waits for the result of a task beat sends: not subscribing to it keeps a send from blocking in
         # the result backend's reconnect loop while Redis is down.
-        self.app.send_task(name, args=args, kwargs=kwargs, ignore_result=True)
-
-    def _send(self, rule: ScheduledRule, due: datetime) -> None:
-        scheduled_for = utc_iso(due)
-        try:
-            self._send_task("rules.evaluate", (rule.rule_id,), {"scheduled_for": scheduled_for})
-        except Exception as error:  # the broker is down: try again next tick, nothing is marked as sent
-            log.warning("could not send rule %s at %s: %s", rule.rule_id, scheduled_for, error)
-            return
-        self._sent[rule.rule_id] = due
-        log.info("sent rule %s for %s", rule.rule_id, scheduled_for)
+        return self.app.send_task(name, args=args, kwargs=kwargs, ignore_result=True).id
 
     def _sleep_seconds(self, now: datetime) -> float:
-        upcoming = [next_fire_time(rule, now) for rule in self._rules]
-        until_next = min(((t - now).total_seconds() for t in upcoming), default=MAX_SLEEP_SECONDS)
+        upcoming = self._timetable.next_due()
+        until_next = (upcoming - now).total_seconds() if upcoming is not None else MAX_SLEEP_SECONDS
         return max(0.5, min(MAX_SLEEP_SECONDS, until_next))
 
     def close(self) -> None:
@@ -115,4 +110,4 @@ class RuleScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        return f"    . rules: {len(self._rules)} enabled, re-read every {RELOAD_SECONDS} s"
+        return f"    . rules: {len(self._timetable)} enabled, re-read every {RELOAD_SECONDS} s"

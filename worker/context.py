@@ -71,7 +71,11 @@ _shared_runner: RuleRunner | None = None
 
 
 def shared_runner() -> RuleRunner:
-    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life."""
+    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life.
+
+    Making it opens the ClickHouse client, which fails with DatabaseUnavailable within a short connect timeout when
+    the server does not answer (rules.evaluate then retries before anything is claimed); PostgreSQL connects on the
+    first query."""
     global _shared_runner
     if _shared_runner is None:
         _shared_runner = _runner(shared_postgres(), _clickhouse())

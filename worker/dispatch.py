@@ -6,24 +6,30 @@ from datetime import datetime
 
 from engine.timestamps import utc_iso
 from worker.context import open_postgres
-from worker.schedule import ScheduledRule, latest_fire_time
+from worker.errors import CommandFailed
+from worker.schedule import FireTimeSender, fire_time_at, load_rules, report_problem
+from worker.settings import settings
 
 
 def dispatch_due(at: datetime) -> list[dict]:
-    """Sends rules.evaluate(rule_id, scheduled_for=T) for each enabled rule whose cron fires at the minute of `at`.
+    """Sends rules.evaluate(rule_id, scheduled_for=T) for each enabled rule whose cron fires at the minute of `at`,
+    and the one failed run of each rule that has no fire times; logs one line for each rule that is not valid.
 
     Returns one {"rule_id", "scheduled_for", "task_id"} per task sent.
     """
-    from worker.tasks import evaluate
+    from worker.app import app
+
+    def send_task(name: str, args: tuple, kwargs: dict) -> str:
+        return app.send_task(name, args=args, kwargs=kwargs).id
 
     with open_postgres() as postgres:
-        rules = [ScheduledRule.from_row(row) for row in postgres.all("schedulable_rules")]
-    minute = at.replace(second=0, microsecond=0)
-    sent = []
-    for rule in rules:
-        due = latest_fire_time(rule, at)
-        if due is not None and due == minute:
-            scheduled_for = utc_iso(due)
-            task = evaluate.apply_async(args=(rule.rule_id,), kwargs={"scheduled_for": scheduled_for})
-            sent.append({"rule_id": rule.rule_id, "scheduled_for": scheduled_for, "task_id": task.id})
-    return sent
+        rules = load_rules(postgres, settings().notify_allowed_hosts)
+        for rule in rules:
+            report_problem(rule, at)
+        fires = [fire for fire in (fire_time_at(rule, at) for rule in rules) if fire is not None]
+        sent, unsent = FireTimeSender(postgres, send_task).send(fires)
+    if unsent:
+        raise CommandFailed(f"the broker refused {len(unsent)} of the {len(fires)} tasks due; beat's sweeper sends "
+                            "them again later")
+    return [{"rule_id": fire.rule_id, "scheduled_for": utc_iso(fire.scheduled_for), "task_id": task_id}
+            for fire, task_id in sent]

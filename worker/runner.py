@@ -158,10 +158,12 @@ class RuleRunner:
 
     def _runnable_rule(self, request: RunRequest, at: datetime) -> RuleRow:
         """The rule to run; raises RuleNotFound, RuleNotScheduled or BadRunRequest when there is none to run."""
-        if not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1):
+        too_old = not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1)
+        rule_row = rule_with_organization(self._postgres, request.rule_id)
+        # An invalid rule fails at any T without writing evaluations, so even an old T records its failure.
+        if too_old and (rule_row is None or self._is_valid(rule_row)):
             raise BadRunRequest(f"{utc_iso(at)} is older than the 90 days rule_evaluations keeps; "
                                 "use a dry run to look that far back")
-        rule_row = rule_with_organization(self._postgres, request.rule_id)
         if rule_row is None:
             raise RuleNotFound(f"no rule with id {request.rule_id}")
         if request.trigger == "schedule" and not rule_row.enabled:
@@ -169,6 +171,14 @@ class RuleRunner:
         if not rule_row.organization_exists:
             raise BadRunRequest(f"rule {request.rule_id} belongs to no existing organization")
         return rule_row
+
+    def _is_valid(self, rule_row: RuleRow) -> bool:
+        try:
+            parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
+                       allowed_hosts=self._allowed_hosts)
+        except RuleError:
+            return False
+        return True
 
     def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> _Run | None:
         """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""

@@ -91,12 +91,26 @@ WHERE %(rule_id)s::uuid IS NULL OR rule_id = %(rule_id)s::uuid
 ORDER BY started_at DESC, id
 LIMIT %(limit)s;
 
--- name: schedulable_rules
--- Every enabled rule with what beat needs to compute its fire times.
-SELECT r.id::text AS rule_id, r.org_id, r.conditions, o.timezone,
-       (r.created_at AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS created_at
+-- name: schedulable_rule_versions
+-- Every enabled rule with a digest of what its schedule and its validity depend on: beat re-reads only the rules
+-- whose digest changed.
+SELECT r.id::text AS rule_id,
+       md5(concat_ws('|', r.conditions::text, r.actions::text, o.timezone, r.created_at::text, r.updated_at::text,
+                     o.updated_at::text)) AS version
 FROM rules r JOIN organizations o ON o.id = r.org_id
-WHERE r.enabled
+WHERE r.enabled;
+
+-- name: schedulable_rules
+-- The enabled rules (those of rule_ids, when given) with what the scheduler needs. `edited_at` is the latest
+-- change of the rule or its organization, to the second and never in the future, in UTC.
+SELECT r.id::text AS rule_id, r.org_id, r.conditions, r.actions, o.timezone,
+       md5(concat_ws('|', r.conditions::text, r.actions::text, o.timezone, r.created_at::text, r.updated_at::text,
+                     o.updated_at::text)) AS version,
+       (r.created_at AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS created_at,
+       (date_trunc('second', least(greatest(r.created_at, r.updated_at, o.updated_at), LOCALTIMESTAMP))
+        AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS edited_at
+FROM rules r JOIN organizations o ON o.id = r.org_id
+WHERE r.enabled AND (%(rule_ids)s::uuid[] IS NULL OR r.id = ANY(%(rule_ids)s::uuid[]))
 ORDER BY r.id;
 
 -- name: enabled_rules_of_organization
@@ -129,6 +143,41 @@ WHERE (status = 'pending' AND next_attempt_at < (now() AT TIME ZONE 'UTC') - mak
    OR (status = 'sending' AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s))
 ORDER BY id
 LIMIT 1000;
+
+-- name: record_sent_fire_times
+-- The fire times about to be sent, in one statement; a pair recorded already keeps its row, a deleted rule's none.
+INSERT INTO sent_fire_times (rule_id, scheduled_for, trigger)
+SELECT s.rule_id, s.scheduled_for, s.trigger
+FROM unnest(%(rule_ids)s::uuid[], %(scheduled_fors)s::timestamp[], %(triggers)s::text[])
+     AS s(rule_id, scheduled_for, trigger)
+JOIN rules r ON r.id = s.rule_id
+ON CONFLICT (rule_id, scheduled_for) DO NOTHING;
+
+-- name: forget_sent_fire_times
+-- Sent fire times that need no watching any more: they have a run, their rule is disabled (a scheduled one), or
+-- they were sent again max_resends times.
+DELETE FROM sent_fire_times s
+USING rules r
+WHERE r.id = s.rule_id
+  AND (s.resends >= %(max_resends)s
+       OR (s.trigger = 'schedule' AND NOT r.enabled)
+       OR EXISTS (SELECT 1 FROM rule_runs run
+                  WHERE run.rule_id = s.rule_id AND run.scheduled_for = s.scheduled_for AND NOT run.dry_run));
+
+-- name: unclaimed_fire_times
+-- Fire times sent more than grace_seconds ago that still have no run: their task was lost before the claim.
+-- Each is marked as sent again now, so the next sweep waits another grace period for it.
+UPDATE sent_fire_times s
+SET sent_at = now() AT TIME ZONE 'UTC', resends = s.resends + 1
+FROM (SELECT rule_id, scheduled_for FROM sent_fire_times waiting
+      WHERE waiting.sent_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s)
+        AND NOT EXISTS (SELECT 1 FROM rule_runs run WHERE run.rule_id = waiting.rule_id
+                        AND run.scheduled_for = waiting.scheduled_for AND NOT run.dry_run)
+      ORDER BY waiting.sent_at
+      LIMIT 1000
+      FOR UPDATE SKIP LOCKED) lost
+WHERE s.rule_id = lost.rule_id AND s.scheduled_for = lost.scheduled_for
+RETURNING s.rule_id::text AS rule_id, s.scheduled_for, s.trigger, s.resends;
 
 -- name: audience
 -- The members of the organization allowed to hear of each entity (the README's Notifications), one row per
