@@ -8,7 +8,6 @@ a pure function of its arguments: hosts are judged by their literal form only (D
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
@@ -39,6 +38,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.errors import RuleValidationError, ValidationProblem
+from engine.problem_text import join_path as _join
+from engine.problem_text import shown as _shown
+from engine.problem_text import suggestion as _suggestion
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
 from engine.interpreter import SCOPED_OPERATORS
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
@@ -664,29 +666,7 @@ def _unknown_key(key: str, known: Mapping[str, Any]) -> str:
     return f"unknown key {_shown(key)}{_suggestion(key, known)}"
 
 
-# --- words and paths ----------------------------------------------------------------------------------------------
-
-_PLAIN_KEY = re.compile(r'[^\s.\[\]"]+')
-
-
-def _join(path: str, key: str | int) -> str:
-    """`path` extended by an object key or array index, as in `conditions.logic.and[1].>[0]`."""
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if not _PLAIN_KEY.fullmatch(key):
-        return f"{path}[{json.dumps(key)}]"
-    return f"{path}.{key}" if path else key
-
-
-def _shown(text: str) -> str:
-    """`text` quoted for a message, cut short when long."""
-    return json.dumps(text if len(text) <= 80 else text[:77] + "...", ensure_ascii=False)
-
-
-def _suggestion(word: str, candidates) -> str:
-    lowered = {candidate.lower(): candidate for candidate in candidates}
-    close = [lowered[word.lower()]] if word.lower() in lowered else difflib.get_close_matches(word, list(candidates), 1)
-    return f" (did you mean {_shown(close[0])}?)" if close else ""
+# --- URLs and hosts ---------------------------------------------------------------------------------------------
 
 
 def split_url(url: str) -> tuple[str, str | None, int]:
