@@ -12,7 +12,7 @@ A convention (the README's "Naming conventions" has a worked example):
       {"name": "label", "free": true}]}
 
 A name is split at every delimiter; its token count must lie between `min_tokens` and `max_tokens` (by default
-the number of required tokens and the number of all tokens). A name with fewer tokens than the convention leaves
+the number of required tokens, at least 1, and the number of all tokens). A name with fewer tokens than the convention leaves
 out its optional tokens, the last ones first; when `min_tokens` allows still fewer, the last tokens are missing.
 """
 
@@ -113,7 +113,7 @@ def parse_convention(name: str, document: Any) -> Convention:
         raise RuleValidationError(problems)
     tokens = tuple(_token(raw) for raw in document["tokens"])
     required = sum(1 for token in tokens if not token.optional)
-    return Convention(name, document["delimiter"], document.get("min_tokens", required),
+    return Convention(name, document["delimiter"], document.get("min_tokens", max(required, 1)),
                       document.get("max_tokens", len(tokens)), tokens)
 
 
@@ -158,7 +158,8 @@ def _count_problems(document: dict, tokens: list | None) -> list[ValidationProbl
     if tokens is None or problems:
         return problems
     optional = sum(1 for token in tokens if isinstance(token, dict) and token.get("optional") is True)
-    lowest, highest = counts.get("min_tokens", len(tokens) - optional), counts.get("max_tokens", len(tokens))
+    lowest = counts.get("min_tokens", max(len(tokens) - optional, 1))
+    highest = counts.get("max_tokens", len(tokens))
     if highest > len(tokens):
         problems.append(ValidationProblem("max_tokens", f"is {highest}, but the convention has {len(tokens)} tokens"))
     if lowest > highest:
