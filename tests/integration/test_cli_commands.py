@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from tests.conftest import PG_SERVER, RULESCTL, free_port
 
-COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "schema", "backfill", "bench", "load-bench",
+COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "validate-convention", "schema", "backfill", "bench", "load-bench",
             "demo-data", "demo-inbox", "up")
 METRIC_COLUMNS = ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
                   "clicks", "conversions", "spend", "cpm", "ctr", "cvr"]
@@ -221,6 +221,68 @@ def test_schema_prints_the_json_schema():
     assert isinstance(schema, dict)
     assert "conditions" in schema["properties"] and "actions" in schema["properties"]
     assert schema["properties"]["conditions"] and schema["properties"]["actions"]
+
+
+# --- naming conventions -------------------------------------------------------------------------------------------
+
+CONVENTION = {"delimiter": "_", "min_tokens": 4, "max_tokens": 6, "tokens": [
+    {"name": "market", "values": ["US", "EU", "UK"]},
+    {"name": "dsp", "equals": "dsp_type"},
+    {"name": "objective", "values": ["Brand", "Perf"], "ignore_case": False},
+    {"name": "period", "pattern": "^Q[1-4]$"},
+    {"name": "month", "date": "YYYYMM", "optional": True},
+    {"name": "label", "free": True}]}
+
+
+def test_validate_convention_of_a_valid_file_exits_0(tmp_path):
+    path = tmp_path / "convention.json"
+    path.write_text(json.dumps(CONVENTION))
+
+    from_file = rulesctl("validate-convention", str(path))
+    from_input = rulesctl("validate-convention", "-", stdin=json.dumps(CONVENTION))
+
+    assert from_file.returncode == 0, from_file.stdout
+    assert from_file.stdout.splitlines() == [f"{path}: valid"]
+    assert from_input.returncode == 0 and from_input.stdout.splitlines() == ["standard input: valid"]
+
+
+def test_validate_convention_prints_each_problem_with_its_path_and_exits_1():
+    invalid = {"delimiter": "", "max_tokens": 9, "tokens": [
+        {"name": "market", "values": ["US", ""]},
+        {"name": "market", "pattern": "([a-z"},
+        {"name": "month", "date": "YYYYQQ"},
+        {"name": "dsp", "equals": "dsp"},
+        {"name": "label", "free": True, "values": ["x"]}]}
+
+    process = rulesctl("validate-convention", stdin=json.dumps(invalid))
+
+    assert process.returncode == 1, process.stdout
+    by_path = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in process.stdout.splitlines()}
+    assert set(by_path) == {"delimiter", "tokens[0].values[1]", "tokens[1].name", "tokens[1].pattern",
+                            "tokens[2].date", "tokens[3].equals", "tokens[4]", "max_tokens"}
+    assert by_path["tokens[1].name"] == '"market" names an earlier token too'
+    assert by_path["tokens[1].pattern"].startswith("invalid RE2 pattern")
+    assert by_path["tokens[4]"] == "needs exactly one of values, pattern, date, free, equals, found values, free"
+    assert by_path["max_tokens"] == "is 9, but the convention has 5 tokens"
+
+
+def test_validate_convention_of_text_that_is_not_json_is_one_line_exit_1():
+    process = rulesctl("validate-convention", "-", stdin='{"delimiter": ')
+
+    assert process.returncode == 1
+    assert process.stdout.splitlines() == [process.stdout.strip()] and "not JSON" in process.stdout
+
+
+def test_schema_of_conventions_describes_every_token_kind():
+    process = rulesctl("schema", "--convention")
+
+    assert process.returncode == 0, process.stderr
+    schema = json.loads(process.stdout)
+    assert schema["required"] == ["delimiter", "tokens"]
+    token = schema["$defs"]["Token"]
+    assert [kind["required"] for kind in token["oneOf"]] == [["values"], ["pattern"], ["date"], ["free"], ["equals"]]
+    assert token["oneOf"][4]["properties"]["equals"]["enum"] == ["dsp_type", "advertiser_id"]
+    assert "naming" in json.dumps(rulesctl("schema").stdout)
 
 
 # --- backfill -----------------------------------------------------------------------------------------------------
