@@ -157,3 +157,25 @@ def test_every_channel_shows_the_diagnosis():
     assert words in slack_body(notice, [entity])["text"]
     assert webhook_body(notice, [entity], "d-1")["entities"][0]["naming"] == json.loads(diagnosis_json(diagnosis))
     assert in_app_entities([entity])[0]["naming"]["suggest"] == "DV360"
+
+
+def test_the_demo_campaigns_break_the_demo_convention_in_every_way():
+    from demo.data import NAMING_CONVENTION, demo_campaigns
+
+    convention = parse_convention("campaign", NAMING_CONVENTION)
+    reasons = {}
+    for campaign in demo_campaigns():
+        diagnosis = diagnose(convention, campaign["name"], {"dsp_type": campaign["dsp_type"]})
+        if diagnosis is not None:
+            reasons[campaign["campaign_id"]] = (diagnosis.reason, diagnosis.suggest)
+    assert reasons == {
+        "dv360-1002": ("too few tokens: 1, at least 5", None),
+        "dv360-1005": ("not an allowed value", "Retargeting"),
+        "dv360-1009": ("too few tokens: 1, at least 5", None),
+        "ttd-1102": ("wrong case", "NWM"),
+        "ttd-1106": ("does not equal the campaign's dsp_type", "TTD"),
+        "ttd-1110": ("does not match ^Q[1-4]$", None),
+        "meta-1202": ("not a date in the form YYYYMM", None),
+        "meta-1207": ("not an allowed value", None),
+        "meta-1210": ("too many tokens: 7, at most 6", None),
+    }
