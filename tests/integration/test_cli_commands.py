@@ -438,6 +438,8 @@ def test_bench_prints_the_figures_and_drops_its_scratch_databases(pg_url, migrat
     assert keys <= set(figures), figures
     # 200 campaigns with data on each of the 3 days up to today, 3 rules: each rule sees the 200 campaigns
     assert (figures["entities"], figures["days"], figures["rules"], figures["evaluations"]) == (200, 3, 3, 600)
+    # the naming rule reads yesterday's 200 campaign names
+    assert figures["naming_names"] == 200 and figures["naming_sql_s"] > 0 and figures["naming_interpreter_s"] > 0
     for key in keys - {"entities", "days", "rules", "evaluations"}:
         assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
 
