@@ -247,8 +247,7 @@ def parse_rule(
 
 
 def validate_document(
-    document: Any, *, timezone: str | None = None, allowed_hosts: frozenset[str] = frozenset(),
-    conventions: Mapping[str, Any] | None = None,
+    document: Any, *, timezone: str | None = None, allowed_hosts: frozenset[str] = frozenset()
 ) -> list[ValidationProblem]:
     """Every problem of a `{"conditions": …, "actions": …}` document (`actions` optional); empty when valid.
 
@@ -268,8 +267,8 @@ def validate_document(
         problems.append(ValidationProblem("conditions", "is required"))
         problems += _check_actions(document.get("actions", {}), allowed_hosts)[0]
     else:
-        problems += _check_rule(document["conditions"], document.get("actions", {}), timezone, allowed_hosts,
-                                conventions)[0]
+        # Without an organization, naming operations are checked only in shape (their conventions are unknown).
+        problems += _check_rule(document["conditions"], document.get("actions", {}), timezone, allowed_hosts, None)[0]
     return problems
 
 
