@@ -181,7 +181,8 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         with postgres.transaction() as tx:
             org_id = tx.one("insert_organization", name="bench", slug=f"bench-{suffix}", timezone=BENCH_TIMEZONE,
                             currency="USD", enabled_modules=json.dumps(["alerts"]))["id"]
-            tx.execute("bench_naming_conventions", org_id=org_id, conventions=json.dumps({"campaign": NAMING_CONVENTION}))
+            tx.execute("bench_naming_conventions", org_id=org_id,
+                       conventions=json.dumps({"campaign": NAMING_CONVENTION}))
         load_metrics(clickhouse, org_id, entities, days, at.date())
         rules = _rules(rule_count)
         sql_ids = _insert_rules(postgres, org_id, rules, "sql")

@@ -12,8 +12,9 @@ A convention (the README's "Naming conventions" has a worked example):
       {"name": "label", "free": true}]}
 
 A name is split at every delimiter; its token count must lie between `min_tokens` and `max_tokens` (by default
-the number of required tokens, at least 1, and the number of all tokens). A name with fewer tokens than the convention leaves
-out its optional tokens, the last ones first; when `min_tokens` allows still fewer, the last tokens are missing.
+the number of required tokens, at least 1, and the number of all tokens). A name with fewer tokens than the
+convention leaves out its optional tokens, the last ones first; when `min_tokens` allows still fewer, the last
+tokens are missing.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def date_format(text: Any) -> DateFormat:
     """The DateFormat of `text` (see _DATE_PIECE); ValueError saying what is wrong."""
     examples = ", ".join(DATE_FORMAT_EXAMPLES)
     if not isinstance(text, str) or not text or "".join(_DATE_PIECE.findall(text)) != text:
-        return _refuse_date(f"must be a date format made of YYYY or YY, MM, DD and the separators - / . (as in {examples})")
+        return _refuse_date(
+            f"must be a date format made of YYYY or YY, MM, DD and the separators - / . (as in {examples})")
     pieces = _DATE_PIECE.findall(text)
     fields = [piece for piece in pieces if piece[0] in "YMD"]
     if len(fields) != len(set(field[0] for field in fields)):
@@ -281,7 +283,8 @@ def _token(raw: dict) -> Token:
     kind = next(kind for kind in TOKEN_KINDS if kind in raw)
     optional = raw.get("optional", False)
     if kind == "values":
-        return Token(raw["name"], kind, optional, values=tuple(raw["values"]), ignore_case=raw.get("ignore_case", False))
+        return Token(raw["name"], kind, optional, values=tuple(raw["values"]),
+                     ignore_case=raw.get("ignore_case", False))
     if kind == "pattern":
         return Token(raw["name"], kind, optional, pattern=raw["pattern"])
     if kind == "date":

@@ -39,12 +39,12 @@ from pydantic_core import PydanticCustomError
 
 from engine.conventions import Convention, parse_convention, unknown_convention
 from engine.errors import RuleValidationError, ValidationProblem
-from engine.problem_text import join_path as _join
-from engine.problem_text import shown as _shown
-from engine.problem_text import suggestion as _suggestion
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
 from engine.interpreter import SCOPED_OPERATORS
 from engine.naming import NAMING_OPERATOR, bind_conventions
+from engine.problem_text import join_path as _join
+from engine.problem_text import shown as _shown
+from engine.problem_text import suggestion as _suggestion
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
 
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -56,8 +56,8 @@ MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
 ALL_ROLES = ("owner", "admin", "member", "viewer")
 
-# The operators of classic JSON Logic that rules may use, plus `matches` and `naming`. `log` is left out on purpose: all it
-# does is print to a console during evaluation, which has no place in a rule run and no SQL equivalent.
+# The operators of classic JSON Logic that rules may use, plus `matches` and `naming`. `log` is left out on purpose:
+# all it does is print to a console during evaluation, which has no place in a rule run and no SQL equivalent.
 RULE_OPERATORS = SCOPED_OPERATORS | frozenset(
     "var missing missing_some if ?: == === != !== ! !! or and > >= < <= max min + - * / % in cat substr merge matches"
     " naming"

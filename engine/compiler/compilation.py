@@ -9,8 +9,8 @@ from typing import Any, Callable, Mapping
 
 import json_logic
 
-from engine.compiler.naming_sql import naming_document_sql
 from engine.compiler.logic_tree import arguments_of, logic_variables, reads_data, top_level_conditions
+from engine.compiler.naming_sql import naming_document_sql
 from engine.compiler.operators import TRUTH_OPERATORS, VALUE_OPERATORS
 from engine.compiler.types import Kind, Typed, constant, valid_text
 from engine.errors import LogicEvaluationError, NotCompilable

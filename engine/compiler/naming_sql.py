@@ -154,11 +154,12 @@ def _kind_diagnosis(compiler: Compilation, token: Token, position: int, value: s
     """SQL String: the diagnosis of a non-empty token that fails its check."""
     head = compiler.parameter("String", diagnosis_head(token.name, position))
     if token.kind == "values":
+        values = compiler.parameter("Array(String)", list(token.values))
         return compiler.let(
             f"arrayMap(__jl_option -> editDistanceUTF8(lower({value}), __jl_option), "
             f"{compiler.parameter('Array(String)', [ascii_lower(option) for option in token.values])})",
             lambda distances: compiler.let(f"arrayMin({distances})", lambda best: compiler.let(
-                f"arrayElement({compiler.parameter('Array(String)', list(token.values))}, indexOf({distances}, {best}))",
+                f"arrayElement({values}, indexOf({distances}, {best}))",
                 lambda candidate: diagnosis_sql(
                     head, value,
                     f"if({best} = 0, {compiler.parameter('String', WRONG_CASE)}, "
