@@ -216,3 +216,24 @@ def test_a_cross_field_convention_on_pacing_snapshots_fails_validation(env):
     assert result["status"] == "failed"
     assert result["error"] == ('conditions.logic: the naming convention "campaign" compares tokens with the '
                                "campaign's dsp_type, which only campaign_metrics_daily rules have")
+
+
+def test_a_convention_without_cross_fields_checks_pacing_entities_on_both_paths(env):
+    ids = {"delimiter": "-", "tokens": [{"name": "prefix", "values": ["IO"]}, {"name": "number", "pattern": "^[0-9]{4}$"}]}
+    org = _organization(env, {"ids": ids})
+    rule = env.rule(org, {"source": "pacing_snapshots", "window": "today",
+                          "logic": {"naming": [{"var": "entity_id"}, "ids"]}}, module="taxonomy")
+    moment = (T - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")
+    env.snapshots({"org_id": org, "snapshot_time": moment, "entity_type": "io", "entity_id": "IO-1001"},
+                  {"org_id": org, "snapshot_time": moment, "entity_type": "io", "entity_id": "io-1002"})
+
+    sql_run, interpreted_run = _both_paths(env, rule)
+
+    assert (sql_run["path"], interpreted_run["path"]) == ("sql", "interpreter")
+    expected = {
+        "IO-1001": (0, '{"entity_id":"IO-1001","entity_type":"io","naming":null,"conditions":[false]}'),
+        "io-1002": (1, '{"entity_id":"io-1002","entity_type":"io","naming":'
+                       + _diagnosis("prefix", 1, "io", "wrong case", "IO") + ',"conditions":[true]}'),
+    }
+    assert _documents(env, rule, T) == expected
+    assert _documents(env, rule, T + timedelta(hours=1)) == expected
