@@ -3,7 +3,8 @@
 The organization (slug `demo`) works in America/New_York and has every module. Its users cover every role and
 every kind of grant; 36 campaigns on three DSP accounts have 60 days of metrics up to today, 12 insertion orders
 have pacing snapshots every six hours, and four rules watch them: overspend, a collapsing CTR, under-pacing and
-the naming convention. The numbers come from a fixed seed, so two loads on the same day are identical.
+the naming convention (`campaign`, in the organization's settings), which nine campaigns break, each in its own
+way. The numbers come from a fixed seed, so two loads on the same day are identical.
 
 Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
 """
@@ -43,7 +44,27 @@ USERS = (
     ("former@demo.example", "Frank Former", "member", True),
     ("unverified@demo.example", "Uma Unverified", "member", False),
 )
-NAMING_CONVENTION = r"^NWM_(DV360|TTD|META)_Q[1-4]_[A-Za-z]+_[A-Z]{2}$"
+# NWM_<dsp>_Q<n>_<tactic>_<market>, with an optional flight month: NWM_DV360_Q1_Brand_US_202611.
+NAMING_CONVENTION = {"delimiter": "_", "tokens": [
+    {"name": "brand", "values": ["NWM"]},
+    {"name": "dsp", "equals": "dsp_type"},
+    {"name": "quarter", "pattern": "^Q[1-4]$"},
+    {"name": "tactic", "values": list(TACTICS)},
+    {"name": "market", "values": list(MARKETS)},
+    {"name": "flight", "date": "YYYYMM", "optional": True},
+]}
+# Campaign index (12 per account, in account order) -> a name breaking the convention, and how.
+BROKEN_NAMES = {
+    2: "summer sale test",                    # too few tokens
+    9: "NWM-TTD-Q4-Retargeting",              # the wrong delimiter: too few tokens
+    14: "nwm_TTD_Q1_Brand_US",                # wrong case (suggests NWM)
+    22: "NWM_TTD_Q5_Video_US",                # the quarter does not match its pattern
+    31: "Copy of NWM_META_Q2_Brand_CA",       # not an allowed value, nothing close enough to suggest
+    5: "NWM_DV360_Q2_Retargetting_GB",        # not an allowed value (suggests Retargeting)
+    18: "NWM_DV360_Q3_Video_US",              # a TTD campaign named for DV360: the cross-field check
+    26: "NWM_META_Q3_Brand_GB_202613",        # no month 13: a bad date
+    34: "NWM_META_Q3_Brand_CA_202611_copy",   # too many tokens
+}
 
 
 def demo_rules() -> list[dict]:
@@ -71,13 +92,14 @@ def demo_rules() -> list[dict]:
          "actions": {"severity": "warning", "cooldown_minutes": 120, "notify": notify}},
         {"name": "Campaign names break the convention", "module": "taxonomy",
          "conditions": {"window": "yesterday", "schedule": "*/5 * * * *",
-                        "logic": {"!": {"matches": [{"var": "campaign_name"}, NAMING_CONVENTION]}}},
+                        "logic": {"naming": [{"var": "campaign_name"}, "campaign"]}},
          "actions": {"severity": "info", "cooldown_minutes": 1440, "notify": {"roles": ["owner", "admin"]}}},
     ]
 
 
 def demo_campaigns() -> list[dict]:
-    """36 campaigns: 12 per DSP account; five break the naming convention, some overspend or lose their CTR."""
+    """36 campaigns: 12 per DSP account; nine break the naming convention (BROKEN_NAMES), some overspend or lose
+    their CTR."""
     campaigns = []
     for account_index, (dsp, advertiser, _name) in enumerate(ACCOUNTS):
         for number in range(12):
@@ -86,8 +108,7 @@ def demo_campaigns() -> list[dict]:
             name = f"NWM_{dsp}_Q{number % 4 + 1}_{tactic}_{market}"
             campaigns.append({"campaign_id": campaign_id, "name": name, "dsp_type": dsp, "advertiser_id": advertiser,
                               "overspends": number in (0, 7), "ctr_collapses": number == 3})
-    for index, broken in zip((2, 9, 14, 22, 31), ("summer sale test", "NWM-TTD-Q4-Retargeting", "nwm_ttd_q1_brand_us",
-                                                   "NWM_META_Q5_Video_US", "Copy of NWM_META_Q2_Brand_CA")):
+    for index, broken in BROKEN_NAMES.items():
         campaigns[index]["name"] = broken
     return campaigns
 
@@ -201,6 +222,8 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
     with postgres.transaction() as tx:
         org_id = tx.one("insert_organization", name="Northwind Media (demo)", slug=DEMO_SLUG, timezone=DEMO_TIMEZONE,
                         currency="USD", enabled_modules=json.dumps(["alerts", "qa", "taxonomy"]))["id"]
+        tx.execute("set_organization_settings", org_id=org_id,
+                   settings=json.dumps({"naming_conventions": {"campaign": NAMING_CONVENTION}}))
         account_ids = {dsp: tx.one("insert_dsp_account", org_id=org_id, dsp_type=dsp, external_id=advertiser,
                                    name=name)["id"] for dsp, advertiser, name in ACCOUNTS}
         users = _add_people(tx, org_id, campaigns, account_ids, now)

@@ -3,6 +3,9 @@
 -- name: organization_by_slug
 SELECT id, name, timezone FROM organizations WHERE slug = %(slug)s;
 
+-- name: set_organization_settings
+UPDATE organizations SET settings = %(settings)s::jsonb WHERE id = %(org_id)s;
+
 -- name: insert_user
 INSERT INTO users (email, password_hash, full_name, email_verified)
 VALUES (%(email)s, %(password_hash)s, %(full_name)s, %(email_verified)s)

@@ -1,9 +1,12 @@
 """The evaluation document of one entity: `rule_evaluations.condition_results`, kept as `alert_events.condition_details`.
 
 A compact JSON object: each field the logic reads with its value, for pacing snapshots `entity_type` (which tells
-apart entities that share an id), then `conditions`, the outcome of each top-level condition:
+apart entities that share an id), for a logic with `naming` checks `naming` (the diagnosis of the first check whose
+name breaks its convention, null when none does), then `conditions`, the outcome of each top-level condition:
 
     {"delivered_amount":0,"prev.delivered_amount":1200.5,"entity_type":"line_item","conditions":[true,true]}
+    {"campaign_name":"US_DV36O_Brand_Q1","dsp_type":"DV360","naming":{"token":"dsp","position":2,"value":"DV36O",
+     "reason":"does not equal the campaign's dsp_type","suggest":"DV360"},"conditions":[true]}
 
 ClickHouse builds it on the SQL path (document_sql) and Python on the interpreter path (document_json), byte for
 byte the same for the same values: numbers and text are written as ClickHouse's toJSONString writes them.
@@ -19,10 +22,12 @@ from typing import Any
 
 from engine.fields import PACING_SNAPSHOTS
 from engine.interpreter import number_to_string
+from engine.naming import Diagnosis
 from engine.sql_text import quote_identifier, quote_string
 
 CONDITIONS_KEY = "conditions"
 ENTITY_TYPE_KEY = "entity_type"
+NAMING_KEY = "naming"
 
 # toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
 _JSON_ESCAPES = {
@@ -40,6 +45,7 @@ class EvaluationDocument:
     values: dict[str, Any]
     conditions: list[bool]
     entity_type: str | None
+    naming: dict[str, Any] | None = None
 
 
 def holds_entity_type(source: str) -> bool:
@@ -55,15 +61,19 @@ def _keyed_parts(variables: Sequence[str], entity_type: Any) -> dict[str, Any]:
     return parts
 
 
-def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None) -> str:
+def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None,
+                 naming_sql: str | None = None) -> str:
     """A ClickHouse expression building the document of the current row.
 
-    `variables` are columns named as the fields the logic reads, `conditions` UInt8 0/1 expressions, and
-    `entity_type_column` the column holding the entity's type (None: the document holds no type).
+    `variables` are columns named as the fields the logic reads, `conditions` UInt8 0/1 expressions,
+    `entity_type_column` the column holding the entity's type (None: the document holds no type) and `naming_sql`
+    the JSON text of the naming diagnosis (None: the logic has no naming check).
     """
     parts = ["'{'"]
     for key, column in _keyed_parts(variables, entity_type_column).items():
         parts += [quote_string(f'"{key}":'), f"toJSONString({quote_identifier(column)})", "','"]
+    if naming_sql is not None:
+        parts += [quote_string(f'"{NAMING_KEY}":'), naming_sql, "','"]
     parts.append(quote_string(f'"{CONDITIONS_KEY}":['))
     if conditions:
         parts.append(", ',', ".join(f"if({condition}, 'true', 'false')" for condition in conditions))
@@ -71,15 +81,19 @@ def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_typ
     return f"concat({', '.join(parts)})"
 
 
-def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_type: str | None) -> str:
+def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_type: str | None,
+                  has_naming: bool = False, naming: Diagnosis | None = None) -> str:
     """The document of one entity, as document_sql would build it for a row with these values.
 
     `values` maps each field the logic reads (in the logic's order) to its number or text, `conditions` are the
-    outcomes of the top-level conditions, `entity_type` the entity's type (None: the document holds no type).
+    outcomes of the top-level conditions, `entity_type` the entity's type (None: the document holds no type);
+    with `has_naming` (the logic has naming checks) it holds `naming`, the diagnosis (None: the name is fine).
     """
     written = {key: _json_value(values[key]) for key in values}
     if entity_type is not None:
         written[ENTITY_TYPE_KEY] = _json_value(entity_type)
+    if has_naming:
+        written[NAMING_KEY] = diagnosis_json(naming)
     members = [f'"{key}":{value}' for key, value in written.items()]
     members.append(f'"{CONDITIONS_KEY}":[' + ",".join("true" if outcome else "false" for outcome in conditions) + "]")
     return "{" + ",".join(members) + "}"
@@ -98,9 +112,32 @@ def _json_value(value: Any) -> str:
     return number_to_string(number).replace("e+", "e")
 
 
+def diagnosis_json(diagnosis: Diagnosis | None) -> str:
+    """The JSON text of a naming diagnosis (`null` for none), as diagnosis_sql builds it."""
+    if diagnosis is None:
+        return "null"
+    return (diagnosis_head(diagnosis.token, diagnosis.position) + _json_value(diagnosis.value)
+            + ',"reason":' + _json_value(diagnosis.reason) + ',"suggest":'
+            + ("null" if diagnosis.suggest is None else _json_value(diagnosis.suggest)) + "}")
+
+
+def diagnosis_head(token: str | None, position: int) -> str:
+    """The constant start of a diagnosis's JSON text, up to its value: `{"token":"dsp","position":2,"value":`."""
+    token_json = "null" if token is None else _json_value(token)
+    return f'{{"token":{token_json},"position":{position},"value":'
+
+
+def diagnosis_sql(head_sql: str, value_sql: str, reason_sql: str, suggest_sql: str) -> str:
+    """A ClickHouse expression of a diagnosis's JSON text: `head_sql` the SQL of its diagnosis_head, `value_sql`
+    and `reason_sql` String expressions, `suggest_sql` a Nullable(String) expression (NULL: no suggestion)."""
+    return (f"concat({head_sql}, toJSONString({value_sql}), ',\"reason\":', toJSONString({reason_sql}), "
+            f"',\"suggest\":', ifNull(toJSONString({suggest_sql}), 'null'), '}}')")
+
+
 def parse_document(text: str) -> EvaluationDocument:
     """The document in `text`; empty text (an alert row written without one) is a document with nothing in it."""
     values = json.loads(text) if text else {}
     conditions = values.pop(CONDITIONS_KEY, [])
     entity_type = values.pop(ENTITY_TYPE_KEY, None)
-    return EvaluationDocument(values, conditions, entity_type)
+    naming = values.pop(NAMING_KEY, None)
+    return EvaluationDocument(values, conditions, entity_type, naming)

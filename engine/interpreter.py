@@ -32,7 +32,9 @@ Product decisions that both this interpreter and the SQL compiler follow:
   ±Infinity or NaN);
 - `matches` `[text, pattern]` searches `text` (converted like JS `String()`) for the RE2 `pattern`
   (search semantics, `re2.search`); a null pattern never matches; an invalid pattern is an error
-  (`LogicEvaluationError`).
+  (`LogicEvaluationError`);
+- `naming` `[text, convention]` is true when `text` (converted like JS `String()`) breaks the convention
+  (engine/naming.py; the convention must have been bound into the logic, else it is an error).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from typing import Any, Callable
 import json_logic
 import re2
 
+from engine.conventions import Convention
 from engine.errors import LogicEvaluationError
+from engine.naming import diagnose
 
 
 class _Undefined:
@@ -514,6 +518,15 @@ def _op_matches(data, *arguments):
     return compiled.search(to_string(text).encode("utf-8", "surrogatepass")) is not None
 
 
+def _op_naming(data, *arguments):
+    """`naming` [text, convention, cross values...] as engine.naming.bind_conventions binds it."""
+    text, convention = _argument(arguments, 0), _argument(arguments, 1)
+    if not isinstance(convention, Convention):
+        raise LogicEvaluationError(f"naming: the convention {to_string(convention)!r} is not known to this evaluation")
+    cross_values = dict(zip(convention.cross_fields, (to_string(value) for value in arguments[2:])))
+    return diagnose(convention, to_string(text), cross_values) is not None
+
+
 @functools.lru_cache(maxsize=512)
 def compile_pattern(pattern: str) -> Any:
     """The compiled RE2 regular expression; LogicEvaluationError when the pattern is not valid RE2."""
@@ -558,6 +571,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "missing": _op_missing,
     "missing_some": _op_missing_some,
     "matches": _op_matches,
+    "naming": _op_naming,
 }
 
 

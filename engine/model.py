@@ -8,7 +8,6 @@ a pure function of its arguments: hosts are judged by their literal form only (D
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
@@ -38,9 +37,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.conventions import Convention, parse_convention, unknown_convention
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
 from engine.interpreter import SCOPED_OPERATORS
+from engine.naming import NAMING_OPERATOR, bind_conventions
+from engine.problem_text import join_path as _join
+from engine.problem_text import shown as _shown
+from engine.problem_text import suggestion as _suggestion
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
 
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -52,10 +56,11 @@ MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
 ALL_ROLES = ("owner", "admin", "member", "viewer")
 
-# The operators of classic JSON Logic that rules may use, plus `matches`. `log` is left out on purpose: all it
-# does is print to a console during evaluation, which has no place in a rule run and no SQL equivalent.
+# The operators of classic JSON Logic that rules may use, plus `matches` and `naming`. `log` is left out on purpose:
+# all it does is print to a console during evaluation, which has no place in a rule run and no SQL equivalent.
 RULE_OPERATORS = SCOPED_OPERATORS | frozenset(
     "var missing missing_some if ?: == === != !== ! !! or and > >= < <= max min + - * / % in cat substr merge matches"
+    " naming"
     .split()
 )
 _REFUSED_OPERATORS = {"log": 'the "log" operator is not allowed in rules: it only prints to a console'}
@@ -207,29 +212,35 @@ class RuleDocument(BaseModel):
 
 @dataclass(frozen=True)
 class Rule:
-    """A validated rule: its conditions, its actions, and every variable its logic may read with its type."""
+    """A validated rule: its conditions, its actions, every variable its logic may read with its type, and its
+    logic as it is evaluated: `conditions.logic` with its naming conventions bound (engine.naming.bind_conventions;
+    a rule validated without the organization's conventions keeps them unbound, and cannot be evaluated)."""
 
     conditions: Conditions
     actions: Actions
     fields: Mapping[str, FieldType]
+    logic: Any
 
 
 # --- public functions ---------------------------------------------------------------------------------------------
 
 
 def parse_rule(
-    conditions: Any, actions: Any, *, timezone: str | None = None, allowed_hosts: frozenset[str] = frozenset()
+    conditions: Any, actions: Any, *, timezone: str | None = None, allowed_hosts: frozenset[str] = frozenset(),
+    conventions: Mapping[str, Any] | None = None,
 ) -> Rule:
     """Validates a rule's `conditions` and `actions` documents and returns the immutable Rule they describe.
 
     Raises RuleValidationError listing every problem found. `timezone` (the organization's) is checked only when
     given. `allowed_hosts` (entries `host` or `host:port`) may receive Slack and webhook posts even though their
-    address is loopback, private or link-local.
+    address is loopback, private or link-local. `conventions` (the organization's naming conventions by name, as
+    stored, engine.conventions.conventions_in_settings) are checked and bound into `Rule.logic` only when given:
+    a naming operation must name one of them, valid, and usable on the rule's source.
     """
     size_problem = _json_problem({"conditions": conditions, "actions": actions})
     if size_problem:
         raise RuleValidationError([size_problem])
-    problems, rule = _check_rule(conditions, actions, timezone, allowed_hosts)
+    problems, rule = _check_rule(conditions, actions, timezone, allowed_hosts, conventions)
     if problems:
         raise RuleValidationError(problems)
     return rule
@@ -256,7 +267,8 @@ def validate_document(
         problems.append(ValidationProblem("conditions", "is required"))
         problems += _check_actions(document.get("actions", {}), allowed_hosts)[0]
     else:
-        problems += _check_rule(document["conditions"], document.get("actions", {}), timezone, allowed_hosts)[0]
+        # Without an organization, naming operations are checked only in shape (their conventions are unknown).
+        problems += _check_rule(document["conditions"], document.get("actions", {}), timezone, allowed_hosts, None)[0]
     return problems
 
 
@@ -310,7 +322,8 @@ def _is_bare_logic(conditions: Any) -> bool:
 
 
 def _check_rule(
-    conditions: Any, actions: Any, timezone: str | None, allowed_hosts: frozenset[str]
+    conditions: Any, actions: Any, timezone: str | None, allowed_hosts: frozenset[str],
+    conventions: Mapping[str, Any] | None,
 ) -> tuple[list[ValidationProblem], Rule | None]:
     condition_problems, conditions_model = _check_conditions(conditions)
     action_problems, actions_model = _check_actions(actions, allowed_hosts)
@@ -319,8 +332,15 @@ def _check_rule(
         problems.append(ValidationProblem("timezone", f"unknown timezone {_shown(timezone)}"))
     if problems:
         return problems, None
+    logic = conditions_model.logic
+    bound: dict[str, Convention] = {}
+    if conventions is not None:
+        logic_path = "conditions" if _is_bare_logic(conditions) else "conditions.logic"
+        problems, bound = _convention_problems(logic, logic_path, conditions_model.source, conventions)
+        if problems:
+            return problems, None
     fields = field_types(conditions_model.source, conditions_model.compare_to is not None)
-    return [], Rule(conditions_model, actions_model, MappingProxyType(fields))
+    return [], Rule(conditions_model, actions_model, MappingProxyType(fields), bind_conventions(logic, bound))
 
 
 def _check_conditions(raw: Any) -> tuple[list[ValidationProblem], Conditions | None]:
@@ -464,6 +484,8 @@ def _walk_logic(
             problems += _missing_problems(names, [f"{argument_paths[1]}[{i}]" for i in range(len(names))], fields)
     elif operator == "matches":
         problems += _matches_problems(argument_list, argument_paths, path)
+    elif operator == NAMING_OPERATOR:
+        problems += _naming_shape_problems(argument_list, path, in_item)
     for index, (argument, argument_path) in enumerate(zip(argument_list, argument_paths)):
         in_body = operator in SCOPED_OPERATORS and index == 1
         _walk_logic(argument, argument_path, fields, in_item or in_body, problems)
@@ -499,6 +521,53 @@ def _matches_problems(arguments: list, paths: list[str], path: str) -> list[Vali
         return []
     reason = _re2_problem(pattern)
     return [ValidationProblem(paths[1], reason)] if reason else []
+
+
+def _naming_shape_problems(arguments: list, path: str, in_item: bool) -> list[ValidationProblem]:
+    if len(arguments) != 2 or not isinstance(arguments[1], str):
+        return [ValidationProblem(path, 'naming takes two arguments: [text, "<convention name>"], the name literal')]
+    if in_item:
+        return [ValidationProblem(path, "naming reads the campaign itself, so it cannot be used inside "
+                                        "map, filter, reduce, all, none or some")]
+    return []
+
+
+def _convention_problems(logic: Any, path: str, source: str, conventions: Mapping[str, Any]
+                         ) -> tuple[list[ValidationProblem], dict[str, Convention]]:
+    """The problems of the conventions the logic's naming operations name, and those conventions parsed."""
+    problems: list[ValidationProblem] = []
+    parsed: dict[str, Convention] = {}
+    for operation_path, name in _naming_references(logic, path):
+        if name not in conventions:
+            problems.append(ValidationProblem(operation_path, unknown_convention(name, conventions)))
+            continue
+        try:
+            convention = parsed.get(name) or parse_convention(name, conventions[name])
+        except RuleValidationError as error:
+            problems.append(ValidationProblem(operation_path, f"the naming convention {_shown(name)} is invalid: "
+                                              f"{error}"))
+            continue
+        parsed[name] = convention
+        if convention.cross_fields and source != CAMPAIGN_METRICS:
+            problems.append(ValidationProblem(operation_path, (
+                f"the naming convention {_shown(name)} compares tokens with the campaign's "
+                f"{' and '.join(convention.cross_fields)}, which only {CAMPAIGN_METRICS} rules have")))
+    return problems, parsed
+
+
+def _naming_references(node: Any, path: str) -> list[tuple[str, str]]:
+    """(path, convention name) of every naming operation at or below `node` (validated in shape already)."""
+    if isinstance(node, list):
+        return [found for index, item in enumerate(node) for found in _naming_references(item, f"{path}[{index}]")]
+    if not (isinstance(node, dict) and len(node) == 1):
+        return []
+    operator, arguments = next(iter(node.items()))
+    operator_path = _join(path, operator)
+    found = [(path, arguments[1])] if operator == NAMING_OPERATOR else []
+    if isinstance(arguments, list):
+        return found + [item for index, argument in enumerate(arguments)
+                        for item in _naming_references(argument, f"{operator_path}[{index}]")]
+    return found + _naming_references(arguments, operator_path)
 
 
 def _re2_problem(pattern: str) -> str | None:
@@ -664,29 +733,7 @@ def _unknown_key(key: str, known: Mapping[str, Any]) -> str:
     return f"unknown key {_shown(key)}{_suggestion(key, known)}"
 
 
-# --- words and paths ----------------------------------------------------------------------------------------------
-
-_PLAIN_KEY = re.compile(r'[^\s.\[\]"]+')
-
-
-def _join(path: str, key: str | int) -> str:
-    """`path` extended by an object key or array index, as in `conditions.logic.and[1].>[0]`."""
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if not _PLAIN_KEY.fullmatch(key):
-        return f"{path}[{json.dumps(key)}]"
-    return f"{path}.{key}" if path else key
-
-
-def _shown(text: str) -> str:
-    """`text` quoted for a message, cut short when long."""
-    return json.dumps(text if len(text) <= 80 else text[:77] + "...", ensure_ascii=False)
-
-
-def _suggestion(word: str, candidates) -> str:
-    lowered = {candidate.lower(): candidate for candidate in candidates}
-    close = [lowered[word.lower()]] if word.lower() in lowered else difflib.get_close_matches(word, list(candidates), 1)
-    return f" (did you mean {_shown(close[0])}?)" if close else ""
+# --- URLs and hosts ---------------------------------------------------------------------------------------------
 
 
 def split_url(url: str) -> tuple[str, str | None, int]:

@@ -150,7 +150,8 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
 
 def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Statement:
     """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity."""
-    document = document_sql(compiled.variables, compiled.conditions, ENTITY_TYPE if holds_entity_type(source) else None)
+    document = document_sql(compiled.variables, compiled.conditions, ENTITY_TYPE if holds_entity_type(source) else None,
+                            compiled.naming)
     sql = (
         f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, toUInt8({compiled.matched}) AS matched, "
         f"{document} AS condition_results FROM ({entities.sql})"

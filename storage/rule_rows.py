@@ -1,17 +1,20 @@
-"""A rule as a run reads it: its `rules` row with what its organization says about it."""
+"""A rule as a run reads it: its `rules` row with what its organization says about it (read on every run, so a
+change of the organization's settings takes effect on the next run)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from engine.conventions import conventions_in_settings
 from storage.postgres import Postgres
 
 
 @dataclass(frozen=True)
 class RuleRow:
-    """A `rules` row and its organization's timezone and modules, as stored: `conditions` and `actions` are the
-    JSON documents unvalidated (a row written by SQL may hold anything), validated by engine.model at run time."""
+    """A `rules` row and its organization's timezone, modules and naming conventions, as stored: `conditions`,
+    `actions` and the conventions are the JSON documents unvalidated (a row written by SQL may hold anything),
+    validated by engine.model at run time."""
 
     rule_id: str
     org_id: int | None  # rules.org_id may be NULL
@@ -23,6 +26,7 @@ class RuleRow:
     timezone: str | None  # None when the organization does not exist
     enabled_modules: tuple[str, ...]  # none unless the organization's enabled_modules is a JSON array
     organization_exists: bool
+    naming_conventions: dict[str, Any]  # settings.naming_conventions by name; none unless both are JSON objects
 
 
 def rule_with_organization(postgres: Postgres, rule_id: str) -> RuleRow | None:
@@ -33,7 +37,8 @@ def rule_with_organization(postgres: Postgres, rule_id: str) -> RuleRow | None:
     return RuleRow(rule_id=row["rule_id"], org_id=row["org_id"], name=row["name"], module=row["module"],
                    enabled=bool(row["enabled"]), conditions=row["conditions"], actions=row["actions"],
                    timezone=row["timezone"], enabled_modules=_modules(row["enabled_modules"]),
-                   organization_exists=row["organization_exists"])
+                   organization_exists=row["organization_exists"],
+                   naming_conventions=conventions_in_settings(row["settings"]))
 
 
 def _modules(stored: Any) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -162,9 +163,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from engine.model import validate_document
     from worker.settings import settings
 
-    source = "standard input" if args.file == "-" else args.file
+    return _validate_file(args.file, "rule document",
+                          lambda document: validate_document(document, allowed_hosts=settings().notify_allowed_hosts))
+
+
+def _cmd_validate_convention(args: argparse.Namespace) -> int:
+    from engine.conventions import convention_problems
+
+    return _validate_file(args.file, "naming convention", convention_problems)
+
+
+def _validate_file(file: str, kind: str, problems_of: Callable[[Any], list]) -> int:
+    """Prints every problem of the JSON document in `file` (- : standard input), or that it is valid; 1 or 0."""
+    source = "standard input" if file == "-" else file
     try:
-        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        text = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as error:
         raise UsageError(f"cannot read {source}: {error.strerror}") from None
     try:
@@ -176,9 +189,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{source}: not JSON: {error}")
         return 1
     except RecursionError:
-        print(f"{source}: not a rule document: nested too deeply")
+        print(f"{source}: not a {kind}: nested too deeply")
         return 1
-    problems = validate_document(document, allowed_hosts=settings().notify_allowed_hosts)
+    problems = problems_of(document)
     for problem in problems:
         print(problem)
     if not problems:
@@ -187,9 +200,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from engine.conventions import convention_json_schema
     from engine.model import rule_json_schema
 
-    print(json.dumps(rule_json_schema(), indent=2))
+    print(json.dumps(convention_json_schema() if args.convention else rule_json_schema(), indent=2))
     return 0
 
 
@@ -328,7 +342,13 @@ def _build_parser() -> _Parser:
     validate.add_argument("file", nargs="?", default="-", metavar="FILE", help="the document (default - : standard input)")
     validate.set_defaults(handler=_cmd_validate)
 
-    schema = add_command("schema", help="print the JSON Schema of rule documents")
+    validate_convention = add_command("validate-convention", help="check a naming convention document")
+    validate_convention.add_argument("file", nargs="?", default="-", metavar="FILE",
+                                     help="the document (default - : standard input)")
+    validate_convention.set_defaults(handler=_cmd_validate_convention)
+
+    schema = add_command("schema", help="print the JSON Schema of rule documents (or of naming conventions)")
+    schema.add_argument("--convention", action="store_true", help="the schema of a naming convention document")
     schema.set_defaults(handler=_cmd_schema)
 
     replay = add_command("backfill", help="replay a rule at each fire time of its schedule in a date range")

@@ -8,24 +8,40 @@ from typing import Any
 
 from engine.compiler import logic_variables, top_level_conditions
 from engine.evaluation_document import document_json, holds_entity_type
-from engine.interpreter import evaluate_row, truthy
+from engine.interpreter import evaluate_javascript, evaluate_row, nest_row, to_string, truthy
 from engine.model import Rule
+from engine.naming import Diagnosis, NamingCheck, diagnose, naming_checks
 from engine.query import ENTITY_ID, ENTITY_TYPE
 from storage.results import Evaluation
 
 
 def evaluate_batches(rule: Rule, batches: Iterable[Iterable[Mapping[str, Any]]]) -> Iterator[list[Evaluation]]:
     """Evaluates the entity rows of engine.query.entity_rows (every field of the rule's source) batch by batch."""
-    logic = rule.conditions.logic
+    logic = rule.logic
     conditions = top_level_conditions(logic)
     variables = logic_variables(logic, rule.fields)
     with_type = holds_entity_type(rule.conditions.source)
+    checks = naming_checks(logic)
     for rows in batches:
         batch = []
         for row in rows:
             data = {name: row[name] for name in rule.fields}
             document = document_json({name: data[name] for name in variables},
                                      [truthy(evaluate_row(condition, data)) for condition in conditions],
-                                     row[ENTITY_TYPE] if with_type else None)
+                                     row[ENTITY_TYPE] if with_type else None,
+                                     bool(checks), first_naming_diagnosis(checks, data))
             batch.append(Evaluation(row[ENTITY_ID], truthy(evaluate_row(logic, data)), document))
         yield batch
+
+
+def first_naming_diagnosis(checks: list[NamingCheck], row: Mapping[str, Any]) -> Diagnosis | None:
+    """The diagnosis of the first of `checks` whose name, in `row`, breaks its convention (the document's
+    `naming`), or None."""
+    data = nest_row(dict(row))
+    for check in checks:
+        cross_values = {field: to_string(evaluate_javascript(node, data))
+                        for field, node in zip(check.convention.cross_fields, check.cross)}
+        diagnosis = diagnose(check.convention, to_string(evaluate_javascript(check.text, data)), cross_values)
+        if diagnosis is not None:
+            return diagnosis
+    return None

@@ -7,10 +7,15 @@ The webhook body (also documented in the README):
      "evaluated_at": "2026-11-25T09:00:00Z",
      "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "...",
                    "values": {"spend": 1234.5, ...}, "conditions": [true, false]}]}
+
+An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
+(`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
+e-mail and Slack write it in words after the values, in-app notifications carry it like the webhook.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,8 +49,25 @@ class RunNotice:
 def entity_record(entity: Entity) -> dict[str, Any]:
     """An entity as messages carry it: identity, the values the logic read, the top-level condition outcomes."""
     document = parse_document(entity.condition_details)
-    return {"entity_type": entity.entity_type, "entity_id": entity.entity_id, "entity_name": entity.entity_name,
-            "values": document.values, "conditions": document.conditions}
+    record = {"entity_type": entity.entity_type, "entity_id": entity.entity_id, "entity_name": entity.entity_name,
+              "values": document.values, "conditions": document.conditions}
+    if document.naming is not None:
+        record["naming"] = document.naming
+    return record
+
+
+def naming_text(diagnosis: dict[str, Any]) -> str:
+    """A naming diagnosis in words: `naming: token "dsp" (position 2) is "DV36O": not an allowed value; did you
+    mean "DV360"?`."""
+    token = "past the last token" if diagnosis.get("token") is None else f"token {_quoted(diagnosis['token'])}"
+    text = (f"naming: {token} (position {diagnosis.get('position')}) is {_quoted(diagnosis.get('value'))}: "
+            f"{diagnosis.get('reason')}")
+    suggest = diagnosis.get("suggest")
+    return text + (f"; did you mean {_quoted(suggest)}?" if suggest is not None else "")
+
+
+def _quoted(text: Any) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _headline(notice: RunNotice, count: int) -> str:
@@ -65,7 +87,8 @@ def _entity_line(record: dict[str, Any]) -> str:
     name = record["entity_name"]
     label = name if name == record["entity_id"] else f"{name} ({record['entity_id']})"
     values = ", ".join(f"{field} = {_value_text(value)}" for field, value in record["values"].items())
-    return f"- {record['entity_type']} {label}" + (f": {values}" if values else "")
+    line = f"- {record['entity_type']} {label}" + (f": {values}" if values else "")
+    return line + (f"; {naming_text(record['naming'])}" if "naming" in record else "")
 
 
 def _listing(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -213,13 +213,13 @@ class RuleRunner:
         `compiled` if not yet done; returns the statement of the entity rows to evaluate."""
         rule_row = run.rule_row
         run.rule = parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
-                              allowed_hosts=self._allowed_hosts)
+                              allowed_hosts=self._allowed_hosts, conventions=rule_row.naming_conventions)
         conditions = run.rule.conditions
         run.bounds = resolve_window(run.scope.at, rule_row.timezone, conditions.window, conditions.compare_to)
         try:
             if self._interpreter_only:
                 raise NotCompilable("this runner evaluates every rule on the interpreter")
-            run.compiled = compile_logic(conditions.logic, run.rule.fields)
+            run.compiled = compile_logic(run.rule.logic, run.rule.fields)
             path, reason = "sql", "compiled to SQL"
         except NotCompilable as refusal:
             path, reason = "interpreter", f"runs on the interpreter: {refusal}"

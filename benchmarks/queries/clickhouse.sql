@@ -9,7 +9,12 @@ SELECT
     {day:Date} AS date,
     ['DV360', 'TTD', 'META'][number % 3 + 1] AS dsp_type,
     concat('c-', toString(number)) AS campaign_id,
-    concat('Campaign ', toString(number)) AS campaign_name,
+    -- Named by the bench's naming convention (benchmarks/bench.py), 4 in 100 breaking it: the market's case, the
+    -- DSP, the quarter's pattern, the month's date.
+    concat(if(number % 100 = 1, 'us', ['US', 'EU', 'UK'][number % 3 + 1]), '_',
+           if(number % 100 = 2, 'DV36O', dsp_type), '_', ['Brand', 'Perf'][number % 2 + 1], '_',
+           if(number % 100 = 3, 'Q5', concat('Q', toString(number % 4 + 1))), '_',
+           if(number % 100 = 4, '202613', '202611'), '_L', toString(number)) AS campaign_name,
     concat('adv-', toString(number % 97)) AS advertiser_id,
     1000 + cityHash64(number, {day:Date}, 1) % 99000 AS impressions,
     intDiv(impressions * (cityHash64(number, {day:Date}, 2) % 120), 10000) AS clicks,

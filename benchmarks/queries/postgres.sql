@@ -1,5 +1,9 @@
--- Named PostgreSQL queries of `rulesctl load-bench`, run beside storage/queries/postgres.sql on its scratch
--- database. Each block starts with `-- name: <name>`; parameters are %(name)s.
+-- Named PostgreSQL queries of `rulesctl bench` and `rulesctl load-bench`, run beside storage/queries/postgres.sql
+-- on their scratch database. Each block starts with `-- name: <name>`; parameters are %(name)s.
+
+-- name: bench_naming_conventions
+UPDATE organizations SET settings = jsonb_build_object('naming_conventions', %(conventions)s::jsonb)
+WHERE id = %(org_id)s;
 
 -- name: load_bench_runs
 SELECT rule_id::text AS rule_id, scheduled_for, status,

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 import json_logic
 
 from engine.compiler.logic_tree import arguments_of, logic_variables, reads_data, top_level_conditions
+from engine.compiler.naming_sql import naming_document_sql
 from engine.compiler.operators import TRUTH_OPERATORS, VALUE_OPERATORS
 from engine.compiler.types import Kind, Typed, constant, valid_text
 from engine.errors import LogicEvaluationError, NotCompilable
@@ -30,6 +31,7 @@ class CompiledLogic:
     conditions: tuple[str, ...]
     variables: tuple[str, ...]
     parameters: dict[str, Any] = field(default_factory=dict)
+    naming: str | None = None  # the document's naming diagnosis (engine/compiler/naming_sql.py); None: no check
 
 
 def compile_logic(logic: Any, fields: Mapping[str, FieldType]) -> CompiledLogic:
@@ -37,15 +39,18 @@ def compile_logic(logic: Any, fields: Mapping[str, FieldType]) -> CompiledLogic:
 
     `matched` is the JSON Logic truthiness of the whole logic as UInt8 0/1; `conditions` the truthiness of each
     element of a top-level `and`/`or` (else of the whole logic); `variables` the sorted field names the logic
-    reads; `parameters` the values of the `{name:Type}` query parameters the SQL references.
+    reads; `parameters` the values of the `{name:Type}` query parameters the SQL references; `naming` the JSON
+    text of the naming diagnosis when the logic has (bound) naming checks.
     Raises NotCompilable when the SQL could not agree with the interpreter for every row.
     """
     compiler = Compilation(fields)
     matched = compiler.truth(logic)
     conditions = tuple(compiler.truth(condition) for condition in top_level_conditions(logic))
-    _check_size(matched, *conditions)
+    naming = naming_document_sql(compiler, logic)
+    expressions = (matched, *conditions, *([naming] if naming else []))
+    _check_size(*expressions)
     return CompiledLogic(matched, conditions, logic_variables(logic, fields),
-                         _referenced(compiler.parameters, matched, *conditions))
+                         _referenced(compiler.parameters, *expressions), naming)
 
 
 def _referenced(parameters: dict[str, Any], *expressions: str) -> dict[str, Any]:

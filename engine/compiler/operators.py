@@ -20,6 +20,7 @@ Semantics (the interpreter's, i.e. jsonlogic.com's, plus two product decisions):
 - Division and remainder by zero give null (falsy) instead of ±Infinity/NaN; `%` is exact like fmod.
 - `matches` [text, pattern] is an RE2 search (`.` does not match a newline, as in re2.search); the pattern must
   be a literal; a null pattern never matches; an invalid pattern is refused here and is an error at run time.
+- `naming` [text, convention] is true when the text breaks the (bound) convention: engine/compiler/naming_sql.py.
 
 Refused (NotCompilable, the rule runs on the interpreter): values whose type depends on the row (`if`, `and`,
 `or` mixing numbers, text and booleans where the value, not only its truthiness, is used), arrays or objects
@@ -41,6 +42,7 @@ from engine.compiler.coercions import js_number, js_parse_float, js_string, spli
 from engine.compiler.comparisons import (contains_sql, loose_equals_sql, membership_sql, relation_sql,
                                          strict_equals_sql)
 from engine.compiler.logic_tree import arguments_of
+from engine.compiler.naming_sql import compile_naming
 from engine.compiler.types import Kind, Typed, constant, typed_bool, typed_number, typed_string, valid_text
 from engine.errors import LogicEvaluationError, NotCompilable
 from engine.fields import FieldType
@@ -605,6 +607,7 @@ VALUE_OPERATORS: dict[str, Callable[[Compilation, list[Any]], Typed]] = {
     "substr": _compile_substr,
     "in": _compile_in,
     "matches": _compile_matches,
+    "naming": compile_naming,
     "var": _compile_var,
     "missing": _compile_missing,
     "missing_some": _compile_missing_some,

@@ -20,7 +20,7 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s);
 
 -- name: rule_with_organization
 SELECT r.id::text AS rule_id, r.org_id, r.name, r.module, r.enabled, r.conditions, r.actions,
-       o.timezone, o.enabled_modules, o.id IS NOT NULL AS organization_exists
+       o.timezone, o.enabled_modules, o.settings, o.id IS NOT NULL AS organization_exists
 FROM rules r LEFT JOIN organizations o ON o.id = r.org_id
 WHERE r.id = %(rule_id)s;
 
