@@ -339,7 +339,7 @@ def _build_parser() -> _Parser:
     replay.add_argument("--from", dest="first_day", required=True, metavar="DATE", help="first local date (YYYY-MM-DD)")
     replay.add_argument("--to", dest="last_day", required=True, metavar="DATE", help="last local date, included")
     replay.add_argument("--write", action="store_true", help="write rule_evaluations and alert_events (never notifies)")
-    replay.add_argument("--json", action="store_true", help="one run summary per fire time and line, not the per-day table")
+    replay.add_argument("--json", action="store_true", help="print every fire time's run summary, one per line")
     replay.set_defaults(handler=_cmd_backfill)
 
     bench = add_command("bench", help="measure the SQL path against the interpreter on synthetic metrics")

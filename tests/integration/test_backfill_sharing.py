@@ -33,13 +33,15 @@ RULES = {
     "daily, today": {"window": "today", "schedule": SCHEDULE, "logic": {">": [{"var": "spend"}, 20]}},
     "pacing, yesterday": {"source": "pacing_snapshots", "window": "yesterday", "schedule": SCHEDULE,
                           "logic": {"<": [{"var": "pacing_rate"}, 0.9]}},
-    "pacing, today (windowed up to T: no sharing)": {"source": "pacing_snapshots", "window": "today",
-                                                     "schedule": SCHEDULE, "logic": {"<": [{"var": "pacing_rate"}, 0.9]}},
+    "pacing, today (windowed up to T: no sharing)": {
+        "source": "pacing_snapshots", "window": "today", "schedule": SCHEDULE,
+        "logic": {"<": [{"var": "pacing_rate"}, 0.9]},
+    },
 }
 
 
 def _fill(env, org: int, first) -> None:
-    """Daily metrics from six days before `first` to the day after it, and a pacing snapshot every 4 hours from midnight."""
+    """Daily metrics from six days before `first` to the day after it; pacing snapshots every 4 hours from midnight."""
     rows = []
     for offset in range(-6, 3):
         day = first + timedelta(days=offset)
