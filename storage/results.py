@@ -105,6 +105,12 @@ class ResultStore:
                 for evaluation in evaluations[start:start + _INSERT_BATCH_ROWS]
             ], _EVALUATION_COLUMNS)
 
+    def copy_evaluations(self, source: RunScope, target: RunScope, execution_time_ms: int) -> None:
+        """Writes the `rule_evaluations` rows of `source` again as the rows of `target` (same organization and rule,
+        another T), with `execution_time_ms`, in one INSERT … SELECT inside ClickHouse."""
+        self._clickhouse.command_named("copy_evaluations", **_keys(source, "eval_time"),
+                                       target_eval_time=utc_sql(target.at), execution_time_ms=execution_time_ms)
+
     def outcome(self, scope: RunScope) -> Outcome:
         """The entity count and the matched entities of the run's `rule_evaluations` rows, in one read."""
         row = self._clickhouse.rows("evaluation_outcome", **_keys(scope, "eval_time"))[0]

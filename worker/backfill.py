@@ -1,35 +1,98 @@
-"""`rulesctl backfill`: replays a rule at each of its schedule's fire times in a date range."""
+"""`rulesctl backfill`: replays a rule at each of its schedule's fire times in a date range.
+
+Fire times whose windows resolve to the same dates read the same rows, so they are evaluated once: the first of
+them that succeeds is evaluated, and each later one reuses that evaluation (worker.runner.SharedEvaluation) while
+keeping its own run, its own `rule_evaluations` rows with its own eval_time and its own alert stage. Every fire time
+of a daily-metrics rule on one local day shares, for any window. A pacing-snapshot window that includes today
+ends at T itself, so those fire times never share; one that ends before today (`yesterday`) shares like a daily one.
+"""
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import date, datetime
+from itertools import groupby
+from zoneinfo import ZoneInfo
 
+from engine.fields import CAMPAIGN_METRICS
+from engine.model import Rule
+from engine.windows import resolve_window
 from worker.progress import ProgressBar
-from worker.runner import RuleRunner, RunRequest
+from worker.runner import RuleRunner, RunRequest, SharedEvaluation
 from worker.schedule import fire_times_between
 
 
-def backfill(runner: RuleRunner, rule_id: str, schedule: str, timezone: str, first_day: date, last_day: date,
-             write: bool) -> list[dict]:
-    """Runs the rule at each fire time (dry runs unless `write`), with a progress bar; returns the summaries."""
-    moments = list(fire_times_between(schedule, timezone, first_day, last_day))
+@dataclass(frozen=True)
+class BackfillResult:
+    """Every fire time's run summary, in order, and how many evaluations were run for them: the others reused an
+    earlier fire time's, or (with `--write`) returned a run that already existed."""
+
+    summaries: list[dict]
+    evaluated: int
+
+
+def window_key(rule: Rule, timezone: str, at: datetime) -> Hashable:
+    """What the rule's evaluation at `at` reads of its source: fire times with equal keys read the same rows."""
+    conditions = rule.conditions
+    bounds = resolve_window(at, timezone, conditions.window, conditions.compare_to)
+    if conditions.source == CAMPAIGN_METRICS:
+        return bounds.first, bounds.last, bounds.previous_first, bounds.previous_last
+    return bounds.utc_start, bounds.utc_end, bounds.previous_utc_start, bounds.previous_utc_end
+
+
+def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_day: date, last_day: date,
+             write: bool) -> BackfillResult:
+    """Runs the rule at each fire time (dry runs unless `write`), with a progress bar, evaluating once per window.
+
+    A fire time's evaluation is shared only when its run succeeded now: with `write`, a fire time that already had
+    a run (which a new request only returns) is not evaluated again, so it shares nothing.
+    """
+    moments = list(fire_times_between(rule.conditions.schedule, timezone, first_day, last_day))
     bar = ProgressBar("backfill", len(moments))
+    shared_by_window: dict[Hashable, SharedEvaluation] = {}
     summaries = []
+    evaluated = 0
     try:
         for moment in moments:
-            summaries.append(runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill")))
+            key = window_key(rule, timezone, moment)
+            shared = shared_by_window.get(key)
+            fresh = shared is None and not (write and runner.has_run(rule_id, moment))
+            summary = runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill", shared=shared))
+            if fresh:
+                evaluated += 1
+                if summary["status"] == "succeeded":
+                    shared_by_window[key] = SharedEvaluation(moment, summary["entities"], summary["matched"])
+            summaries.append(summary)
             bar.advance()
     finally:
         bar.close()
-    return summaries
+    return BackfillResult(summaries, evaluated)
 
 
-def format_table(summaries: list[dict]) -> str:
-    """The per-fire-time table: time, status, entities, matched, alerts, error."""
-    lines = [f"{'fire time (UTC)':<21} {'status':<10} {'entities':>8} {'matched':>8} {'alerts':>7}  error"]
-    for s in summaries:
-        lines.append(f"{s['scheduled_for']:<21} {s['status']:<10} {s['entities']:>8} {s['matched']:>8} "
-                     f"{s['alerts']:>7}  {s['error'] or ''}")
-    lines.append(f"{len(summaries)} fire times, {sum(s['matched'] for s in summaries)} matches, "
-                 f"{sum(s['alerts'] for s in summaries)} alerts")
+def format_days(result: BackfillResult, timezone: str) -> str:
+    """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it,
+    and a total line."""
+    zone = ZoneInfo(timezone)
+    lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
+
+    def local_day(summary: dict) -> date:
+        return datetime.fromisoformat(summary["scheduled_for"].replace("Z", "+00:00")).astimezone(zone).date()
+
+    for day, group in groupby(result.summaries, key=local_day):
+        runs = list(group)
+        matched = sorted(s["matched"] for s in runs)
+        shown = str(matched[0]) if matched[0] == matched[-1] else f"{matched[0]}-{matched[-1]}"
+        failed = sum(1 for s in runs if s["status"] == "failed")
+        lines.append(f"{day.isoformat():<10} {len(runs):>10} {shown:>9} {sum(s['alerts'] for s in runs):>7} "
+                     f"{failed:>6}")
+        errors: dict[str, int] = {}
+        for s in runs:
+            if s["error"]:
+                errors[s["error"]] = errors.get(s["error"], 0) + 1
+        lines.extend(f"  {count} × {error}" for error, count in errors.items())
+    summaries = result.summaries
+    lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
+                 f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "
+                 f"{sum(1 for s in summaries if s['status'] == 'failed')} failed")
     return "\n".join(lines)

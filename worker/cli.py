@@ -217,7 +217,7 @@ def _parse_day(option: str, text: str) -> date:
 def _cmd_backfill(args: argparse.Namespace) -> int:
     from engine.errors import RuleValidationError
     from engine.model import parse_rule
-    from worker.backfill import backfill, format_table
+    from worker.backfill import backfill, format_days
     from worker.context import open_postgres, open_runner
 
     rule_id = _parse_rule_id(args.rule_id)
@@ -233,9 +233,12 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     except RuleValidationError as error:
         raise CommandFailed(f"rule {rule_id} is not valid: {error}") from None
     with open_runner() as runner:
-        summaries = backfill(runner, rule_id, rule.conditions.schedule, row["timezone"], first_day, last_day,
-                             write=args.write)
-    print(format_table(summaries))
+        result = backfill(runner, rule_id, rule, row["timezone"], first_day, last_day, write=args.write)
+    if args.json:
+        for summary in result.summaries:
+            print(json.dumps(summary, sort_keys=True))
+    else:
+        print(format_days(result, row["timezone"]))
     return 0
 
 
@@ -356,6 +359,7 @@ def _build_parser() -> _Parser:
     replay.add_argument("--from", dest="first_day", required=True, metavar="DATE", help="first local date (YYYY-MM-DD)")
     replay.add_argument("--to", dest="last_day", required=True, metavar="DATE", help="last local date, included")
     replay.add_argument("--write", action="store_true", help="write rule_evaluations and alert_events (never notifies)")
+    replay.add_argument("--json", action="store_true", help="print every fire time's run summary, one per line")
     replay.set_defaults(handler=_cmd_backfill)
 
     bench = add_command("bench", help="measure the SQL path against the interpreter on synthetic metrics")

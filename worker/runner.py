@@ -61,14 +61,27 @@ class BadRunRequest(WorkerError):
 
 
 @dataclass(frozen=True)
+class SharedEvaluation:
+    """The evaluation an earlier run of the same rule did at `at`, with its window resolved to the same dates, for a
+    later run to reuse instead of evaluating again: its counts (what a dry run records) and, for a run that writes,
+    that run's `rule_evaluations` rows, which must exist as it wrote them."""
+
+    at: datetime
+    entities: int
+    matched: int
+
+
+@dataclass(frozen=True)
 class RunRequest:
-    """What to run: a rule, as of `scheduled_for` (None: now), and who or what asked."""
+    """What to run: a rule, as of `scheduled_for` (None: now), and who or what asked. With `shared`, the run
+    reuses that evaluation (copying its rows when it writes) and does every other stage as usual."""
 
     rule_id: str
     scheduled_for: datetime | None = None
     dry_run: bool = False
     trigger: str = "manual"
     triggered_by: int | None = None
+    shared: SharedEvaluation | None = None
 
 
 @dataclass
@@ -82,6 +95,7 @@ class _Run:
     bounds: WindowBounds | None = None
     compiled: CompiledLogic | None = None
     matched: list[Evaluation] | None = None
+    shared: SharedEvaluation | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -156,6 +170,10 @@ class RuleRunner:
             self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
         return run.record.summary()
 
+    def has_run(self, rule_id: str, at: datetime) -> bool:
+        """True when (rule, T) already has a non-dry run: a new request for it would only return that run."""
+        return self._runs.for_fire_time(rule_id, evaluation_time(at)) is not None
+
     def _runnable_rule(self, request: RunRequest, at: datetime) -> RuleRow:
         """The rule to run; raises RuleNotFound, RuleNotScheduled or BadRunRequest when there is none to run."""
         too_old = not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1)
@@ -188,7 +206,9 @@ class RuleRunner:
             record = self._runs.claim(claim)
         except UnknownUser as error:
             raise BadRunRequest(str(error)) from None
-        return _Run(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at)) if record else None
+        if record is None:
+            return None
+        return _Run(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at), shared=request.shared)
 
     def _advance(self, run: _Run) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
@@ -230,20 +250,28 @@ class RuleRunner:
                            conditions.compare_to is not None, run.compiled.variables if run.compiled else None)
 
     def _evaluate_dry(self, run: _Run, entities: Statement) -> None:
-        """Evaluates every entity without writing, and records the run as succeeded with its counts."""
-        if run.compiled is not None:
-            evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
+        """Evaluates every entity without writing (or takes the shared evaluation's counts), and records the run as
+        succeeded with its counts."""
+        if run.shared is not None:
+            counts = {"entities": run.shared.entities, "matched": run.shared.matched}
         else:
-            evaluated = self._interpreted(run, entities)
-        self._transition(run, RunState.EVALUATED, "evaluated without writing", entities=len(evaluated),
-                         matched=sum(1 for result in evaluated if result.matched))
+            if run.compiled is not None:
+                evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
+            else:
+                evaluated = self._interpreted(run, entities)
+            counts = {"entities": len(evaluated), "matched": sum(1 for result in evaluated if result.matched)}
+        self._transition(run, RunState.EVALUATED, "evaluated without writing", **counts)
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
 
     def _evaluate(self, run: _Run, entities: Statement) -> None:
-        """Writes every entity's `rule_evaluations` row once, keeps the matched ones, and records `evaluated`."""
+        """Writes every entity's `rule_evaluations` row once (a copy of the shared evaluation's rows, if any), keeps
+        the matched ones, and records `evaluated`."""
         if run.record.attempts > 1:
             self._results.delete_evaluations(run.scope)
-        if run.compiled is not None:
+        if run.shared is not None:
+            self._results.copy_evaluations(RunScope(run.scope.org_id, run.scope.rule_id, run.shared.at), run.scope,
+                                           int((time.monotonic() - run.started) * 1000))
+        elif run.compiled is not None:
             started = datetime.now(UTC) - timedelta(seconds=time.monotonic() - run.started)
             statement = evaluation_insert(entities, run.compiled, run.rule.conditions.source,
                                           org_id=run.scope.org_id, rule_id=run.scope.rule_id, eval_time=run.scope.at,

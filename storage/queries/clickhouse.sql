@@ -17,6 +17,14 @@ SELECT count() AS entities,
 FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
+-- name: copy_evaluations
+-- One run's rows written again for another T of the same rule whose window resolved to the same dates.
+INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, execution_time_ms)
+SELECT org_id, {target_eval_time:DateTime('UTC')}, rule_id, entity_id, matched, condition_results,
+       {execution_time_ms:UInt32}
+FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+
 -- name: delete_evaluations
 DELETE FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};

@@ -288,16 +288,18 @@ def test_schema_of_conventions_describes_every_token_kind():
 # --- backfill -----------------------------------------------------------------------------------------------------
 
 BERLIN = ZoneInfo("Europe/Berlin")
-ROW = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s*(.*)$")
+DAY_ROW = re.compile(r"^(\d{4}-\d\d-\d\d)\s+(\d+)\s+(\d+(?:-\d+)?)\s+(\d+)\s+(\d+)$")
 
 
 def table_rows(stdout: str) -> list[tuple[str, str, int, int, int]]:
-    rows = []
-    for line in stdout.splitlines():
-        match = ROW.match(line)
-        if match:
-            rows.append((match[1], match[2], int(match[3]), int(match[4]), int(match[5])))
-    return rows
+    """(fire time, status, entities, matched, alerts) of each fire time, from `backfill --json`."""
+    summaries = [json.loads(line) for line in stdout.splitlines()]
+    return [(s["scheduled_for"], s["status"], s["entities"], s["matched"], s["alerts"]) for s in summaries]
+
+
+def day_rows(stdout: str) -> list[tuple[str, int, str, int, int]]:
+    """(local day, fire times, matched, alerts, failed) of each line of the per-day table."""
+    return [(m[1], int(m[2]), m[3], int(m[4]), int(m[5])) for m in map(DAY_ROW.match, stdout.splitlines()) if m]
 
 
 @pytest.fixture
@@ -341,7 +343,7 @@ def _ch_count(clickhouse_local, case, table):
 def test_backfill_dry_prints_one_row_per_fire_time_and_writes_nothing(backfill_case, clickhouse_local):
     case = backfill_case
 
-    process = rulesctl("backfill", case["rule"], "--from", case["first"], "--to", case["last"],
+    process = rulesctl("backfill", case["rule"], "--from", case["first"], "--to", case["last"], "--json",
                        pg=case["pg"], ch=case["ch"])
 
     assert process.returncode == 0, process.stderr
@@ -358,7 +360,7 @@ def test_backfill_dry_prints_one_row_per_fire_time_and_writes_nothing(backfill_c
 
 def test_backfill_write_writes_each_fire_time_once(backfill_case, clickhouse_local):
     case = backfill_case
-    args = ("backfill", case["rule"], "--from", case["first"], "--to", case["last"], "--write")
+    args = ("backfill", case["rule"], "--from", case["first"], "--to", case["last"], "--write", "--json")
 
     process = rulesctl(*args, pg=case["pg"], ch=case["ch"])
 
@@ -391,6 +393,42 @@ def test_backfill_write_writes_each_fire_time_once(backfill_case, clickhouse_loc
     assert _ch_count(clickhouse_local, case, "rule_evaluations") == 36
     assert _ch_count(clickhouse_local, case, "alert_events") == 12
     assert pg_rows(case["pg"], "SELECT count(*) AS n FROM rule_runs WHERE rule_id = %s", (case["rule"],))[0]["n"] == 12
+
+
+def test_backfill_prints_one_line_per_local_day(backfill_case):
+    case = backfill_case
+    first = date.fromisoformat(case["first"])
+
+    process = rulesctl("backfill", case["rule"], "--from", case["first"], "--to", case["last"], "--write",
+                       pg=case["pg"], ch=case["ch"])
+
+    assert process.returncode == 0, process.stderr
+    # 4 fire times a day, each day's fire times share yesterday's window: 1, 2, then 0 matches, each alerting
+    assert day_rows(process.stdout) == [(first.isoformat(), 4, "1", 4, 0),
+                                        ((first + timedelta(days=1)).isoformat(), 4, "2", 8, 0),
+                                        ((first + timedelta(days=2)).isoformat(), 4, "0", 0, 0)]
+    assert process.stdout.splitlines()[-1] == "12 fire times (3 evaluated), 12 matches, 12 alerts, 0 failed"
+
+
+def test_backfill_day_lines_show_the_matched_range_failures_and_errors(backfill_case):
+    case = backfill_case
+    second = date.fromisoformat(case["first"]) + timedelta(days=1)
+    # The second day's first fire time already has a failed run: the backfill returns it as it is, and the day's
+    # next fire time is the one evaluated for the others of that day.
+    taken = datetime.combine(second, datetime.min.time(), tzinfo=BERLIN).astimezone(UTC).replace(tzinfo=None)
+    pg_rows(case["pg"], "INSERT INTO rule_runs (rule_id, org_id, trigger, scheduled_for, status, state, error) "
+                        "SELECT id, org_id, 'schedule', %s, 'failed', 'failed', 'ClickHouse was down' FROM rules "
+                        "WHERE id = %s", (taken, case["rule"]))
+
+    process = rulesctl("backfill", case["rule"], "--from", case["first"], "--to", case["last"], "--write",
+                       pg=case["pg"], ch=case["ch"])
+
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    second_line = lines.index(next(line for line in lines if line.startswith(second.isoformat())))
+    assert day_rows(lines[second_line]) == [(second.isoformat(), 4, "0-2", 6, 1)]
+    assert lines[second_line + 1] == "  1 × ClickHouse was down"
+    assert lines[-1] == "12 fire times (3 evaluated), 10 matches, 10 alerts, 1 failed"
 
 
 def test_backfill_bad_arguments_exit_2_with_one_line(backfill_case, clickhouse_local):
