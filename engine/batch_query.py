@@ -90,8 +90,8 @@ def batch_member(position: int, rule_id: str, source: str, logic: Any, bounds: W
     """The member at `position` (a number no other member of its batch has) of a rule over `source`.
 
     Its logic is compiled as compile_logic would over that source's fields, but reading the member's own columns
-    and naming its parameters after its position. Raises NotCompilable as compile_logic does: such a rule runs
-    alone, on the interpreter.
+    and naming its parameters after its position. Raises NotCompilable as compile_logic does (also when only
+    these longer names take a logic past the compiler's size limit): such a rule runs alone.
     """
     if position < 0:
         raise ValueError(f"a member position is not negative, got {position}")

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.batch_query import batch_evaluation, batch_evaluation_insert, batch_member
+from engine.batch_query import (MAX_BATCH_RULES, MAX_STATEMENT_BYTES, batch_evaluation, batch_evaluation_insert,
+                                batch_member, split_batch)
 from engine.compiler import compile_logic
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, FieldType, field_types
 from engine.query import entity_rows, evaluation, evaluation_insert
@@ -276,3 +277,36 @@ def test_days_in_a_slice_longer_than_64_days(metrics):
     for rule in rules:
         rows = _compare_with_separate_runs(metrics, CAMPAIGN_METRICS, org, at, timezone, [rule])
         assert '"days":5' in dict((row[1], row[3]) for row in rows)["fixed-zero"]
+
+
+def test_batches_at_their_caps_run_and_write_the_rows_of_separate_runs(metrics):
+    """More rules than one batch takes, with logic large enough that statements near the size cap are built."""
+    org, at, timezone = next(ORGS), EVALUATION_TIMES[0], "Asia/Kolkata"
+    today = resolve_window(at, timezone, "today").today
+    metrics.insert("campaign_metrics_daily", _fixed_campaign_rows(org, today), column_names=_CAMPAIGN_COLUMNS)
+    fields = sorted(field_types(CAMPAIGN_METRICS, True))
+    windows = ["yesterday", "last_7_days", "last_30_days", "month_to_date", "lifetime"]
+    members = []
+    for position in range(MAX_BATCH_RULES + 30):
+        window = windows[position % 5]
+        compare_to = "previous_period" if position % 2 and window != "lifetime" else None
+        logic = {"or": [{"==": [{"var": name}, f"value {position} {index}"]} for index, name in enumerate(fields)
+                        if compare_to or not name.startswith("prev.")]}
+        bounds = resolve_window(at, timezone, window, compare_to)
+        member = batch_member(position, str(uuid.uuid4()), CAMPAIGN_METRICS, logic, bounds,
+                              [None, {"dsp_type": ["META"]}][position % 2], compare_to is not None)
+        members.append(member)
+        compiled = compile_logic(logic, field_types(CAMPAIGN_METRICS, compare_to is not None))
+        entities = entity_rows(CAMPAIGN_METRICS, org, bounds, member.scope, member.with_previous, compiled.variables)
+        insert = evaluation_insert(entities, compiled, CAMPAIGN_METRICS, org_id=org, rule_id=member.rule_id,
+                                   eval_time=at, started_at=at)
+        metrics.command(insert.sql, parameters=insert.parameters)
+    batches = split_batch(CAMPAIGN_METRICS, org, members)
+    statements = [batch_evaluation_insert(CAMPAIGN_METRICS, org, batch, eval_time=at + timedelta(seconds=1),
+                                          started_at=at) for batch in batches]
+    assert max(len(statement.sql.encode()) for statement in statements) > MAX_STATEMENT_BYTES // 2
+    for statement in statements:
+        metrics.command(statement.sql, parameters=statement.parameters)
+    separate = _stored(metrics, org, at)
+    assert len({row[0] for row in separate}) == len(members)
+    assert _stored(metrics, org, at + timedelta(seconds=1)) == separate
