@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,23 +47,20 @@ def holds_entity_type(source: str) -> bool:
     return source == PACING_SNAPSHOTS
 
 
-def _keyed_parts(variables: Sequence[str], entity_type: Any) -> dict[str, Any]:
-    """The document's keys in their order, each with what its value is built from (a field name or the type)."""
-    parts: dict[str, Any] = {name: name for name in variables}
-    if entity_type is not None:
-        parts[ENTITY_TYPE_KEY] = entity_type
-    return parts
-
-
-def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None) -> str:
+def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None, *,
+                 column: Callable[[str], str] = quote_identifier) -> str:
     """A ClickHouse expression building the document of the current row.
 
-    `variables` are columns named as the fields the logic reads, `conditions` UInt8 0/1 expressions, and
-    `entity_type_column` the column holding the entity's type (None: the document holds no type).
+    `variables` are the fields the logic reads, each in the column `column` names (by default the column of the
+    field's own name), `conditions` UInt8 0/1 expressions, and `entity_type_column` the column holding the
+    entity's type (None: the document holds no type).
     """
+    columns = {name: column(name) for name in variables}
+    if entity_type_column is not None:
+        columns[ENTITY_TYPE_KEY] = quote_identifier(entity_type_column)
     parts = ["'{'"]
-    for key, column in _keyed_parts(variables, entity_type_column).items():
-        parts += [quote_string(f'"{key}":'), f"toJSONString({quote_identifier(column)})", "','"]
+    for key, column_sql in columns.items():
+        parts += [quote_string(f'"{key}":'), f"toJSONString({column_sql})", "','"]
     parts.append(quote_string(f'"{CONDITIONS_KEY}":['))
     if conditions:
         parts.append(", ',', ".join(f"if({condition}, 'true', 'false')" for condition in conditions))
