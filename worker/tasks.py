@@ -11,7 +11,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from storage.errors import DatabaseUnavailable
 from worker.app import app
-from worker.context import shared_postgres, shared_runner
+from worker.batch_runner import BatchRequest
+from worker.context import shared_batch_runner, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
@@ -68,17 +69,9 @@ def evaluate_batch(self: Task, org_id: int, scheduled_for: str, rule_ids: list[s
     down or hung before the claims is retried (RUN_RETRY); a rule held by another worker is waited for
     (HELD_RUN_RETRY).
     """
-    at = _parse_time(scheduled_for)
-    summaries: list[dict[str, Any] | None] = []
+    request = BatchRequest(org_id, _parse_time(scheduled_for), tuple(rule_ids), trigger)
     with retrying(self, RUN_RETRY):
-        for rule_id in rule_ids:
-            try:
-                summaries.append(shared_runner().run(RunRequest(rule_id, at, trigger=trigger)))
-            except RuleNotFound as error:
-                log.info("%s; nothing to do", error)
-                summaries.append(None)
-            except BadRunRequest as error:
-                summaries.append({"rule_id": rule_id, "status": "failed", "error": str(error)})
+        summaries = shared_batch_runner().run_batch(request)
     held = any(summary is not None and summary["status"] == "running" for summary in summaries)
     if held and (retry := retry_later(self, HELD_RUN_RETRY)) is not None:
         raise retry
