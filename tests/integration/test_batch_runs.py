@@ -219,3 +219,29 @@ def test_rules_claimed_elsewhere_drop_out_and_deleted_ones_give_none(env):
     assert summaries[1] is None
     assert all(summary["status"] in ("succeeded", "failed", "skipped") for summary in summaries[2:])
     assert "in a batch of 4 rules" in " ".join(details(env, batched[2]))
+
+
+def test_when_a_batch_statement_fails_each_of_its_rules_runs_alone_and_other_batches_go_on(env):
+    org, _ = organization(env)
+    spend = env.rule(org, RULES[0][0], RULES[0][1], name="spend")
+    clicks = env.rule(org, {"window": "last_7_days", "logic": {">": [{"var": "clicks"}, 100]}}, name="clicks")
+    pacing = [env.rule(org, conditions, actions, name=f"pacing {index}")
+              for index, (conditions, actions) in enumerate(RULES[6:9])]
+    # Every statement over the metrics now fails, in the batch and alone; the snapshots are untouched.
+    env.ch_rows("ALTER TABLE campaign_metrics_daily RENAME COLUMN conversions TO conversions_elsewhere")
+    runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK)
+
+    summaries = runner.run_batch(BatchRequest(org, T1, (spend, clicks, *pacing)))
+
+    assert [summary["status"] for summary in summaries] == ["failed", "failed"] + ["succeeded"] * 3
+    for rule_id, summary in zip((spend, clicks), summaries):
+        assert "conversions" in summary["error"]
+        notes = " ".join(details(env, rule_id))
+        assert "in a batch of 2 rules" in notes and "alone: the batch's statement failed" in notes
+        assert env.evaluations(rule_id) == [] and env.alerts(rule_id) == []
+    for rule_id, summary in zip(pacing, summaries[2:]):
+        assert "in a batch of 3 rules" in " ".join(details(env, rule_id))
+        rows = env.evaluations(rule_id)
+        assert len(rows) == summary["entities"] > 0
+        assert len({row["entity_id"] for row in rows}) == len(rows)
+        assert len(env.alerts(rule_id)) == summary["alerts"]
