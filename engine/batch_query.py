@@ -44,7 +44,7 @@ from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
 
 __all__ = ["MAX_BATCH_AGGREGATES", "MAX_BATCH_RULES", "MAX_PARAMETER_BYTES", "MAX_STATEMENT_BYTES", "BatchMember",
-           "batch_evaluation", "batch_evaluation_insert", "batch_member", "split_batch"]
+           "batch_aggregation", "batch_evaluation", "batch_evaluation_insert", "batch_member", "split_batch"]
 
 # 100 rules like the bench's (about 750 bytes of statement each) make some 75 KiB, well within the text cap. More
 # would gain little (the scan is shared already; each rule's logic and rows are its own work) while one faulty
@@ -130,6 +130,14 @@ def batch_evaluation_insert(source: str, org_id: int, members: Sequence[BatchMem
     parameters = {**plan.parameters, "b_eval_time": utc_sql(eval_time),
                   "b_started": utc_sql_milliseconds(started_at)}
     return Statement(sql, parameters)
+
+
+def batch_aggregation(source: str, org_id: int, members: Sequence[BatchMember]) -> Statement:
+    """SELECT of `entities`: how many entities the batch's one scan groups, with every partial aggregate its
+    members read computed and discarded (`ignore`); no rule's logic, nothing written: the floor of its cost."""
+    plan = _Plan(source, org_id, members)
+    sql = f"SELECT count() AS entities FROM ({plan._grouped()}) WHERE NOT ignore(*) SETTINGS {_ast_settings()}"
+    return Statement(sql, plan.parameters)
 
 
 def split_batch(source: str, members: Sequence[BatchMember]) -> list[list[BatchMember]]:

@@ -80,7 +80,7 @@ class BatchRunner(RuleRunner):
         for source, pairs in members_by_source.items():
             run_of = {member.position: run for member, run in pairs}
             waiting = list(run_of.values())
-            for members in split_batch(source, request.org_id, [member for member, _ in pairs]):
+            for members in split_batch(source, [member for member, _ in pairs]):
                 runs = [run_of[member.position] for member in members]
                 self._runs.renew_leases([run.record.id for run in waiting if run.record.status == "running"])
                 if len(runs) == 1:
