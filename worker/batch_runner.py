@@ -142,10 +142,7 @@ class BatchRunner(RuleRunner):
         with self._failing_on_error(runs):
             self._record_evaluated(runs)
             self._alert(runs)
-        for run in runs:
-            if run.record.status == "running":
-                with self._failing_on_error([run]):
-                    self._succeed(run)
+            self._succeed(runs)
 
     def _run_each_alone(self, runs: list[_Run], note: str) -> None:
         """Deletes whatever the failed statement wrote of the runs, then finishes each run alone."""

@@ -225,12 +225,15 @@ class RuleRunner:
             self._evaluate(run, entities)
         if not reached(run.state, RunState.ALERTED):
             self._alert([run])
-        self._succeed(run)
+        self._succeed([run])
 
-    def _succeed(self, run: _Run) -> None:
-        """Hands over the alerted run's deliveries and records it as succeeded."""
-        self._hand_over_deliveries(run)
-        self._transition(run, RunState.SUCCEEDED, "done")
+    def _succeed(self, runs: Sequence[_Run]) -> None:
+        """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction."""
+        for run in runs:
+            self._hand_over_deliveries(run)
+        with self._postgres.transaction() as tx:
+            for run in runs:
+                self._transition(run, RunState.SUCCEEDED, "done", tx=tx)
 
     def _compile(self, run: _Run) -> Statement:
         """Validates the rule, resolves its window and compiles its logic (or chooses the interpreter), recording

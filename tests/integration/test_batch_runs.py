@@ -192,6 +192,34 @@ def test_a_batch_writes_every_row_that_separate_runs_write(env):
     assert "alone: its module is not enabled" in " ".join(details(env, batched[11]))
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_generated_mixes_of_rules_give_the_rows_of_separate_runs(env, seed):
+    """A random mix of the batchable rules (windows, previous periods, scopes, both sources), some of them twice
+    with other thresholds, in a random order: as a batch, every row is that of a separate run."""
+    rng = random.Random(seed)
+    org, _ = organization(env)
+    mix = [RULES[index] for index in rng.sample(range(9), rng.randint(3, 9))]
+    mix += [({**conditions, "logic": {"!": conditions["logic"]}}, actions) for conditions, actions in
+            rng.sample(mix, 2)]
+    rng.shuffle(mix)
+    batched, separate = [], []
+    for index, (conditions, actions) in enumerate(mix):
+        for copies in (batched, separate):
+            copies.append(env.rule(org, conditions, actions, name=f"Mix {index}"))
+    runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK)
+
+    for at in (T1, T2):
+        runner.run_batch(BatchRequest(org, at, tuple(batched)))
+        for rule_id in separate:
+            runner.run(RunRequest(rule_id, at, trigger="schedule"))
+
+    for batch_rule, separate_rule in zip(batched, separate):
+        assert written_rows(env, batch_rule) == written_rows(env, separate_rule)
+    assert all("in a batch of" in " ".join(details(env, rule_id)) or "alone: the only rule" in
+               " ".join(details(env, rule_id)) for rule_id in batched)
+    assert sum(len(env.evaluations(rule_id)) for rule_id in batched) > 0
+
+
 def test_a_batch_sent_again_writes_nothing_twice(env):
     org, _ = organization(env)
     batched, _ = two_copies(env, org)
