@@ -23,7 +23,7 @@ from engine.model import parse_rule
 from engine.run_states import RunState
 from engine.windows import resolve_window
 from storage.errors import DatabaseUnavailable, StorageError
-from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, _Run, evaluation_time
+from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BatchRunner(RuleRunner):
         taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        answers: list[dict[str, Any] | _Run | None] = []
+        answers: list[dict[str, Any] | RunInHand | None] = []
         for rule_id in request.rule_ids:
             single = RunRequest(rule_id, at, trigger=request.trigger)
             try:
@@ -68,8 +68,8 @@ class BatchRunner(RuleRunner):
                 answers.append({"rule_id": rule_id, "status": "failed", "error": str(error)})
                 continue
             answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
-        claimed = [answer for answer in answers if isinstance(answer, _Run)]
-        members_by_source: dict[str, list[tuple[BatchMember, _Run]]] = defaultdict(list)
+        claimed = [answer for answer in answers if isinstance(answer, RunInHand)]
+        members_by_source: dict[str, list[tuple[BatchMember, RunInHand]]] = defaultdict(list)
         for position, run in enumerate(claimed):
             member, alone_because = self._batch_member(request.org_id, position, run)
             if member is None:
@@ -88,9 +88,9 @@ class BatchRunner(RuleRunner):
                     self._finish(runs[0])
                 else:
                     self._run_together(source, members, runs)
-        return [answer.record.summary() if isinstance(answer, _Run) else answer for answer in answers]
+        return [answer.record.summary() if isinstance(answer, RunInHand) else answer for answer in answers]
 
-    def _batch_member(self, org_id: int, position: int, run: _Run) -> tuple[BatchMember | None, str]:
+    def _batch_member(self, org_id: int, position: int, run: RunInHand) -> tuple[BatchMember | None, str]:
         """The run as a member of the batch, or None and why it runs alone."""
         rule_row = run.rule_row
         if run.record.attempts > 1 or run.state is not RunState.CLAIMED:
@@ -116,7 +116,7 @@ class BatchRunner(RuleRunner):
         run.rule, run.bounds = rule, bounds
         return member, ""
 
-    def _run_together(self, source: str, members: list[BatchMember], runs: list[_Run]) -> None:
+    def _run_together(self, source: str, members: list[BatchMember], runs: list[RunInHand]) -> None:
         """Evaluates `runs` (of one source) in one statement, then alerts them together; if the statement fails,
         each run goes on alone from `compiled`."""
         started = min(run.started for run in runs)
@@ -144,7 +144,7 @@ class BatchRunner(RuleRunner):
             self._alert(runs)
             self._succeed(runs)
 
-    def _run_each_alone(self, runs: list[_Run], note: str) -> None:
+    def _run_each_alone(self, runs: list[RunInHand], note: str) -> None:
         """Deletes whatever the failed statement wrote of the runs, then finishes each run alone."""
         with self._failing_on_error(runs):
             for run in runs:
