@@ -69,26 +69,33 @@ class BatchRunner(RuleRunner):
                 continue
             answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
         claimed = [answer for answer in answers if isinstance(answer, RunInHand)]
+        alone: list[RunInHand] = []
         members_by_source: dict[str, list[tuple[BatchMember, RunInHand]]] = defaultdict(list)
         for position, run in enumerate(claimed):
             member, alone_because = self._batch_member(request.org_id, position, run)
             if member is None:
                 run.note = f"alone: {alone_because}"
-                self._finish(run)
+                alone.append(run)
             else:
                 members_by_source[run.rule.conditions.source].append((member, run))
         for source, pairs in members_by_source.items():
             run_of = {member.position: run for member, run in pairs}
-            waiting = list(run_of.values())
             for members in split_batch(source, [member for member, _ in pairs]):
                 runs = [run_of[member.position] for member in members]
-                self._runs.renew_leases([run.record.id for run in waiting if run.record.status == "running"])
                 if len(runs) == 1:
                     runs[0].note = f"alone: the only rule of the batch over {source}"
-                    self._finish(runs[0])
+                    alone.append(runs[0])
                 else:
+                    self._renew_leases(claimed)
                     self._run_together(source, members, runs)
+        for run in alone:
+            self._renew_leases(claimed)
+            self._finish(run)
         return [answer.record.summary() if isinstance(answer, RunInHand) else answer for answer in answers]
+
+    def _renew_leases(self, runs: list[RunInHand]) -> None:
+        """Renews the leases of the runs not finished yet, so that none expires while the others are worked on."""
+        self._runs.renew_leases([run.record.id for run in runs if run.record.status == "running"])
 
     def _batch_member(self, org_id: int, position: int, run: RunInHand) -> tuple[BatchMember | None, str]:
         """The run as a member of the batch, or None and why it runs alone."""
@@ -128,7 +135,7 @@ class BatchRunner(RuleRunner):
         statement = batch_evaluation_insert(
             source, first.org_id, members, eval_time=first.at,
             started_at=datetime.now(UTC) - timedelta(seconds=time.monotonic() - started))
-        seconds_left = self._seconds_left(runs[0])
+        seconds_left = self._seconds_left(min(runs, key=lambda run: run.started))
         budget = None if seconds_left is None else max(1, int(seconds_left * BATCH_TIME_SHARE))
         try:
             self._results.evaluate_into_table(statement, seconds_left=budget)
