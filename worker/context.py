@@ -46,8 +46,8 @@ def _clickhouse() -> ClickHouse:
 def _runner(postgres: Postgres, clickhouse: ClickHouse) -> BatchRunner:
     config = settings()
     return BatchRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
-                      send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
-                      time_limit_seconds=config.run_time_limit_seconds)
+                       send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
+                       time_limit_seconds=config.run_time_limit_seconds)
 
 
 @contextmanager
@@ -72,7 +72,8 @@ _shared_runner: BatchRunner | None = None
 
 
 def shared_runner() -> BatchRunner:
-    """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life.
+    """The process's runner of single rules and of batches, made on first use (in a worker, after the fork) and
+    kept for its life.
 
     Making it opens the ClickHouse client, which fails with DatabaseUnavailable within a short connect timeout when
     the server does not answer (rules.evaluate then retries before anything is claimed); PostgreSQL connects on the

@@ -1,4 +1,5 @@
-"""The Celery tasks: rules.evaluate, rules.evaluate_batch, rules.evaluate_org, notifications.deliver (README "The service")."""
+"""The Celery tasks: rules.evaluate, rules.evaluate_batch, rules.evaluate_org, notifications.deliver (README "The
+service")."""
 
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ def two_copies(env, org: int) -> tuple[list[str], list[str]]:
 
 
 _TIMES_OF_WRITES = {"id", "created_at", "started_at", "finished_at", "lease_expires_at", "duration_ms",
-                    "next_attempt_at", "sent_at", "idempotency_key", "run_id", "rule_id", "execution_time_ms", "updated_at"}
+                    "next_attempt_at", "sent_at", "idempotency_key", "run_id", "rule_id", "execution_time_ms",
+                    "updated_at"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
