@@ -119,7 +119,7 @@ def two_copies(env, org: int) -> tuple[list[str], list[str]]:
     return batched, separate
 
 
-_TIMES_OF_WRITES = {"id", "created_at", "started_at", "finished_at", "lease_expires_at", "duration_ms",
+_NAMING_THE_COPY = {"id", "created_at", "started_at", "finished_at", "lease_expires_at", "duration_ms",
                     "next_attempt_at", "sent_at", "idempotency_key", "run_id", "rule_id", "execution_time_ms",
                     "updated_at"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -129,7 +129,7 @@ def canonical(rows: list[dict[str, Any]]) -> list[str]:
     """The rows as sorted JSON text without what names the copy: ids, keys and the times of the writes."""
     kept = []
     for row in rows:
-        text = json.dumps({key: value for key, value in row.items() if key not in _TIMES_OF_WRITES},
+        text = json.dumps({key: value for key, value in row.items() if key not in _NAMING_THE_COPY},
                           sort_keys=True, default=str)
         kept.append(_UUID.sub("<id>", text))
     return sorted(kept)
