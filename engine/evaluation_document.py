@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,25 +53,22 @@ def holds_entity_type(source: str) -> bool:
     return source == PACING_SNAPSHOTS
 
 
-def _keyed_parts(variables: Sequence[str], entity_type: Any) -> dict[str, Any]:
-    """The document's keys in their order, each with what its value is built from (a field name or the type)."""
-    parts: dict[str, Any] = {name: name for name in variables}
-    if entity_type is not None:
-        parts[ENTITY_TYPE_KEY] = entity_type
-    return parts
-
-
 def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None,
-                 naming_sql: str | None = None) -> str:
+                 naming_sql: str | None = None, *, column: Callable[[str], str] = quote_identifier) -> str:
     """A ClickHouse expression building the document of the current row.
 
-    `variables` are columns named as the fields the logic reads, `conditions` UInt8 0/1 expressions,
-    `entity_type_column` the column holding the entity's type (None: the document holds no type) and `naming_sql`
-    the JSON text of the naming diagnosis (None: the logic has no naming check).
+    `variables` are the fields the logic reads, each in the column `column` names (by default the column of the
+    field's own name), `conditions` UInt8 0/1 expressions, `entity_type_column` the column holding the entity's
+    type (None: the document holds no type) and `naming_sql` the JSON text of the naming diagnosis (None: the
+    logic has no naming check).
     """
+    columns = {name: column(name) for name in variables}
+    if entity_type_column is not None:
+        # A field named entity_type keeps its place; its value is the entity's type either way.
+        columns[ENTITY_TYPE_KEY] = quote_identifier(entity_type_column)
     parts = ["'{'"]
-    for key, column in _keyed_parts(variables, entity_type_column).items():
-        parts += [quote_string(f'"{key}":'), f"toJSONString({quote_identifier(column)})", "','"]
+    for key, column_sql in columns.items():
+        parts += [quote_string(f'"{key}":'), f"toJSONString({column_sql})", "','"]
     if naming_sql is not None:
         parts += [quote_string(f'"{NAMING_KEY}":'), naming_sql, "','"]
     parts.append(quote_string(f'"{CONDITIONS_KEY}":['))

@@ -217,6 +217,7 @@ def _parse_day(option: str, text: str) -> date:
 def _cmd_backfill(args: argparse.Namespace) -> int:
     from engine.errors import RuleValidationError
     from engine.model import parse_rule
+    from storage.rule_rows import rule_with_organization
     from worker.backfill import backfill, format_days
     from worker.context import open_postgres, open_runner
 
@@ -225,15 +226,15 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     if last_day < first_day:
         raise UsageError("--to: must not be before --from")
     with open_postgres() as postgres:
-        row = postgres.one("rule_with_organization", rule_id=rule_id)
+        row = rule_with_organization(postgres, rule_id)
     if row is None:
         raise UsageError(f"no rule with id {rule_id}")
     try:
-        rule = parse_rule(row["conditions"], row["actions"], timezone=row["timezone"])
+        rule = parse_rule(row.conditions, row.actions, timezone=row.timezone, conventions=row.naming_conventions)
     except RuleValidationError as error:
         raise CommandFailed(f"rule {rule_id} is not valid: {error}") from None
     with open_runner() as runner:
-        result = backfill(runner, rule_id, rule, row["timezone"], first_day, last_day, write=args.write)
+        result = backfill(runner, rule_id, rule, row.timezone, first_day, last_day, write=args.write)
     if args.json:
         for summary in result.summaries:
             print(json.dumps(summary, sort_keys=True))
@@ -362,7 +363,7 @@ def _build_parser() -> _Parser:
     replay.add_argument("--json", action="store_true", help="print every fire time's run summary, one per line")
     replay.set_defaults(handler=_cmd_backfill)
 
-    bench = add_command("bench", help="measure the SQL path against the interpreter on synthetic metrics")
+    bench = add_command("bench", help="measure a batch, separate runs and the interpreter on synthetic metrics")
     bench.add_argument("--entities", type=_positive, default=100_000, help="campaigns (default 100000)")
     bench.add_argument("--days", type=_positive, default=30, help="days of metrics (default 30)")
     bench.add_argument("--rules", type=_positive, default=10, help="rules (default 10)")

@@ -16,11 +16,13 @@ from engine.compiler.types import Kind, Typed, constant, valid_text
 from engine.errors import LogicEvaluationError, NotCompilable
 from engine.fields import FieldType
 from engine.interpreter import UNDEFINED, evaluate_javascript, is_number, to_number, truthy
+from engine.sql_text import quote_identifier
 
 MAX_SQL_LENGTH = 64 * 1024
+_PARAMETER_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):")
 # SQL cheap enough to write twice: a column, a parameter, a number, a name.
-_PARAMETER_NAME = re.compile(r"\{(p[0-9]+):")
-_SIMPLE_SQL = re.compile(r"`[^`\\]*`|\{p[0-9]+:[A-Za-z0-9()]+\}|-?[0-9.]+|[A-Za-z_][A-Za-z0-9_]*")
+_SIMPLE_SQL = re.compile(r"`[^`\\]*`|\{[A-Za-z_][A-Za-z0-9_]*:[A-Za-z0-9()]+\}|-?[0-9.]+|[A-Za-z_][A-Za-z0-9_]*")
+_PARAMETER_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,20 @@ class CompiledLogic:
     naming: str | None = None  # the document's naming diagnosis (engine/compiler/naming_sql.py); None: no check
 
 
-def compile_logic(logic: Any, fields: Mapping[str, FieldType]) -> CompiledLogic:
+def compile_logic(logic: Any, fields: Mapping[str, FieldType], *, column: Callable[[str], str] = quote_identifier,
+                  parameter_prefix: str = "p") -> CompiledLogic:
     """Compiles `logic` over a row with `fields`.
 
     `matched` is the JSON Logic truthiness of the whole logic as UInt8 0/1; `conditions` the truthiness of each
     element of a top-level `and`/`or` (else of the whole logic); `variables` the sorted field names the logic
     reads; `parameters` the values of the `{name:Type}` query parameters the SQL references; `naming` the JSON
     text of the naming diagnosis when the logic has (bound) naming checks.
+    By default a field is read from the column of its own name and the parameters are named p0, p1, …; `column`
+    (a field name to the backquoted identifier of its column) and `parameter_prefix` (an identifier) name them
+    otherwise, for SQL that evaluates several rules side by side.
     Raises NotCompilable when the SQL could not agree with the interpreter for every row.
     """
-    compiler = Compilation(fields)
+    compiler = Compilation(fields, column=column, parameter_prefix=parameter_prefix)
     matched = compiler.truth(logic)
     conditions = tuple(compiler.truth(condition) for condition in top_level_conditions(logic))
     naming = naming_document_sql(compiler, logic)
@@ -72,8 +78,13 @@ class Compilation:
     logic's value itself, which the conformance tests compare with the interpreter's.
     """
 
-    def __init__(self, fields: Mapping[str, FieldType]) -> None:
+    def __init__(self, fields: Mapping[str, FieldType], *, column: Callable[[str], str] = quote_identifier,
+                 parameter_prefix: str = "p") -> None:
+        if not _PARAMETER_PREFIX.fullmatch(parameter_prefix):
+            raise ValueError(f"parameter prefix {parameter_prefix!r} is not an identifier")
         self.fields = fields
+        self.column = column
+        self.parameter_prefix = parameter_prefix
         self.parameters: dict[str, Any] = {}
         self._parameter_names: dict[tuple[str, str], str] = {}
 
@@ -99,7 +110,7 @@ class Compilation:
         key = (sql_type, _parameter_key(value))
         name = self._parameter_names.get(key)
         if name is None:
-            name = f"p{len(self._parameter_names)}"
+            name = f"{self.parameter_prefix}{len(self._parameter_names)}"
             self._parameter_names[key] = name
             self.parameters[name] = value
         return f"{{{name}:{sql_type}}}"

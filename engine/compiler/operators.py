@@ -48,7 +48,7 @@ from engine.errors import LogicEvaluationError, NotCompilable
 from engine.fields import FieldType
 from engine.interpreter import (SCOPED_OPERATORS, UNDEFINED, compile_pattern, evaluate_javascript, is_number, to_string,
                                truthy)
-from engine.sql_text import quote_identifier, quote_string
+from engine.sql_text import quote_string
 
 if TYPE_CHECKING:
     from engine.compiler.compilation import Compilation
@@ -360,7 +360,7 @@ def _compile_var(compiler: Compilation, arguments: list[Any]) -> Typed:
         raise NotCompilable("var of the whole data object")
     path = to_string(name.value)
     if path in compiler.fields:
-        return Typed(_FIELD_KINDS[compiler.fields[path]], quote_identifier(path))
+        return Typed(_FIELD_KINDS[compiler.fields[path]], compiler.column(path))
     _refuse_object_path(compiler.fields, path)
     return compiler.argument(arguments, 1) if len(arguments) > 1 else constant(None)
 
@@ -408,7 +408,7 @@ def _missing_states(compiler: Compilation, keys: list[Any]) -> list[str]:
         path = to_string(key)
         if path in compiler.fields:
             is_text = compiler.fields[path] is FieldType.STRING
-            states.append(f"empty({quote_identifier(path)})" if is_text else "0")
+            states.append(f"empty({compiler.column(path)})" if is_text else "0")
         elif any(name.startswith(path + ".") for name in compiler.fields):
             states.append("0")
         else:

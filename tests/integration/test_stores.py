@@ -173,6 +173,39 @@ def test_campaign_identities_come_from_the_latest_date_with_data_falling_back_to
     assert store.campaign_identities(org, [], LAST, None) == {}
 
 
+def test_campaign_identities_of_many_ranges_are_each_range_s_own(env):
+    """Ranges with other last days and other first days, read together: each campaign is named as of its latest
+    date within each range, or absent from a range where it has no data."""
+    org = env.org()
+
+    def day(days_before: int):
+        return LAST - timedelta(days=days_before)
+
+    env.metrics({"org_id": org, "date": LAST, "campaign_id": "c-1", "campaign_name": "Today's"},
+                {"org_id": org, "date": day(1), "campaign_id": "c-1", "campaign_name": "Yesterday's"},
+                {"org_id": org, "date": day(10), "campaign_id": "c-1", "campaign_name": "Long ago"},
+                {"org_id": org, "date": day(4), "campaign_id": "c-2", "campaign_name": "Mid"},
+                {"org_id": org, "date": day(12), "campaign_id": "c-3", "campaign_name": "Old"})
+    store = ResultStore(env.clickhouse)
+    ranges = [(LAST, LAST), (day(7), day(1)), (day(30), day(1)), (None, day(11)), (day(3), LAST)]
+
+    found = store.campaign_identities_in_ranges(org, ["c-1", "c-2", "c-3", "c-9"], ranges)
+
+    names = {key: {entity_id: identity.entity_name for entity_id, identity in identities.items()}
+             for key, identities in found.items()}
+    assert names == {
+        (LAST, LAST): {"c-1": "Today's"},
+        (day(7), day(1)): {"c-1": "Yesterday's", "c-2": "Mid"},
+        (day(30), day(1)): {"c-1": "Yesterday's", "c-2": "Mid", "c-3": "Old"},
+        (None, day(11)): {"c-3": "Old"},
+        (day(3), LAST): {"c-1": "Today's"},
+    }
+    for key in ranges:
+        earliest, last = key
+        assert {entity_id: identity.entity_name for entity_id, identity in store.campaign_identities(
+            org, ["c-1", "c-2", "c-3", "c-9"], last, earliest).items()} == names[key]
+
+
 # --- alert states -------------------------------------------------------------------------------------------------------
 
 
