@@ -239,7 +239,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         for summary in result.summaries:
             print(json.dumps(summary, sort_keys=True))
     else:
-        print(format_days(result, row["timezone"]))
+        print(format_days(result, row.timezone))
     return 0
 
 
