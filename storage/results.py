@@ -6,7 +6,7 @@ also what a stage deletes before it is written again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -107,9 +107,15 @@ class ResultStore:
 
     def outcome(self, scope: RunScope) -> Outcome:
         """The entity count and the matched entities of the run's `rule_evaluations` rows, in one read."""
-        row = self._clickhouse.rows("evaluation_outcome", **_keys(scope, "eval_time"))[0]
-        return Outcome(int(row["entities"]),
-                       [Evaluation(entity_id, True, results) for entity_id, results in row["matched"]])
+        return self.outcomes(scope.org_id, scope.at, [scope.rule_id])[scope.rule_id]
+
+    def outcomes(self, org_id: int, at: datetime, rule_ids: Sequence[str]) -> dict[str, Outcome]:
+        """The outcome of each rule's run of (org, T), keyed by rule id, in one read of all their rows."""
+        found = {str(row["rule_id"]): Outcome(int(row["entities"]), [Evaluation(entity_id, True, results)
+                                                                  for entity_id, results in row["matched"]])
+                 for row in self._clickhouse.rows("evaluation_outcomes", org_id=org_id, eval_time=utc_sql(at),
+                                                  rule_ids=[str(rule_id) for rule_id in rule_ids])}
+        return {rule_id: found.get(str(rule_id), Outcome(0, [])) for rule_id in rule_ids}
 
     def delete_evaluations(self, scope: RunScope) -> None:
         """Deletes the run's `rule_evaluations` rows, whatever an earlier attempt wrote of them."""
@@ -121,40 +127,56 @@ class ResultStore:
 
     def insert_alerts(self, scope: RunScope, rule_name: str, severity: str, alerts: Sequence[AlertEvent]) -> None:
         """Writes one `alert_events` row per alert (none: nothing is sent to ClickHouse)."""
-        if not alerts:
-            return
-        alert_time = scope.at.replace(tzinfo=None)
-        self._clickhouse.insert("alert_events", [
-            [scope.org_id, alert_time, scope.rule_id, rule_name, severity, alert.entity_type, alert.entity_id,
-             alert.entity_name, alert.condition_details, alert.notified_users] for alert in alerts
-        ], _ALERT_COLUMNS)
+        self.insert_alerts_of_runs([(scope, rule_name, severity, alerts)])
+
+    def insert_alerts_of_runs(self, runs: Sequence[tuple[RunScope, str, str, Sequence[AlertEvent]]]) -> None:
+        """Writes, in one insert, one `alert_events` row per alert of each (scope, rule name, severity, alerts)
+        (no alert at all: nothing is sent to ClickHouse)."""
+        rows = [[scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name, severity, alert.entity_type,
+                 alert.entity_id, alert.entity_name, alert.condition_details, alert.notified_users]
+                for scope, rule_name, severity, alerts in runs for alert in alerts]
+        if rows:
+            self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
 
     def alerted_since(self, scope: RunScope, since: datetime, entity_ids: Sequence[str]) -> set[tuple[str, str]]:
         """The (entity_type, entity_id) among `entity_ids` with an alert of the rule from `since` until before T."""
-        return {
-            (row["entity_type"], row["entity_id"])
-            for row in self._clickhouse.rows("alerts_in_cooldown", org_id=scope.org_id, rule_id=scope.rule_id,
-                                             since=utc_sql(since), until=utc_sql(scope.at),
-                                             entity_ids=list(entity_ids))
-        }
+        return self.alerted_since_by_rule(scope.org_id, scope.at, {scope.rule_id: since}, entity_ids)[scope.rule_id]
+
+    def alerted_since_by_rule(self, org_id: int, at: datetime, since_by_rule: Mapping[str, datetime],
+                              entity_ids: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
+        """For each rule of `since_by_rule`, the (entity_type, entity_id) among `entity_ids` with an alert of that
+        rule from its `since` until before T (org, T), in one read."""
+        cooling: dict[str, set[tuple[str, str]]] = {rule_id: set() for rule_id in since_by_rule}
+        if not since_by_rule or not entity_ids:
+            return cooling
+        rule_ids = list(since_by_rule)
+        given = {str(rule_id): rule_id for rule_id in rule_ids}
+        for row in self._clickhouse.rows("alerts_in_cooldown", org_id=org_id, rule_ids=list(given),
+                                         since=utc_sql(min(since_by_rule.values())), until=utc_sql(at),
+                                         sinces=[utc_sql(since_by_rule[rule_id]) for rule_id in rule_ids],
+                                         entity_ids=list(entity_ids)):
+            cooling[given[str(row["rule_id"])]].add((row["entity_type"], row["entity_id"]))
+        return cooling
 
     def campaign_identities(self, org_id: int, ids: Sequence[str], last: date,
                             earliest: date | None) -> dict[str, CampaignIdentity]:
         """Name, DSP and advertiser of each campaign in `ids` on its latest date with data from `earliest` (None:
-        any date) to `last`; campaigns without data there are absent.
+        any date) to `last`; campaigns without data there are absent."""
+        return self.campaign_identities_in_ranges(org_id, ids, [(earliest, last)])[(earliest, last)]
 
-        Most campaigns a run asks about have data on `last`, so that day alone is read first; the whole range is
-        read only for the campaigns it does not have.
-        """
-        if not ids:
-            return {}
-        found = self._identities(org_id, ids, last, last)
-        missing = [entity_id for entity_id in ids if entity_id not in found]
-        if missing:
-            found.update(self._identities(org_id, missing, earliest or CLICKHOUSE_FIRST_DATE, last))
+    def campaign_identities_in_ranges(self, org_id: int, ids: Sequence[str],
+                                      ranges: Sequence[tuple[date | None, date]]
+                                      ) -> dict[tuple[date | None, date], dict[str, CampaignIdentity]]:
+        """For each (earliest, last) range (earliest None: any date), what campaign_identities gives for it, in
+        one read of the ranges' union."""
+        distinct = list(dict.fromkeys(ranges))
+        found: dict[tuple[date | None, date], dict[str, CampaignIdentity]] = {key: {} for key in distinct}
+        if not ids or not distinct:
+            return found
+        firsts = [earliest or CLICKHOUSE_FIRST_DATE for earliest, _ in distinct]
+        lasts = [last for _, last in distinct]
+        for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=list(ids), firsts=firsts,
+                                         lasts=lasts, first=min(firsts), last=max(lasts)):
+            found[distinct[row["range_number"] - 1]][row["entity_id"]] = CampaignIdentity(
+                row["entity_name"], row["dsp_type"], row["advertiser_id"])
         return found
-
-    def _identities(self, org_id: int, ids: Sequence[str], first: date, last: date) -> dict[str, CampaignIdentity]:
-        return {row["entity_id"]: CampaignIdentity(row["entity_name"], row["dsp_type"], row["advertiser_id"])
-                for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=list(ids),
-                                                 first=first, last=last)}

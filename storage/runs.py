@@ -141,3 +141,8 @@ class RunStore:
             lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)
+
+    def renew_leases(self, run_ids: list[str]) -> None:
+        """Renews the lease of each of the runs that is still running, in one statement."""
+        if run_ids:
+            self._postgres.execute("renew_leases", run_ids=run_ids, lease_seconds=self._lease_seconds)

@@ -46,13 +46,16 @@ class AlertState:
         self._results = results
         self._states = states
 
-    def alerting(self, scope: RunScope, cooldown_minutes: int, matched: Sequence[Entity]) -> list[Entity]:
-        """The matched entities with no alert of the rule within the cooldown before T."""
-        since = cooldown_start(scope.at, cooldown_minutes)
-        if since is None or not matched:
-            return list(matched)
-        cooling = self._results.alerted_since(scope, since, [entity.entity_id for entity in matched])
-        return out_of_cooldown(matched, cooling)
+    def alerting(self, org_id: int, at: datetime, runs: Sequence[tuple[str, int, Sequence[Entity]]]
+                 ) -> list[list[Entity]]:
+        """For each (rule id, cooldown minutes, matched entities) of one organization's runs as of T, the matched
+        entities with no alert of that rule within its cooldown before T; the cooldowns are read in one query."""
+        since_by_rule = {rule_id: since for rule_id, minutes, matched in runs
+                         if matched and (since := cooldown_start(at, minutes)) is not None}
+        entity_ids = sorted({entity.entity_id for rule_id, _, matched in runs if rule_id in since_by_rule
+                             for entity in matched})
+        cooling = self._results.alerted_since_by_rule(org_id, at, since_by_rule, entity_ids)
+        return [out_of_cooldown(matched, cooling.get(rule_id, set())) for rule_id, _, matched in runs]
 
     def resolving(self, scope: RunScope, matched: Sequence[Entity]) -> list[Entity]:
         """The entities firing for the rule before T that no longer match."""

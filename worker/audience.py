@@ -1,4 +1,4 @@
-"""Who may hear of an entity (the README's Notifications), resolved in PostgreSQL with one query per run."""
+"""Who may hear of an entity (the README's Notifications), resolved in PostgreSQL with one query per run or batch."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class Recipient:
     user_id: int
     email: str
     email_verified: bool
+    role: str = ""
 
 
 def audience(postgres: Postgres | Transaction, org_id: int, roles: Sequence[str], entities: Sequence[Entity],
@@ -63,14 +64,33 @@ def audience(postgres: Postgres | Transaction, org_id: int, roles: Sequence[str]
     `org_id` not expired at `at` on the entity, or (for a campaign) on the DSP account whose dsp_type and
     external_id are the campaign's dsp_type and advertiser_id. Entities nobody may see are absent.
     """
-    if not entities or not roles:
-        return {}
+    return audiences(postgres, org_id, [(roles, entities)], at)[0]
+
+
+def audiences(postgres: Postgres | Transaction, org_id: int, runs: Sequence[tuple[Sequence[str], Sequence[Entity]]],
+              at: datetime) -> list[dict[tuple[str, str], list[Recipient]]]:
+    """For each (roles, entities) of one organization's runs as of `at`, what `audience` gives, in one query."""
+    everyone_roles = sorted({role for roles, entities in runs if entities for role in roles})
+    everyone = [entity for roles, entities in runs if roles for entity in entities]
+    if not everyone or not everyone_roles:
+        return [{} for _ in runs]
     rows = postgres.all(
-        "audience", org_id=org_id, roles=list(roles), at=at.replace(tzinfo=None),
-        entity_types=[e.entity_type for e in entities], entity_ids=[e.entity_id for e in entities],
-        dsp_types=[e.dsp_type for e in entities], advertiser_ids=[e.advertiser_id for e in entities])
-    recipients: dict[tuple[str, str], list[Recipient]] = defaultdict(list)
+        "audience", org_id=org_id, roles=everyone_roles, at=at.replace(tzinfo=None),
+        entity_types=[e.entity_type for e in everyone], entity_ids=[e.entity_id for e in everyone],
+        dsp_types=[e.dsp_type for e in everyone], advertiser_ids=[e.advertiser_id for e in everyone])
+    recipients: dict[tuple[str, str, str, str], list[Recipient]] = defaultdict(list)
     for row in rows:
-        recipients[(row["entity_type"], row["entity_id"])].append(
-            Recipient(row["user_id"], row["email"], bool(row["email_verified"])))
-    return dict(recipients)
+        recipients[(row["entity_type"], row["entity_id"], row["dsp_type"], row["advertiser_id"])].append(
+            Recipient(row["user_id"], row["email"], bool(row["email_verified"]), row["role"]))
+    found = []
+    for roles, entities in runs:
+        wanted = set(roles)
+        of_run: dict[tuple[str, str], list[Recipient]] = {}
+        for entity in entities:
+            allowed = [recipient for recipient in
+                       recipients.get((entity.entity_type, entity.entity_id, entity.dsp_type, entity.advertiser_id), [])
+                       if recipient.role in wanted]
+            if allowed:
+                of_run[entity.key] = allowed
+        found.append(of_run)
+    return found

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres
+from worker.batch_runner import BatchRunner
 from worker.runner import RuleRunner
 from worker.settings import settings
 
@@ -42,9 +43,9 @@ def _clickhouse() -> ClickHouse:
     return ClickHouse(config.clickhouse_url, max_execution_time=config.run_time_limit_seconds)
 
 
-def _runner(postgres: Postgres, clickhouse: ClickHouse) -> RuleRunner:
+def _runner(postgres: Postgres, clickhouse: ClickHouse) -> BatchRunner:
     config = settings()
-    return RuleRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
+    return BatchRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
                       send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
                       time_limit_seconds=config.run_time_limit_seconds)
 
@@ -67,10 +68,10 @@ def open_runner() -> Iterator[RuleRunner]:
         yield _runner(postgres, clickhouse)
 
 
-_shared_runner: RuleRunner | None = None
+_shared_runner: BatchRunner | None = None
 
 
-def shared_runner() -> RuleRunner:
+def shared_runner() -> BatchRunner:
     """The process's RuleRunner, made on first use (in a worker, after the fork) and kept for its life.
 
     Making it opens the ClickHouse client, which fails with DatabaseUnavailable within a short connect timeout when
@@ -80,6 +81,11 @@ def shared_runner() -> RuleRunner:
     if _shared_runner is None:
         _shared_runner = _runner(shared_postgres(), _clickhouse())
     return _shared_runner
+
+
+def shared_batch_runner() -> BatchRunner:
+    """The process's runner of batches: the same object as shared_runner(), made the same way."""
+    return shared_runner()
 
 
 _shared_postgres: Postgres | None = None

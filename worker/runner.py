@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,11 +33,11 @@ from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RunClaim, RunRecord, RunStore, UnknownUser
 from worker.alert_state import AlertState
-from worker.audience import audience
+from worker.audience import audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches
-from worker.matches import matched_entities
+from worker.matches import RunMatches, matched_entities
 from worker.messages import RunNotice
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class _Run:
     compiled: CompiledLogic | None = None
     matched: list[Evaluation] | None = None
     started: float = field(default_factory=time.monotonic)
+    # How the run is evaluated (in a batch of N, or alone and why), said by its next transition.
+    note: str | None = None
 
     @property
     def state(self) -> RunState:
@@ -134,27 +137,44 @@ class RuleRunner:
         run = self._claim(request, rule_row, at)
         if run is None:
             return self._runs.for_fire_time(request.rule_id, at).summary()
+        self._finish(run)
+        return run.record.summary()
+
+    def _finish(self, run: _Run) -> None:
+        """Takes a claimed `run` from its recorded state to a final one (or leaves it `running` when a server is
+        down: DatabaseUnavailable is raised)."""
         if run.record.attempts > MAX_RUN_ATTEMPTS:
             reason = (f"given up after {MAX_RUN_ATTEMPTS} attempts: each time, the process running it was lost or "
                       "stopped at the hard time limit")
             self._transition(run, RunState.FAILED, reason, error=reason)
-            return run.record.summary()
-        try:
+            return
+        with self._failing_on_error([run]):
             self._advance(run)
+
+    @contextmanager
+    def _failing_on_error(self, runs: Sequence[_Run]) -> Iterator[None]:
+        """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable through."""
+        try:
+            yield
         except DatabaseUnavailable:
-            # The run stays `running` as it is: once its lease expires, the retried task (or beat's sweeper) takes
-            # it over and finishes it, after deleting whatever its interrupted stage wrote.
+            # The runs stay `running` as they are: once their leases expire, the retried task (or beat's sweeper)
+            # takes each over and finishes it, after deleting whatever its interrupted stage wrote.
             raise
         except SoftTimeLimitExceeded:
             # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
-            reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
-                      "(RUN_TIME_LIMIT_SECONDS) and was stopped")
-            self._transition(run, RunState.FAILED, reason, error=reason)
+            for run in runs:
+                self._fail_at_time_limit(run)
         except (RuleError, StorageError) as error:
-            self._fail(run, str(error))
-        except Exception as error:  # a bug: the run still ends failed, saying what stopped it
-            self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
-        return run.record.summary()
+            for run in runs:
+                self._fail(run, str(error))
+        except Exception as error:  # a bug: the runs still end failed, saying what stopped them
+            for run in runs:
+                self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
+
+    def _fail_at_time_limit(self, run: _Run) -> None:
+        reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
+                  "(RUN_TIME_LIMIT_SECONDS) and was stopped")
+        self._transition(run, RunState.FAILED, reason, error=reason)
 
     def _runnable_rule(self, request: RunRequest, at: datetime) -> RuleRow:
         """The rule to run; raises RuleNotFound, RuleNotScheduled or BadRunRequest when there is none to run."""
@@ -204,7 +224,11 @@ class RuleRunner:
         if not reached(run.state, RunState.EVALUATED):
             self._evaluate(run, entities)
         if not reached(run.state, RunState.ALERTED):
-            self._alert(run)
+            self._alert([run])
+        self._succeed(run)
+
+    def _succeed(self, run: _Run) -> None:
+        """Hands over the alerted run's deliveries and records it as succeeded."""
         self._hand_over_deliveries(run)
         self._transition(run, RunState.SUCCEEDED, "done")
 
@@ -253,10 +277,19 @@ class RuleRunner:
             # Written after the rows have streamed in, since a chdb client can't insert mid-stream.
             evaluated = self._interpreted(run, entities)
             self._results.insert_evaluations(run.scope, evaluated, int((time.monotonic() - run.started) * 1000))
-        outcome = self._results.outcome(run.scope)
-        run.matched = outcome.matched
-        self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
-                         matched=len(outcome.matched))
+        self._record_evaluated([run])
+
+    def _record_evaluated(self, runs: Sequence[_Run]) -> None:
+        """Reads the outcome of the runs' `rule_evaluations` rows (one organization and T) in one query, keeps
+        their matches and records each `evaluated`, in one PostgreSQL transaction."""
+        first = runs[0].scope
+        outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs])
+        with self._postgres.transaction() as tx:
+            for run in runs:
+                outcome = outcomes[run.scope.rule_id]
+                run.matched = outcome.matched
+                self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
+                                 matched=len(outcome.matched), tx=tx)
 
     def _interpreted(self, run: _Run, entities: Statement) -> list[Evaluation]:
         """Every entity evaluated in Python while its rows stream in from ClickHouse."""
@@ -269,38 +302,56 @@ class RuleRunner:
             return None
         return max(1, int(self._time_limit_seconds - (time.monotonic() - run.started)))
 
-    def _alert(self, run: _Run) -> None:
-        """Writes one `alert_events` row per matched entity out of cooldown, then, in one PostgreSQL transaction,
-        the notifications and deliveries owed, the firing state (rules with notify_on_resolve) and `alerted`."""
-        rule, scope = run.rule, run.scope
-        actions = rule.actions
-        if run.record.attempts > 1:
-            self._results.delete_alerts(scope)
-        if run.matched is None:
-            run.matched = self._results.outcome(scope).matched
-        notifies = run.record.trigger != "backfill"
-        matched = matched_entities(self._results, rule.conditions.source, scope.org_id, run.bounds, run.matched)
-        alerted = self._alert_state.alerting(scope, actions.cooldown_minutes, matched)
+    def _alert(self, runs: Sequence[_Run]) -> None:
+        """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
+        cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed, the
+        firing state (rules with notify_on_resolve) and each run's `alerted`. The matches, names, cooldowns and
+        audiences of all the runs are each read in one query; each run's rows are those it would write alone."""
+        first = runs[0]
+        org_id, at = first.scope.org_id, first.scope.at
+        notifies = first.record.trigger != "backfill"
+        for run in runs:
+            if run.record.attempts > 1:
+                self._results.delete_alerts(run.scope)
+        unread = [run for run in runs if run.matched is None]
+        if unread:
+            outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread])
+            for run in unread:
+                run.matched = outcomes[run.scope.rule_id].matched
+        matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
+                                                                      run.matched) for run in runs])
+        alerted = self._alert_state.alerting(org_id, at, [
+            (run.scope.rule_id, run.rule.actions.cooldown_minutes, entities) for run, entities in zip(runs, matched)])
         # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
-        stored = [entity.without_nul() for entity in alerted]
-        resolved = self._alert_state.resolving(scope, matched) if notifies and actions.notify_on_resolve else []
-        recipients = (audience(self._postgres, scope.org_id, actions.notify.roles, stored + resolved, scope.at)
-                      if notifies else {})
-        users = [sorted(r.user_id for r in recipients.get(entity.key, [])) for entity in stored]
-        self._results.insert_alerts(scope, run.rule_row.name, actions.severity, [
-            AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details, entity_users)
-            for entity, entity_users in zip(alerted, users)])
-        notified = sorted({user for entity_users in users for user in entity_users})
+        stored = [[entity.without_nul() for entity in entities] for entities in alerted]
+        resolved = [self._alert_state.resolving(run.scope, entities)
+                    if notifies and run.rule.actions.notify_on_resolve else []
+                    for run, entities in zip(runs, matched)]
+        recipients = (audiences(self._postgres, org_id, [
+            (run.rule.actions.notify.roles, run_stored + run_resolved)
+            for run, run_stored, run_resolved in zip(runs, stored, resolved)], at)
+            if notifies else [{} for _ in runs])
+        users = [[sorted(r.user_id for r in run_recipients.get(entity.key, [])) for entity in run_stored]
+                 for run_recipients, run_stored in zip(recipients, stored)]
+        self._results.insert_alerts_of_runs([
+            (run.scope, run.rule_row.name, run.rule.actions.severity,
+             [AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
+                         entity_users) for entity, entity_users in zip(run_alerted, run_users)])
+            for run, run_alerted, run_users in zip(runs, alerted, users)])
         with self._postgres.transaction() as tx:
-            if notifies:
-                for kind, entities in (("alert", stored), ("resolved", resolved)):
-                    notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
-                                       actions.severity, scope.at)
-                    record_deliveries(tx, notice, entities, recipients, actions.notify)
-                if actions.notify_on_resolve:
-                    self._alert_state.record(tx, scope, stored, resolved)
-            self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(alerted),
-                             notified_users=notified, tx=tx)
+            for run, run_alerted, run_stored, run_resolved, run_recipients, run_users in zip(
+                    runs, alerted, stored, resolved, recipients, users):
+                scope, actions = run.scope, run.rule.actions
+                if notifies:
+                    for kind, entities in (("alert", run_stored), ("resolved", run_resolved)):
+                        notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
+                                           actions.severity, scope.at)
+                        record_deliveries(tx, notice, entities, run_recipients, actions.notify)
+                    if actions.notify_on_resolve:
+                        self._alert_state.record(tx, scope, run_stored, run_resolved)
+                notified = sorted({user for entity_users in run_users for user in entity_users})
+                self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(run_alerted),
+                                 notified_users=notified, tx=tx)
 
     def _hand_over_deliveries(self, run: _Run) -> None:
         """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""
@@ -325,4 +376,6 @@ class RuleRunner:
 
     def _transition(self, run: _Run, target: RunState, detail: str, **changes: Any) -> None:
         """Records `run` moving to `target` (storage.runs.RunStore.transition takes the counters and `tx`)."""
+        if run.note:
+            detail, run.note = f"{detail} ({run.note})", None
         run.record = self._runs.transition(run.record, target, detail, **changes)

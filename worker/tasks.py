@@ -1,4 +1,4 @@
-"""The Celery tasks: rules.evaluate, rules.evaluate_org, notifications.deliver (README "The service")."""
+"""The Celery tasks: rules.evaluate, rules.evaluate_batch, rules.evaluate_org, notifications.deliver (README "The service")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from storage.errors import DatabaseUnavailable
 from worker.app import app
-from worker.context import shared_postgres, shared_runner
+from worker.batch_runner import BatchRequest
+from worker.context import shared_batch_runner, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
@@ -55,6 +56,26 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
     if result["status"] == "running" and (retry := retry_later(self, HELD_RUN_RETRY)) is not None:
         raise retry
     return result
+
+
+@app.task(name="rules.evaluate_batch", bind=True, max_retries=None)  # the retry policies above set the bounds
+def evaluate_batch(self: Task, org_id: int, scheduled_for: str, rule_ids: list[str],
+                   trigger: str = "schedule") -> list[dict[str, Any] | None]:
+    """Runs the rules `rule_ids` of organization `org_id` due at `scheduled_for` (UTC ISO 8601) and returns one
+    summary per rule, in their order: what rules.evaluate returns for that rule and T (None for a deleted rule, or
+    a scheduled run of a rule disabled since it was sent).
+
+    Each rule keeps its own claim: a redelivered task, or a rule another run owns, writes nothing twice. A server
+    down or hung before the claims is retried (RUN_RETRY); a rule held by another worker is waited for
+    (HELD_RUN_RETRY).
+    """
+    request = BatchRequest(org_id, _parse_time(scheduled_for), tuple(rule_ids), trigger)
+    with retrying(self, RUN_RETRY):
+        summaries = shared_batch_runner().run_batch(request)
+    held = any(summary is not None and summary["status"] == "running" for summary in summaries)
+    if held and (retry := retry_later(self, HELD_RUN_RETRY)) is not None:
+        raise retry
+    return summaries
 
 
 @app.task(name="rules.evaluate_org", bind=True, max_retries=None)

@@ -10,12 +10,14 @@ ORDER BY name;
 -- name: applied_migrations
 SELECT DISTINCT name FROM schema_migrations ORDER BY name;
 
--- name: evaluation_outcome
--- The entity count of one run and its matched entities, in one read of the run's rows.
-SELECT count() AS entities,
+-- name: evaluation_outcomes
+-- The entity count and the matched entities of each run of one organization and T, in one read of their rows;
+-- a rule without rows is absent.
+SELECT rule_id, count() AS entities,
        arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched
 FROM rule_evaluations
-WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id IN {rule_ids:Array(UUID)}
+GROUP BY rule_id;
 
 -- name: delete_evaluations
 DELETE FROM rule_evaluations
@@ -26,18 +28,26 @@ DELETE FROM alert_events
 WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
 -- name: alerts_in_cooldown
-SELECT DISTINCT entity_type, entity_id
+-- The (rule, entity) pairs with an alert of the rule from its own start of cooldown (sinces[i] for rule_ids[i])
+-- until before T.
+SELECT DISTINCT rule_id, entity_type, entity_id
 FROM alert_events
-WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID}
+WHERE org_id = {org_id:UInt32} AND rule_id IN {rule_ids:Array(UUID)}
   AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
+  AND alert_time >= {sinces:Array(DateTime('UTC'))}[indexOf({rule_ids:Array(UUID)}, rule_id)]
   AND entity_id IN {entity_ids:Array(String)};
 
 -- name: campaign_identities
--- Each campaign's name, DSP and advertiser on the latest date with data between first and last (the window and
--- its previous period).
-SELECT campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name, argMax(dsp_type, date) AS dsp_type,
-       argMax(advertiser_id, date) AS advertiser_id
-FROM campaign_metrics_daily
-WHERE org_id = {org_id:UInt32} AND date >= {first:Date} AND date <= {last:Date}
-  AND campaign_id IN {entity_ids:Array(String)}
-GROUP BY campaign_id;
+-- Each campaign's name, DSP and advertiser on its latest date with data in each date range (firsts[i] to lasts[i],
+-- numbered from 1), read in one pass over the ranges' union (first to last).
+SELECT range_number, campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name,
+       argMax(dsp_type, date) AS dsp_type, argMax(advertiser_id, date) AS advertiser_id
+FROM (
+    SELECT campaign_id, campaign_name, dsp_type, advertiser_id, date,
+           arrayJoin(arrayFilter(number -> date >= {firsts:Array(Date)}[number] AND date <= {lasts:Array(Date)}[number],
+                                 range(1, length({firsts:Array(Date)}) + 1))) AS range_number
+    FROM campaign_metrics_daily
+    WHERE org_id = {org_id:UInt32} AND date >= {first:Date} AND date <= {last:Date}
+      AND campaign_id IN {entity_ids:Array(String)}
+)
+GROUP BY range_number, campaign_id;

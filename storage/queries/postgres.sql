@@ -180,7 +180,7 @@ RETURNING s.rule_id::text AS rule_id, s.scheduled_for, s.trigger, s.resends;
 
 -- name: audience
 -- The members of the organization allowed to hear of each entity (the README's Notifications), one row per
--- (entity, user).
+-- (entity with its DSP and advertiser, user), with the user's role.
 WITH entity AS (
     SELECT DISTINCT * FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(dsp_types)s::text[],
                                   %(advertiser_ids)s::text[]) AS e(entity_type, entity_id, dsp_type, advertiser_id)
@@ -199,23 +199,23 @@ account AS (
     SELECT d.id::text AS account_id, d.dsp_type, d.external_id FROM dsp_accounts d WHERE d.org_id = %(org_id)s
 ),
 granted AS (
-    SELECT e.entity_type, e.entity_id, g.user_id
+    SELECT e.entity_type, e.entity_id, e.dsp_type, e.advertiser_id, g.user_id
     FROM entity e JOIN live_grant g ON g.entity_type = e.entity_type AND g.entity_id = e.entity_id
     UNION
-    SELECT e.entity_type, e.entity_id, g.user_id
+    SELECT e.entity_type, e.entity_id, e.dsp_type, e.advertiser_id, g.user_id
     FROM entity e
     JOIN account a ON e.entity_type = 'campaign' AND a.dsp_type = e.dsp_type AND a.external_id = e.advertiser_id
     JOIN live_grant g ON g.entity_type = 'dsp_account' AND g.entity_id = a.account_id
 ),
 allowed AS (
-    SELECT e.entity_type, e.entity_id, m.user_id
+    SELECT e.entity_type, e.entity_id, e.dsp_type, e.advertiser_id, m.user_id
     FROM entity e CROSS JOIN member m WHERE m.role IN ('owner', 'admin')
     UNION
-    SELECT entity_type, entity_id, user_id FROM granted
+    SELECT entity_type, entity_id, dsp_type, advertiser_id, user_id FROM granted
 )
-SELECT a.entity_type, a.entity_id, m.user_id, m.email, m.email_verified
+SELECT a.entity_type, a.entity_id, a.dsp_type, a.advertiser_id, m.user_id, m.email, m.email_verified, m.role
 FROM allowed a JOIN member m ON m.user_id = a.user_id
-ORDER BY a.entity_type, a.entity_id, m.user_id;
+ORDER BY a.entity_type, a.entity_id, a.dsp_type, a.advertiser_id, m.user_id;
 
 -- name: firing_entities
 SELECT entity_type, entity_id, entity_name, dsp_type, advertiser_id, condition_details::text AS condition_details,
@@ -284,3 +284,9 @@ WHERE id = %(delivery_id)s AND status = 'sending';
 UPDATE deliveries
 SET status = 'failed', last_error = %(error)s, lease_expires_at = NULL, next_attempt_at = NULL
 WHERE id = %(delivery_id)s AND status = 'sending';
+
+-- name: renew_leases
+-- Renews the lease of each run still running among run_ids.
+UPDATE rule_runs
+SET lease_expires_at = (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s::int)
+WHERE id = ANY(%(run_ids)s::uuid[]) AND status = 'running';

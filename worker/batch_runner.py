@@ -1,0 +1,158 @@
+"""The rules of one organization due at one T, run together: one statement per source, one alert stage.
+
+Each rule keeps its own run (claim, `rule_runs` row, transitions, summary, exactly-once and take-over: see
+worker/runner.py). The rules left after the claims are evaluated by one engine.batch_query statement per source
+(cut by `split_batch`), and their alert stage reads and writes for all of them at once. A rule leaves the batch and
+runs alone when it fails validation, is skipped, compiles only for the interpreter or is a take-over of a dead
+run; when a batch statement fails, each of its rules runs alone from where it is, so that only a faulty rule fails.
+Every run's transitions say which it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.batch_query import BatchMember, batch_evaluation_insert, batch_member, split_batch
+from engine.errors import NotCompilable, RuleError
+from engine.model import parse_rule
+from engine.run_states import RunState
+from engine.windows import resolve_window
+from storage.errors import DatabaseUnavailable, StorageError
+from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, _Run, evaluation_time
+
+log = logging.getLogger(__name__)
+
+# The share of what is left of the time limit a batch statement may use; the rest is kept for running its rules
+# alone should it fail.
+BATCH_TIME_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """The rules `rule_ids` of organization `org_id` due at `scheduled_for` (None: now), sent by `trigger`."""
+
+    org_id: int
+    scheduled_for: datetime | None
+    rule_ids: tuple[str, ...]
+    trigger: str = "schedule"
+
+
+class BatchRunner(RuleRunner):
+    """A RuleRunner that also runs batches; one instance is shared by the runs of a process."""
+
+    def run_batch(self, request: BatchRequest) -> list[dict[str, Any] | None]:
+        """Runs every rule of `request` to a final state and returns one summary per rule, in their order.
+
+        A rule gets what `run` would give it alone: None for a deleted rule or a scheduled run of a disabled one,
+        {"rule_id", "status": "failed", "error"} for a bad request, the existing run's summary when another run
+        owns (rule, T). Raises DatabaseUnavailable when a server is down: the runs claimed stay `running`, to be
+        taken over.
+        """
+        at = evaluation_time(request.scheduled_for)
+        answers: list[dict[str, Any] | _Run | None] = []
+        for rule_id in request.rule_ids:
+            single = RunRequest(rule_id, at, trigger=request.trigger)
+            try:
+                rule_row = self._runnable_rule(single, at)
+                run = self._claim(single, rule_row, at)
+            except RuleNotFound as error:
+                log.info("%s; nothing to do", error)
+                answers.append(None)
+                continue
+            except BadRunRequest as error:
+                answers.append({"rule_id": rule_id, "status": "failed", "error": str(error)})
+                continue
+            answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
+        claimed = [answer for answer in answers if isinstance(answer, _Run)]
+        members_by_source: dict[str, list[tuple[BatchMember, _Run]]] = defaultdict(list)
+        for position, run in enumerate(claimed):
+            member, alone_because = self._batch_member(request.org_id, position, run)
+            if member is None:
+                run.note = f"alone: {alone_because}"
+                self._finish(run)
+            else:
+                members_by_source[run.rule.conditions.source].append((member, run))
+        for source, pairs in members_by_source.items():
+            run_of = {member.position: run for member, run in pairs}
+            waiting = list(run_of.values())
+            for members in split_batch(source, request.org_id, [member for member, _ in pairs]):
+                runs = [run_of[member.position] for member in members]
+                self._runs.renew_leases([run.record.id for run in waiting if run.record.status == "running"])
+                if len(runs) == 1:
+                    runs[0].note = f"alone: the only rule of the batch over {source}"
+                    self._finish(runs[0])
+                else:
+                    self._run_together(source, members, runs)
+        return [answer.record.summary() if isinstance(answer, _Run) else answer for answer in answers]
+
+    def _batch_member(self, org_id: int, position: int, run: _Run) -> tuple[BatchMember | None, str]:
+        """The run as a member of the batch, or None and why it runs alone."""
+        rule_row = run.rule_row
+        if run.record.attempts > 1 or run.state is not RunState.CLAIMED:
+            return None, "the take-over of a run whose process was lost"
+        if rule_row.org_id != org_id:
+            return None, f"the rule belongs to organization {rule_row.org_id}"
+        if rule_row.module not in rule_row.enabled_modules:
+            return None, "its module is not enabled"
+        if self._interpreter_only:
+            return None, "this runner evaluates every rule on the interpreter"
+        try:
+            rule = parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
+                              allowed_hosts=self._allowed_hosts)
+        except RuleError:
+            return None, "the rule is not valid"
+        conditions = rule.conditions
+        bounds = resolve_window(run.scope.at, rule_row.timezone, conditions.window, conditions.compare_to)
+        try:
+            member = batch_member(position, str(rule_row.rule_id), conditions.source, conditions.logic, bounds,
+                                  conditions.scope, conditions.compare_to is not None)
+        except NotCompilable as refusal:
+            return None, f"it runs on the interpreter: {refusal}"
+        run.rule, run.bounds = rule, bounds
+        return member, ""
+
+    def _run_together(self, source: str, members: list[BatchMember], runs: list[_Run]) -> None:
+        """Evaluates `runs` (of one source) in one statement, then alerts them together; if the statement fails,
+        each run goes on alone from `compiled`."""
+        started = min(run.started for run in runs)
+        with self._postgres.transaction() as tx:
+            for run in runs:
+                run.note = f"in a batch of {len(runs)} rules"
+                self._transition(run, RunState.COMPILED, "compiled to SQL", path="sql", tx=tx)
+        first = runs[0].scope
+        statement = batch_evaluation_insert(
+            source, first.org_id, members, eval_time=first.at,
+            started_at=datetime.now(UTC) - timedelta(seconds=time.monotonic() - started))
+        seconds_left = self._seconds_left(runs[0])
+        budget = None if seconds_left is None else max(1, int(seconds_left * BATCH_TIME_SHARE))
+        try:
+            self._results.evaluate_into_table(statement, seconds_left=budget)
+        except DatabaseUnavailable:
+            raise
+        except StorageError as error:
+            log.warning("a batch of %d rules of organization %s failed; each runs alone: %s", len(runs),
+                        first.org_id, error)
+            self._run_each_alone(runs, f"alone: the batch's statement failed: {error}")
+            return
+        with self._failing_on_error(runs):
+            self._record_evaluated(runs)
+            self._alert(runs)
+        for run in runs:
+            if run.record.status == "running":
+                with self._failing_on_error([run]):
+                    self._succeed(run)
+
+    def _run_each_alone(self, runs: list[_Run], note: str) -> None:
+        """Deletes whatever the failed statement wrote of the runs, then finishes each run alone."""
+        with self._failing_on_error(runs):
+            for run in runs:
+                self._results.delete_evaluations(run.scope)
+        for run in runs:
+            if run.record.status == "running":
+                run.note = note
+                self._finish(run)
