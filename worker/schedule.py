@@ -140,6 +140,10 @@ class Batch:
         """Nothing for a scheduled batch; `trigger` for any other."""
         return {} if self.trigger == SCHEDULED else {"trigger": self.trigger}
 
+    def __str__(self) -> str:
+        return (f"organization {self.org_id}, {self.source}, as of {utc_iso(self.scheduled_for)}, {self.trigger}, "
+                f"{len(self.fires)} rules: {', '.join(fire.rule_id for fire in self.fires)}")
+
 
 def batches(fires: Iterable[FireTime]) -> tuple[list[Batch], list[FireTime]]:
     """`fires` grouped as they are sent: ([batches, each of at most MAX_BATCH_RULES rules in rule id order],
@@ -375,8 +379,9 @@ class FireTimeSender:
     batch, one rules.evaluate per fire time sent alone (see `batches`).
 
     `send_task(name, args, kwargs)` sends one task and returns its id. When PostgreSQL is down the fire times are
-    sent unrecorded: the record only lets the sweeper send again what a broker or worker failure lost. Each fire
-    time sent is logged as `sent rule <id> for <T>`, whichever task carried it.
+    sent unrecorded: the record only lets the sweeper send again what a broker or worker failure lost. Each batch
+    sent is logged with its task id and rule ids, and each fire time as `sent rule <id> for <T>`, whichever task
+    carried it.
     """
 
     def __init__(self, postgres: Postgres, send_task: SendTask) -> None:
@@ -392,9 +397,10 @@ class FireTimeSender:
         grouped, alone = batches(fires)
         sent: list[tuple[FireTime, str]] = []
         unsent: list[FireTime] = []
-        tasks = [(EVALUATE_BATCH, batch.task_args(), batch.task_kwargs(), batch.fires) for batch in grouped]
-        tasks += [(EVALUATE, (fire.rule_id,), fire.task_kwargs(), (fire,)) for fire in alone]
-        for name, args, kwargs, carried in tasks:
+        tasks: list[tuple[Batch | None, str, tuple, dict[str, Any], tuple[FireTime, ...]]] = [
+            (batch, EVALUATE_BATCH, batch.task_args(), batch.task_kwargs(), batch.fires) for batch in grouped]
+        tasks += [(None, EVALUATE, (fire.rule_id,), fire.task_kwargs(), (fire,)) for fire in alone]
+        for batch, name, args, kwargs, carried in tasks:
             try:
                 task_id = self._send_task(name, args, kwargs)
             except Exception as error:  # the broker is down: the caller tries again
@@ -402,9 +408,8 @@ class FireTimeSender:
                     log.warning("could not send rule %s at %s: %s", fire.rule_id, utc_iso(fire.scheduled_for), error)
                 unsent += carried
                 continue
-            if name == EVALUATE_BATCH:
-                log.info("%s %s: organization %s, %s, %d rules as of %s", name, task_id, args[0],
-                         carried[0].source, len(carried), args[1])
+            if batch is not None:
+                log.info("%s %s sent: %s", name, task_id, batch)
             for fire in carried:
                 log.info("sent rule %s for %s", fire.rule_id, utc_iso(fire.scheduled_for))
             sent += [(fire, task_id) for fire in carried]
