@@ -142,7 +142,7 @@ class Batch:
 
     def __str__(self) -> str:
         return (f"organization {self.org_id}, {self.source}, as of {utc_iso(self.scheduled_for)}, {self.trigger}, "
-                f"{len(self.fires)} rules: {', '.join(fire.rule_id for fire in self.fires)}")
+                f"rules {', '.join(fire.rule_id for fire in self.fires)}")
 
 
 def batches(fires: Iterable[FireTime]) -> tuple[list[Batch], list[FireTime]]:

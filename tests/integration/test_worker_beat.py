@@ -215,7 +215,7 @@ def test_an_enqueued_run_as_of_a_given_time_is_a_manual_run(pg_url, migrated_ch_
 
 PACING_LIFETIME = {"source": "pacing_snapshots", "window": "lifetime", "schedule": "* * * * *"}
 BATCH_LINE = re.compile(r"rules\.evaluate_batch ([0-9a-f-]+) sent: organization (\d+), (\w+), as of (\S+), "
-                        r"schedule, (\d+) rules: (.*)$")
+                        r"schedule, rules (.*)$")
 
 
 def pacing_rule(below: float) -> dict:
@@ -235,8 +235,7 @@ def sent_batches(log: str) -> dict[tuple[int, str, str], list[tuple[str, list[st
     found: dict[tuple[int, str, str], list[tuple[str, list[str]]]] = {}
     for line in log.splitlines():
         if match := BATCH_LINE.search(line):
-            task_id, org, source, at, count, rule_ids = match.groups()
-            assert int(count) == len(rule_ids.split(", ")), line
+            task_id, org, source, at, rule_ids = match.groups()
             found.setdefault((int(org), source, at), []).append((task_id, rule_ids.split(", ")))
     return found
 
