@@ -1,8 +1,9 @@
-"""`rulesctl bench`: the engine's speed on synthetic metrics, the SQL path against the interpreter.
+"""`rulesctl bench`: the engine's speed on synthetic metrics, a batch against separate runs and the interpreter.
 
 Builds N campaigns x D days in a scratch ClickHouse database (and a scratch PostgreSQL database for the rules
-and their runs), runs R rules as real runs through the SQL path and the same R rules through the interpreter,
-times the rules' aggregations alone as the floor, and drops both scratch databases at the end.
+and their runs), runs R rules as one batch of real runs through the SQL path, the same R rules as R separate runs,
+and the same R rules through the interpreter; times the batch's one-scan aggregation alone as the floor, and drops
+both scratch databases at the end.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from engine.compiler import logic_variables
+from engine.batch_query import batch_aggregation, batch_member, split_batch
 from engine.model import parse_rule
-from engine.query import entity_rows
 from engine.windows import resolve_window
 from storage.clickhouse import ClickHouse
 from storage.migrations import (drop_clickhouse_database, drop_postgres_database, ensure_clickhouse_database,
                                 ensure_postgres_database, migrate_clickhouse, migrate_postgres)
 from storage.postgres import Postgres
 from worker.progress import ProgressBar
+from worker.batch_runner import BatchRequest, BatchRunner
 from worker.runner import RuleRunner, RunRequest
 from worker.settings import Settings
 
@@ -85,13 +86,22 @@ def _insert_rules(postgres: Postgres, org_id: int, rules: list[dict], label: str
                        created_by=None)["id"] for i, conditions in enumerate(rules)]
 
 
-def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: str) -> tuple[float, int]:
-    """Runs each rule at `at`; returns (seconds, entities evaluated).
+def _warm_up(runner: RuleRunner, rule_id: str, at: datetime) -> None:
+    """One untimed run an hour before `at`: a worker pays its first-insert set-up once in its life, not once per
+    run, so the figures are the steady state."""
+    runner.run(RunRequest(rule_id, at - timedelta(hours=1), trigger="manual"))
 
-    One untimed warm-up run first (the first rule an hour earlier): a worker pays its first-insert set-up once
-    in its life, not once per run, so the figures are the steady state.
-    """
-    runner.run(RunRequest(rule_ids[0], at - timedelta(hours=1), trigger="manual"))
+
+def _checked(summary: dict) -> int:
+    """The entities a succeeded run evaluated; a run that did not succeed stops the bench."""
+    if summary["status"] != "succeeded":
+        raise RuntimeError(f"bench rule {summary['rule_id']} {summary['status']}: {summary['error']}")
+    return summary["entities"]
+
+
+def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: str) -> tuple[float, int]:
+    """Runs each rule alone at `at`, after a warm-up; returns (seconds, entities evaluated)."""
+    _warm_up(runner, rule_ids[0], at)
     bar = ProgressBar(label, len(rule_ids))
     seconds, evaluations = 0.0, 0
     try:
@@ -99,29 +109,39 @@ def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: st
             started = time.perf_counter()
             result = runner.run(RunRequest(rule_id, at, trigger="manual"))
             seconds += time.perf_counter() - started
-            if result["status"] != "succeeded":
-                raise RuntimeError(f"bench rule {rule_id} {result['status']}: {result['error']}")
-            evaluations += result["entities"]
+            evaluations += _checked(result)
             bar.advance()
     finally:
         bar.close()
     return seconds, evaluations
 
 
+def _timed_batch(runner: BatchRunner, org_id: int, rule_ids: list[str], at: datetime) -> tuple[float, int]:
+    """Runs the rules as one batch at `at`, after a warm-up; returns (seconds, entities evaluated)."""
+    _warm_up(runner, rule_ids[0], at)
+    started = time.perf_counter()
+    summaries = runner.run_batch(BatchRequest(org_id, at, tuple(rule_ids), trigger="manual"))
+    seconds = time.perf_counter() - started
+    return seconds, sum(_checked(summary) for summary in summaries)
+
+
 def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, at: datetime) -> float:
-    seconds = 0.0
-    for conditions in rules:
+    """The time of the batch's one-scan aggregation alone (each statement split_batch makes): every partial
+    aggregate the rules read, for every entity, without their logic or any write."""
+    by_source: dict[str, list] = {}
+    for position, conditions in enumerate(rules):
         rule = parse_rule(conditions, {})
         bounds = resolve_window(at, BENCH_TIMEZONE, rule.conditions.window, rule.conditions.compare_to)
-        statement = entity_rows(rule.conditions.source, org_id, bounds, rule.conditions.scope,
-                                rule.conditions.compare_to is not None,
-                                logic_variables(rule.conditions.logic, rule.fields))
-        started = time.perf_counter()
-        # The fields the rule reads, aggregated for every entity: ignore(*) makes ClickHouse compute each column
-        # without sending it anywhere.
-        clickhouse.sql_rows(f"SELECT count() AS entities FROM ({statement.sql}) WHERE NOT ignore(*)",
-                            statement.parameters, what="the bare aggregation")
-        seconds += time.perf_counter() - started
+        by_source.setdefault(rule.conditions.source, []).append(batch_member(
+            position, str(uuid.uuid4()), rule.conditions.source, rule.conditions.logic, bounds,
+            rule.conditions.scope, rule.conditions.compare_to is not None))
+    seconds = 0.0
+    for source, members in by_source.items():
+        for part in split_batch(source, members):
+            statement = batch_aggregation(source, org_id, part)
+            started = time.perf_counter()
+            clickhouse.sql_rows(statement.sql, statement.parameters, what="the bare aggregation")
+            seconds += time.perf_counter() - started
     return seconds
 
 
@@ -171,13 +191,17 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
                             currency="USD", enabled_modules=json.dumps(["alerts"]))["id"]
         load_metrics(clickhouse, org_id, entities, days, at.date())
         rules = _rules(rule_count)
-        sql_ids = _insert_rules(postgres, org_id, rules, "sql")
+        batch_ids = _insert_rules(postgres, org_id, rules, "batch")
+        separate_ids = _insert_rules(postgres, org_id, rules, "separate")
         interpreter_ids = _insert_rules(postgres, org_id, rules, "interpreter")
         bare_s = _bare_query_seconds(clickhouse, rules, org_id, at)
-        engine_s, evaluations = _timed_runs(RuleRunner(postgres, clickhouse), sql_ids, at, "sql path")
+        runner = BatchRunner(postgres, clickhouse)
+        engine_s, evaluations = _timed_batch(runner, org_id, batch_ids, at)
+        separate_s, separated = _timed_runs(runner, separate_ids, at, "separate runs")
         interpreter_s, interpreted = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
                                                  interpreter_ids, at, "interpreter")
     sql_rate = evaluations / engine_s if engine_s else 0.0
+    separate_rate = separated / separate_s if separate_s else 0.0
     interpreter_rate = interpreted / interpreter_s if interpreter_s else 0.0
     return {
         "entities": entities,
@@ -185,10 +209,12 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         "rules": rule_count,
         "evaluations": evaluations,
         "sql_evals_per_s": round(sql_rate),
+        "separate_evals_per_s": round(separate_rate),
         "interpreter_evals_per_s": round(interpreter_rate),
         "speedup": round(sql_rate / interpreter_rate, 1) if interpreter_rate else None,
         "bare_query_s": round(bare_s, 3),
         "engine_s": round(engine_s, 3),
+        "separate_s": round(separate_s, 3),
         "interpreter_s": round(interpreter_s, 3),
         "peak_rss_mb": _peak_rss_mb(),
         "clickhouse": urlsplit(config.clickhouse_url).scheme,

@@ -57,6 +57,7 @@ def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_typ
     """
     columns = {name: column(name) for name in variables}
     if entity_type_column is not None:
+        # A field named entity_type keeps its place; its value is the entity's type either way.
         columns[ENTITY_TYPE_KEY] = quote_identifier(entity_type_column)
     parts = ["'{'"]
     for key, column_sql in columns.items():

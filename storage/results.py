@@ -167,16 +167,37 @@ class ResultStore:
     def campaign_identities_in_ranges(self, org_id: int, ids: Sequence[str],
                                       ranges: Sequence[tuple[date | None, date]]
                                       ) -> dict[tuple[date | None, date], dict[str, CampaignIdentity]]:
-        """For each (earliest, last) range (earliest None: any date), what campaign_identities gives for it, in
-        one read of the ranges' union."""
+        """For each (earliest, last) range (earliest None: any date), what campaign_identities gives for it.
+
+        A campaign's latest date with data up to a range's last day is the range's own when it is not before the
+        range's first day, and the campaign has no data in the range when it is. Most campaigns asked about have
+        data on a last day, so the last days alone are read first (one read for all the ranges); the ranges' whole
+        union is read only for the campaigns and ranges that leaves open.
+        """
         distinct = list(dict.fromkeys(ranges))
         found: dict[tuple[date | None, date], dict[str, CampaignIdentity]] = {key: {} for key in distinct}
         if not ids or not distinct:
             return found
-        firsts = [earliest or CLICKHOUSE_FIRST_DATE for earliest, _ in distinct]
-        lasts = [last for _, last in distinct]
-        for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=list(ids), firsts=firsts,
-                                         lasts=lasts, first=min(firsts), last=max(lasts)):
-            found[distinct[row["range_number"] - 1]][row["entity_id"]] = CampaignIdentity(
-                row["entity_name"], row["dsp_type"], row["advertiser_id"])
+        open_ids = {key: set(ids) for key in distinct}
+        lasts = sorted({last for _, last in distinct})
+        for first in (min(lasts), min(earliest or CLICKHOUSE_FIRST_DATE for earliest, _ in distinct)):
+            asked = sorted({entity_id for key in distinct for entity_id in open_ids[key]})
+            if not asked:
+                break
+            latest: dict[tuple[date, str], tuple[date, CampaignIdentity]] = {
+                (lasts[row["last_number"] - 1], row["entity_id"]): (
+                    row["latest"], CampaignIdentity(row["entity_name"], row["dsp_type"], row["advertiser_id"]))
+                for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=asked,
+                                                 lasts=lasts, first=first, last=lasts[-1])}
+            for key in distinct:
+                earliest, last = key
+                range_first = earliest or CLICKHOUSE_FIRST_DATE
+                for entity_id in list(open_ids[key]):
+                    seen = latest.get((last, entity_id))
+                    if seen is not None:
+                        if seen[0] >= range_first:
+                            found[key][entity_id] = seen[1]
+                        open_ids[key].discard(entity_id)
+                    elif first <= range_first:
+                        open_ids[key].discard(entity_id)  # no data from the range's first day to its last
         return found

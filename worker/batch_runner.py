@@ -23,7 +23,7 @@ from engine.model import parse_rule
 from engine.run_states import RunState
 from engine.windows import resolve_window
 from storage.errors import DatabaseUnavailable, StorageError
-from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, _Run, evaluation_time
+from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BatchRunner(RuleRunner):
         taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        answers: list[dict[str, Any] | _Run | None] = []
+        answers: list[dict[str, Any] | RunInHand | None] = []
         for rule_id in request.rule_ids:
             single = RunRequest(rule_id, at, trigger=request.trigger)
             try:
@@ -68,29 +68,36 @@ class BatchRunner(RuleRunner):
                 answers.append({"rule_id": rule_id, "status": "failed", "error": str(error)})
                 continue
             answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
-        claimed = [answer for answer in answers if isinstance(answer, _Run)]
-        members_by_source: dict[str, list[tuple[BatchMember, _Run]]] = defaultdict(list)
+        claimed = [answer for answer in answers if isinstance(answer, RunInHand)]
+        alone: list[RunInHand] = []
+        members_by_source: dict[str, list[tuple[BatchMember, RunInHand]]] = defaultdict(list)
         for position, run in enumerate(claimed):
             member, alone_because = self._batch_member(request.org_id, position, run)
             if member is None:
                 run.note = f"alone: {alone_because}"
-                self._finish(run)
+                alone.append(run)
             else:
                 members_by_source[run.rule.conditions.source].append((member, run))
         for source, pairs in members_by_source.items():
             run_of = {member.position: run for member, run in pairs}
-            waiting = list(run_of.values())
-            for members in split_batch(source, request.org_id, [member for member, _ in pairs]):
+            for members in split_batch(source, [member for member, _ in pairs]):
                 runs = [run_of[member.position] for member in members]
-                self._runs.renew_leases([run.record.id for run in waiting if run.record.status == "running"])
                 if len(runs) == 1:
                     runs[0].note = f"alone: the only rule of the batch over {source}"
-                    self._finish(runs[0])
+                    alone.append(runs[0])
                 else:
+                    self._renew_leases(claimed)
                     self._run_together(source, members, runs)
-        return [answer.record.summary() if isinstance(answer, _Run) else answer for answer in answers]
+        for run in alone:
+            self._renew_leases(claimed)
+            self._finish(run)
+        return [answer.record.summary() if isinstance(answer, RunInHand) else answer for answer in answers]
 
-    def _batch_member(self, org_id: int, position: int, run: _Run) -> tuple[BatchMember | None, str]:
+    def _renew_leases(self, runs: list[RunInHand]) -> None:
+        """Renews the leases of the runs not finished yet, so that none expires while the others are worked on."""
+        self._runs.renew_leases([run.record.id for run in runs if run.record.status == "running"])
+
+    def _batch_member(self, org_id: int, position: int, run: RunInHand) -> tuple[BatchMember | None, str]:
         """The run as a member of the batch, or None and why it runs alone."""
         rule_row = run.rule_row
         if run.record.attempts > 1 or run.state is not RunState.CLAIMED:
@@ -116,7 +123,7 @@ class BatchRunner(RuleRunner):
         run.rule, run.bounds = rule, bounds
         return member, ""
 
-    def _run_together(self, source: str, members: list[BatchMember], runs: list[_Run]) -> None:
+    def _run_together(self, source: str, members: list[BatchMember], runs: list[RunInHand]) -> None:
         """Evaluates `runs` (of one source) in one statement, then alerts them together; if the statement fails,
         each run goes on alone from `compiled`."""
         started = min(run.started for run in runs)
@@ -128,7 +135,7 @@ class BatchRunner(RuleRunner):
         statement = batch_evaluation_insert(
             source, first.org_id, members, eval_time=first.at,
             started_at=datetime.now(UTC) - timedelta(seconds=time.monotonic() - started))
-        seconds_left = self._seconds_left(runs[0])
+        seconds_left = self._seconds_left(min(runs, key=lambda run: run.started))
         budget = None if seconds_left is None else max(1, int(seconds_left * BATCH_TIME_SHARE))
         try:
             self._results.evaluate_into_table(statement, seconds_left=budget)
@@ -142,12 +149,9 @@ class BatchRunner(RuleRunner):
         with self._failing_on_error(runs):
             self._record_evaluated(runs)
             self._alert(runs)
-        for run in runs:
-            if run.record.status == "running":
-                with self._failing_on_error([run]):
-                    self._succeed(run)
+            self._succeed(runs)
 
-    def _run_each_alone(self, runs: list[_Run], note: str) -> None:
+    def _run_each_alone(self, runs: list[RunInHand], note: str) -> None:
         """Deletes whatever the failed statement wrote of the runs, then finishes each run alone."""
         with self._failing_on_error(runs):
             for run in runs:

@@ -338,7 +338,7 @@ def _build_parser() -> _Parser:
     replay.add_argument("--write", action="store_true", help="write rule_evaluations and alert_events (never notifies)")
     replay.set_defaults(handler=_cmd_backfill)
 
-    bench = add_command("bench", help="measure the SQL path against the interpreter on synthetic metrics")
+    bench = add_command("bench", help="measure a batch, separate runs and the interpreter on synthetic metrics")
     bench.add_argument("--entities", type=_positive, default=100_000, help="campaigns (default 100000)")
     bench.add_argument("--days", type=_positive, default=30, help="days of metrics (default 30)")
     bench.add_argument("--rules", type=_positive, default=10, help="rules (default 10)")

@@ -73,7 +73,7 @@ class RunRequest:
 
 
 @dataclass
-class _Run:
+class RunInHand:
     """The run in hand: its `rule_runs` record, its rule, and what the stages learned."""
 
     record: RunRecord
@@ -140,7 +140,7 @@ class RuleRunner:
         self._finish(run)
         return run.record.summary()
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: RunInHand) -> None:
         """Takes a claimed `run` from its recorded state to a final one (or leaves it `running` when a server is
         down: DatabaseUnavailable is raised)."""
         if run.record.attempts > MAX_RUN_ATTEMPTS:
@@ -152,7 +152,7 @@ class RuleRunner:
             self._advance(run)
 
     @contextmanager
-    def _failing_on_error(self, runs: Sequence[_Run]) -> Iterator[None]:
+    def _failing_on_error(self, runs: Sequence[RunInHand]) -> Iterator[None]:
         """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable through."""
         try:
             yield
@@ -171,7 +171,7 @@ class RuleRunner:
             for run in runs:
                 self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
 
-    def _fail_at_time_limit(self, run: _Run) -> None:
+    def _fail_at_time_limit(self, run: RunInHand) -> None:
         reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
                   "(RUN_TIME_LIMIT_SECONDS) and was stopped")
         self._transition(run, RunState.FAILED, reason, error=reason)
@@ -200,7 +200,7 @@ class RuleRunner:
             return False
         return True
 
-    def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> _Run | None:
+    def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> RunInHand | None:
         """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""
         claim = RunClaim(rule_id=request.rule_id, org_id=rule_row.org_id, scheduled_for=at, trigger=request.trigger,
                          dry_run=request.dry_run, triggered_by=request.triggered_by)
@@ -208,9 +208,9 @@ class RuleRunner:
             record = self._runs.claim(claim)
         except UnknownUser as error:
             raise BadRunRequest(str(error)) from None
-        return _Run(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at)) if record else None
+        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at)) if record else None
 
-    def _advance(self, run: _Run) -> None:
+    def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
         rule_row = run.rule_row
         if run.state is RunState.CLAIMED and rule_row.module not in rule_row.enabled_modules:
@@ -225,14 +225,17 @@ class RuleRunner:
             self._evaluate(run, entities)
         if not reached(run.state, RunState.ALERTED):
             self._alert([run])
-        self._succeed(run)
+        self._succeed([run])
 
-    def _succeed(self, run: _Run) -> None:
-        """Hands over the alerted run's deliveries and records it as succeeded."""
-        self._hand_over_deliveries(run)
-        self._transition(run, RunState.SUCCEEDED, "done")
+    def _succeed(self, runs: Sequence[RunInHand]) -> None:
+        """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction."""
+        for run in runs:
+            self._hand_over_deliveries(run)
+        with self._postgres.transaction() as tx:
+            for run in runs:
+                self._transition(run, RunState.SUCCEEDED, "done", tx=tx)
 
-    def _compile(self, run: _Run) -> Statement:
+    def _compile(self, run: RunInHand) -> Statement:
         """Validates the rule, resolves its window and compiles its logic (or chooses the interpreter), recording
         `compiled` if not yet done; returns the statement of the entity rows to evaluate."""
         rule_row = run.rule_row
@@ -253,7 +256,7 @@ class RuleRunner:
         return entity_rows(conditions.source, rule_row.org_id, run.bounds, conditions.scope,
                            conditions.compare_to is not None, run.compiled.variables if run.compiled else None)
 
-    def _evaluate_dry(self, run: _Run, entities: Statement) -> None:
+    def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
         """Evaluates every entity without writing, and records the run as succeeded with its counts."""
         if run.compiled is not None:
             evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
@@ -263,7 +266,7 @@ class RuleRunner:
                          matched=sum(1 for result in evaluated if result.matched))
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
 
-    def _evaluate(self, run: _Run, entities: Statement) -> None:
+    def _evaluate(self, run: RunInHand, entities: Statement) -> None:
         """Writes every entity's `rule_evaluations` row once, keeps the matched ones, and records `evaluated`."""
         if run.record.attempts > 1:
             self._results.delete_evaluations(run.scope)
@@ -279,7 +282,7 @@ class RuleRunner:
             self._results.insert_evaluations(run.scope, evaluated, int((time.monotonic() - run.started) * 1000))
         self._record_evaluated([run])
 
-    def _record_evaluated(self, runs: Sequence[_Run]) -> None:
+    def _record_evaluated(self, runs: Sequence[RunInHand]) -> None:
         """Reads the outcome of the runs' `rule_evaluations` rows (one organization and T) in one query, keeps
         their matches and records each `evaluated`, in one PostgreSQL transaction."""
         first = runs[0].scope
@@ -291,18 +294,18 @@ class RuleRunner:
                 self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
                                  matched=len(outcome.matched), tx=tx)
 
-    def _interpreted(self, run: _Run, entities: Statement) -> list[Evaluation]:
+    def _interpreted(self, run: RunInHand, entities: Statement) -> list[Evaluation]:
         """Every entity evaluated in Python while its rows stream in from ClickHouse."""
         return [result for batch in evaluate_batches(run.rule, self._results.entity_row_batches(entities))
                 for result in batch]
 
-    def _seconds_left(self, run: _Run) -> int | None:
+    def _seconds_left(self, run: RunInHand) -> int | None:
         """What is left of the run's time limit, for a statement starting now (at least 1 s); None: no limit."""
         if self._time_limit_seconds is None:
             return None
         return max(1, int(self._time_limit_seconds - (time.monotonic() - run.started)))
 
-    def _alert(self, runs: Sequence[_Run]) -> None:
+    def _alert(self, runs: Sequence[RunInHand]) -> None:
         """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
         cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed, the
         firing state (rules with notify_on_resolve) and each run's `alerted`. The matches, names, cooldowns and
@@ -353,7 +356,7 @@ class RuleRunner:
                 self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(run_alerted),
                                  notified_users=notified, tx=tx)
 
-    def _hand_over_deliveries(self, run: _Run) -> None:
+    def _hand_over_deliveries(self, run: RunInHand) -> None:
         """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""
         if self._send_deliveries is None:
             return
@@ -361,7 +364,7 @@ class RuleRunner:
         if ids:
             self._send_deliveries(ids)
 
-    def _fail(self, run: _Run, reason: str) -> None:
+    def _fail(self, run: RunInHand, reason: str) -> None:
         """Records `run` as failed; rows its evaluation stage wrote before the failure are deleted (best effort),
         so that a failed run leaves no evaluations its summary does not count."""
         stage = run.state
@@ -374,7 +377,7 @@ class RuleRunner:
         except StorageError as error:
             log.warning("run %s failed and its rows could not be deleted: %s", run.record.id, error)
 
-    def _transition(self, run: _Run, target: RunState, detail: str, **changes: Any) -> None:
+    def _transition(self, run: RunInHand, target: RunState, detail: str, **changes: Any) -> None:
         """Records `run` moving to `target` (storage.runs.RunStore.transition takes the counters and `tx`)."""
         if run.note:
             detail, run.note = f"{detail} ({run.note})", None

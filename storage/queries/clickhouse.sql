@@ -38,16 +38,16 @@ WHERE org_id = {org_id:UInt32} AND rule_id IN {rule_ids:Array(UUID)}
   AND entity_id IN {entity_ids:Array(String)};
 
 -- name: campaign_identities
--- Each campaign's name, DSP and advertiser on its latest date with data in each date range (firsts[i] to lasts[i],
--- numbered from 1), read in one pass over the ranges' union (first to last).
-SELECT range_number, campaign_id AS entity_id, argMax(campaign_name, date) AS entity_name,
+-- For each of `lasts` (numbered from 1), each campaign's latest date with data from `first` to that last day, and
+-- its name, DSP and advertiser on that date.
+SELECT last_number, campaign_id AS entity_id, max(date) AS latest, argMax(campaign_name, date) AS entity_name,
        argMax(dsp_type, date) AS dsp_type, argMax(advertiser_id, date) AS advertiser_id
 FROM (
     SELECT campaign_id, campaign_name, dsp_type, advertiser_id, date,
-           arrayJoin(arrayFilter(number -> date >= {firsts:Array(Date)}[number] AND date <= {lasts:Array(Date)}[number],
-                                 range(1, length({firsts:Array(Date)}) + 1))) AS range_number
+           arrayJoin(arrayFilter(number -> date <= {lasts:Array(Date)}[number],
+                                 range(1, length({lasts:Array(Date)}) + 1))) AS last_number
     FROM campaign_metrics_daily
     WHERE org_id = {org_id:UInt32} AND date >= {first:Date} AND date <= {last:Date}
       AND campaign_id IN {entity_ids:Array(String)}
 )
-GROUP BY range_number, campaign_id;
+GROUP BY last_number, campaign_id;

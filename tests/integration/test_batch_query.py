@@ -301,7 +301,7 @@ def test_batches_at_their_caps_run_and_write_the_rows_of_separate_runs(metrics):
         insert = evaluation_insert(entities, compiled, CAMPAIGN_METRICS, org_id=org, rule_id=member.rule_id,
                                    eval_time=at, started_at=at)
         metrics.command(insert.sql, parameters=insert.parameters)
-    batches = split_batch(CAMPAIGN_METRICS, org, members)
+    batches = split_batch(CAMPAIGN_METRICS, members)
     statements = [batch_evaluation_insert(CAMPAIGN_METRICS, org, batch, eval_time=at + timedelta(seconds=1),
                                           started_at=at) for batch in batches]
     assert max(len(statement.sql.encode()) for statement in statements) > MAX_STATEMENT_BYTES // 2

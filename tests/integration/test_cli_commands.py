@@ -378,6 +378,9 @@ def test_bench_prints_the_figures_and_drops_its_scratch_databases(pg_url, migrat
     assert (figures["entities"], figures["days"], figures["rules"], figures["evaluations"]) == (200, 3, 3, 600)
     for key in keys - {"entities", "days", "rules", "evaluations"}:
         assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
+    # The same rules as separate runs, beside the batch that sql_evals_per_s and engine_s describe.
+    assert all(isinstance(figures[key], (int, float)) and figures[key] > 0
+               for key in ("separate_s", "separate_evals_per_s")), figures
 
     client = clickhouse_local.client()
     try:

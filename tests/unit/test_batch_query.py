@@ -80,7 +80,7 @@ def test_a_large_batch_is_split_into_statements_within_the_caps():
     wide = {"or": [{">": [{"var": name}, 1]} for name in ("spend", "clicks", "impressions", "ctr", "cpm", "days")]}
     members = [_member(position, wide, windows[position % 4], "previous_period" if position % 3 else None)
                for position in range(3 * MAX_BATCH_RULES + 7)]
-    batches = split_batch(CAMPAIGN_METRICS, 1, members)
+    batches = split_batch(CAMPAIGN_METRICS, members)
     assert sorted(member.position for batch in batches for member in batch) == list(range(len(members)))
     assert len(batches) > 3
     for batch in batches:
@@ -91,7 +91,7 @@ def test_a_large_batch_is_split_into_statements_within_the_caps():
 def test_large_scopes_split_a_batch_by_the_size_of_its_parameters():
     members = [_member(position, scope={"campaign_id": [f"campaign-{position}-{index:05}" for index in range(400)]})
                for position in range(12)]
-    batches = split_batch(CAMPAIGN_METRICS, 1, members)
+    batches = split_batch(CAMPAIGN_METRICS, members)
     assert 1 < len(batches) < len(members)
     for batch in batches:
         parameters = batch_evaluation(CAMPAIGN_METRICS, 1, batch).parameters
@@ -106,7 +106,7 @@ def test_rules_each_with_a_scope_of_its_own_are_split_by_their_aggregates():
     windows = ["yesterday", "last_7_days", "last_14_days", "last_30_days"]
     members = [_member(position, every_counter, windows[position % 4], "previous_period",
                        {"advertiser_id": [f"adv-{position}"]}) for position in range(80)]
-    batches = split_batch(CAMPAIGN_METRICS, 1, members)
+    batches = split_batch(CAMPAIGN_METRICS, members)
     assert len(batches) > 1
     for batch in batches:
         sql = batch_evaluation(CAMPAIGN_METRICS, 1, batch).sql
@@ -117,7 +117,7 @@ def test_rules_near_the_compilers_size_limit_are_split():
     large = {"or": [{"==": [{"var": "campaign_name"}, f"name {index}"]} for index in range(600)]}
     members = [_member(position, large) for position in range(4)] + [_member(4)]
     assert len(members[0].compiled.matched) > 20_000
-    batches = split_batch(CAMPAIGN_METRICS, 1, members)
+    batches = split_batch(CAMPAIGN_METRICS, members)
     assert len(batches) > 1
     for batch in batches:
         assert _statement_bytes(batch) <= MAX_STATEMENT_BYTES
