@@ -141,6 +141,7 @@ class Batch:
         return {} if self.trigger == SCHEDULED else {"trigger": self.trigger}
 
     def __str__(self) -> str:
+        """The batch as beat's log names it: organization, source, T, trigger and rule ids."""
         return (f"organization {self.org_id}, {self.source}, as of {utc_iso(self.scheduled_for)}, {self.trigger}, "
                 f"rules {', '.join(fire.rule_id for fire in self.fires)}")
 
