@@ -4,6 +4,9 @@ Exactly one non-dry run exists per (rule, T) (storage/runs.py). A second request
 first run's summary and writes nothing. A run whose holder died (its lease expired) is taken over and resumed from
 its last recorded state; before rewriting a stage it deletes whatever that stage may have half-written, so the
 rows for (rule, T) are never doubled.
+
+The stages that read or write for the runs they are given (outcomes, alerts, success) take the runs of a batch as
+readily as one run; worker/batch_runner.py runs batches through them.
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class RuleRunner:
                 self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
 
     def _fail_at_time_limit(self, run: RunInHand) -> None:
+        """Records `run` as failed at the time limit (RUN_TIME_LIMIT_SECONDS)."""
         reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
                   "(RUN_TIME_LIMIT_SECONDS) and was stopped")
         self._transition(run, RunState.FAILED, reason, error=reason)
