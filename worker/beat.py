@@ -4,8 +4,10 @@
 read is older than RELOAD_SECONDS, so a rule added, edited, disabled or deleted by any means (plain SQL included)
 is followed within that time; only the rows whose version changed are read whole. The rules wait in a Timetable
 keyed by their next fire time (worker/schedule.py), so a tick costs only the rules due. For each rule, the latest
-fire time at or before now is sent once as `rules.evaluate(rule_id, scheduled_for=T)`; after downtime that is the
-latest missed one only. Beat remembers what it sent only in memory: a restarted or second beat may send the same
+fire time at or before now is sent once; after downtime that is the latest missed one only. The rules of one
+organization and one source due at the same T go as one `rules.evaluate_batch(org_id, scheduled_for, rule_ids)`
+(several, for more than MAX_BATCH_RULES rules), a rule that is not valid alone as `rules.evaluate(rule_id,
+scheduled_for=T)`. Beat remembers what it sent only in memory: a restarted or second beat may send the same
 (rule, T) again, and the claim in `rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not
 beat's. A rule whose row cannot be read or is not valid never stops the others (see worker/schedule.py). Every
 SWEEP_SECONDS the sweeper sends again the runs, fire times and deliveries whose task was lost (worker/sweeper.py).

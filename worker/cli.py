@@ -154,8 +154,8 @@ def _cmd_dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(item, sort_keys=True))
     else:
         for item in sent:
-            print(f"enqueued rule {item['rule_id']} for {item['scheduled_for']} (task {item['task_id']})")
-        print(f"{len(sent)} rules due")
+            print(f"enqueued rule {item['rule_id']} for {item['scheduled_for']} ({item['task']} {item['task_id']})")
+        print(f"{len(sent)} rules due, in {len({item['task_id'] for item in sent})} tasks")
     return 0
 
 
@@ -333,7 +333,7 @@ def _build_parser() -> _Parser:
 
     dispatch = add_command("dispatch", help="enqueue every enabled rule due at that instant, as beat does")
     dispatch.add_argument("--at", help="the instant (ISO 8601; default now; without an offset, UTC)")
-    dispatch.add_argument("--json", action="store_true", help="one JSON object per enqueued run")
+    dispatch.add_argument("--json", action="store_true", help="one JSON object per rule enqueued, with its task")
     dispatch.set_defaults(handler=_cmd_dispatch)
 
     runs = add_command("runs", help="the latest runs, newest first")

@@ -5,6 +5,12 @@ a rule's fire times over a range of dates; beat, dispatch and rules.evaluate_org
 FireTimeSender, which first records each (rule, T) in `sent_fire_times` so that beat's sweeper can send again a
 fire time whose task was lost before its run was claimed.
 
+The fire times of valid rules are sent in batches: the rules of one organization and one source due at the same T
+(and for the same trigger) go as one `rules.evaluate_batch(org_id, scheduled_for, rule_ids)`, at most
+MAX_BATCH_RULES to a task. A rule whose document is not valid (an unknown or non-text source included) is sent
+alone, as `rules.evaluate(rule_id, scheduled_for=T)`: its run fails with the validation message exactly as it
+always has, and it never makes a batch fall back to separate runs.
+
 Fire times come from croniter in the organization's timezone: a time that a DST change skips fires at the first
 instant after the gap, a repeated hour fires once, and times before the rule was created don't count. A rule whose
 row cannot be read is never an error here: a schedule or timezone that gives no fire times makes it unschedulable,
@@ -18,13 +24,14 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterError, croniter
 
+from engine.batch_query import MAX_BATCH_RULES
 from engine.errors import RuleError
 from engine.model import DEFAULT_SCHEDULE, parse_rule
 from engine.timestamps import utc_iso
@@ -36,6 +43,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULED = "schedule"
 MANUAL = "manual"
+EVALUATE = "rules.evaluate"
+EVALUATE_BATCH = "rules.evaluate_batch"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -48,8 +57,9 @@ class ScheduledRule:
     """An enabled rule as the scheduler sees it.
 
     `schedule` is None when the row's schedule is not text; `problem` says why the document is not valid (None when
-    it is); `version` changes whenever anything the schedule or the validation depends on changes; `edited_at` is
-    the row's last change, to the second: the one fire time sent for a rule that has no other.
+    it is); `version` changes whenever anything the schedule, the validation or the batch depends on changes;
+    `edited_at` is the row's last change, to the second: the one fire time sent for a rule that has no other.
+    `source` is the valid rule's source, which with `org_id` names its batch; None when the document is not valid.
     """
 
     rule_id: str
@@ -59,6 +69,8 @@ class ScheduledRule:
     not_before: datetime
     edited_at: datetime
     problem: str | None = None
+    org_id: int | None = None
+    source: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], allowed_hosts: frozenset[str] = frozenset()) -> ScheduledRule:
@@ -67,28 +79,94 @@ class ScheduledRule:
         schedule = conditions.get("schedule", DEFAULT_SCHEDULE) if "logic" in conditions else DEFAULT_SCHEDULE
         timezone = row["timezone"] or "UTC"
         try:
-            parse_rule(row["conditions"], row["actions"], timezone=timezone, allowed_hosts=allowed_hosts)
-            problem = None
+            source, problem = parse_rule(row["conditions"], row["actions"], timezone=timezone,
+                                         allowed_hosts=allowed_hosts).conditions.source, None
         except RuleError as error:
-            problem = str(error)
+            source, problem = None, str(error)
         return cls(row["rule_id"], row["version"], schedule if isinstance(schedule, str) else None, timezone,
-                   _aware(row["created_at"]) or _EPOCH, _aware(row["edited_at"]) or _EPOCH, problem)
+                   _aware(row["created_at"]) or _EPOCH, _aware(row["edited_at"]) or _EPOCH, problem, row["org_id"],
+                   source)
+
+    def fire_time(self, at: datetime, trigger: str = SCHEDULED) -> FireTime:
+        """The rule's fire time as of `at`: in its organization's batch of its source when the rule is valid,
+        alone otherwise."""
+        if self.problem is None:
+            return FireTime(self.rule_id, at, trigger, self.org_id, self.source)
+        return FireTime(self.rule_id, at, trigger)
 
 
 @dataclass(frozen=True)
 class FireTime:
-    """One (rule, T) to send as rules.evaluate, by beat or dispatch (`schedule`) or for a user (`manual`)."""
+    """One (rule, T) to send, by beat or dispatch (`schedule`) or for a user (`manual`).
+
+    A fire time is (rule, T, trigger), as `sent_fire_times` and the claim know it. `org_id` and `source`, given for
+    a valid rule only, say which batch it joins; without them it is sent alone, as rules.evaluate.
+    """
 
     rule_id: str
     scheduled_for: datetime
     trigger: str = SCHEDULED
+    org_id: int | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def task_name(self) -> str:
+        """The task this fire time is sent in: rules.evaluate_batch, or rules.evaluate when it goes alone."""
+        return EVALUATE_BATCH if self.source is not None else EVALUATE
 
     def task_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of rules.evaluate for this fire time."""
+        """The keyword arguments of rules.evaluate for this fire time sent alone."""
         kwargs: dict[str, Any] = {"scheduled_for": utc_iso(self.scheduled_for)}
         if self.trigger != SCHEDULED:
             kwargs["trigger"] = self.trigger
         return kwargs
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The fire times of one organization and one source at one T, for one trigger: one rules.evaluate_batch."""
+
+    org_id: int
+    source: str
+    scheduled_for: datetime
+    trigger: str
+    fires: tuple[FireTime, ...]
+
+    def task_args(self) -> tuple[int, str, list[str]]:
+        """(org_id, scheduled_for as UTC ISO 8601, rule ids): the positional arguments of rules.evaluate_batch."""
+        return self.org_id, utc_iso(self.scheduled_for), [fire.rule_id for fire in self.fires]
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """Nothing for a scheduled batch; `trigger` for any other."""
+        return {} if self.trigger == SCHEDULED else {"trigger": self.trigger}
+
+    def __str__(self) -> str:
+        """The batch as beat's log names it: organization, source, T, trigger and rule ids."""
+        return (f"organization {self.org_id}, {self.source}, as of {utc_iso(self.scheduled_for)}, {self.trigger}, "
+                f"rules {', '.join(fire.rule_id for fire in self.fires)}")
+
+
+def batches(fires: Iterable[FireTime]) -> tuple[list[Batch], list[FireTime]]:
+    """`fires` grouped as they are sent: ([batches, each of at most MAX_BATCH_RULES rules in rule id order],
+    [fire times sent alone]); batches come in the order their first fire time came."""
+    groups: dict[tuple[int, str, datetime, str], list[FireTime]] = {}
+    alone = []
+    for fire in fires:
+        if fire.source is None or fire.org_id is None:
+            alone.append(fire)
+        else:
+            groups.setdefault((fire.org_id, fire.source, fire.scheduled_for, fire.trigger), []).append(fire)
+    grouped = []
+    for (org_id, source, scheduled_for, trigger), members in groups.items():
+        members.sort(key=lambda fire: fire.rule_id)
+        # The batch statement's own cap (engine/batch_query.py): one faulty rule sends its whole batch back to
+        # separate runs, so a larger batch costs more then; a statement holds only so many rules' logic and
+        # columns; and a batch's rules all finish when its last one does, in one worker process. A task of more
+        # rules would only run several statements in a row in that process while another one waits idle.
+        for start in range(0, len(members), MAX_BATCH_RULES):
+            grouped.append(Batch(org_id, source, scheduled_for, trigger,
+                                 tuple(members[start:start + MAX_BATCH_RULES])))
+    return grouped, alone
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -168,14 +246,14 @@ def fire_time_at(rule: ScheduledRule, at: datetime) -> FireTime | None:
         due = latest_fire_time(rule, at)
     except NoFireTimes as error:
         return _fire_time_without_schedule(rule, error)
-    return FireTime(rule.rule_id, due) if due == at.replace(second=0, microsecond=0) else None
+    return rule.fire_time(due) if due == at.replace(second=0, microsecond=0) else None
 
 
 def _fire_time_without_schedule(rule: ScheduledRule, error: NoFireTimes) -> FireTime | None:
     """The one fire time of a rule with no fire times: as of its last change when its document is not valid, so
     that its run fails saying why; none for a valid document whose cron never comes (logged here)."""
     if rule.problem:
-        return FireTime(rule.rule_id, rule.edited_at)
+        return rule.fire_time(rule.edited_at)
     log.warning("rule %s never fires: %s", rule.rule_id, error)
     return None
 
@@ -193,10 +271,11 @@ def report_problem(rule: ScheduledRule, now: datetime) -> None:
     log.warning("rule %s is not valid; each of its fire times gives a failed run: %s", rule.rule_id, rule.problem)
 
 
-def load_rules(postgres: Postgres, allowed_hosts: frozenset[str], rule_ids: list[str] | None = None
-               ) -> list[ScheduledRule]:
-    """The enabled rules (only `rule_ids` of them, if given) read from PostgreSQL, whatever their rows hold."""
-    rows = postgres.all("schedulable_rules", rule_ids=rule_ids)
+def load_rules(postgres: Postgres, allowed_hosts: frozenset[str], rule_ids: list[str] | None = None,
+               org_id: int | None = None) -> list[ScheduledRule]:
+    """The enabled rules (only `rule_ids` of them, only those of `org_id`, if given) read from PostgreSQL, whatever
+    their rows hold."""
+    rows = postgres.all("schedulable_rules", rule_ids=rule_ids, org_id=org_id)
     return [ScheduledRule.from_row(row, allowed_hosts) for row in rows]
 
 
@@ -290,17 +369,20 @@ class Timetable:
             self._look_at(rule.rule_id, next_fire_time(rule, now))
         except NoFireTimes as error:
             return _fire_time_without_schedule(rule, error)
-        return FireTime(rule.rule_id, due) if due is not None else None
+        return rule.fire_time(due) if due is not None else None
 
 
 SendTask = Callable[[str, tuple, dict[str, Any]], str]
 
 
 class FireTimeSender:
-    """Sends rules.evaluate for fire times, after recording them in `sent_fire_times` in one statement.
+    """Sends fire times, after recording them in `sent_fire_times` in one statement: one rules.evaluate_batch per
+    batch, one rules.evaluate per fire time sent alone (see `batches`).
 
     `send_task(name, args, kwargs)` sends one task and returns its id. When PostgreSQL is down the fire times are
-    sent unrecorded: the record only lets the sweeper send again what a broker or worker failure lost.
+    sent unrecorded: the record only lets the sweeper send again what a broker or worker failure lost. Each batch
+    sent is logged with its task id and rule ids, and each fire time as `sent rule <id> for <T>`, whichever task
+    carried it.
     """
 
     def __init__(self, postgres: Postgres, send_task: SendTask) -> None:
@@ -308,20 +390,30 @@ class FireTimeSender:
         self._send_task = send_task
 
     def send(self, fires: list[FireTime]) -> tuple[list[tuple[FireTime, str]], list[FireTime]]:
-        """Records and sends `fires`; returns ([(fire time, task id)] sent, [fire times the broker refused])."""
+        """Records and sends `fires`; returns ([(fire time, id of the task that carries it)] sent, [fire times the
+        broker refused]). The rules of one batch share its task id."""
         if not fires:
             return [], []
         self.record(fires)
-        sent, unsent = [], []
-        for fire in fires:
+        grouped, alone = batches(fires)
+        sent: list[tuple[FireTime, str]] = []
+        unsent: list[FireTime] = []
+        tasks: list[tuple[Batch | None, str, tuple, dict[str, Any], tuple[FireTime, ...]]] = [
+            (batch, EVALUATE_BATCH, batch.task_args(), batch.task_kwargs(), batch.fires) for batch in grouped]
+        tasks += [(None, EVALUATE, (fire.rule_id,), fire.task_kwargs(), (fire,)) for fire in alone]
+        for batch, name, args, kwargs, carried in tasks:
             try:
-                task_id = self._send_task("rules.evaluate", (fire.rule_id,), fire.task_kwargs())
+                task_id = self._send_task(name, args, kwargs)
             except Exception as error:  # the broker is down: the caller tries again
-                log.warning("could not send rule %s at %s: %s", fire.rule_id, utc_iso(fire.scheduled_for), error)
-                unsent.append(fire)
+                for fire in carried:
+                    log.warning("could not send rule %s at %s: %s", fire.rule_id, utc_iso(fire.scheduled_for), error)
+                unsent += carried
                 continue
-            log.info("sent rule %s for %s", fire.rule_id, utc_iso(fire.scheduled_for))
-            sent.append((fire, task_id))
+            if batch is not None:
+                log.info("%s %s sent: %s", name, task_id, batch)
+            for fire in carried:
+                log.info("sent rule %s for %s", fire.rule_id, utc_iso(fire.scheduled_for))
+            sent += [(fire, task_id) for fire in carried]
         return sent, unsent
 
     def record(self, fires: list[FireTime]) -> None:

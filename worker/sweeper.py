@@ -3,7 +3,9 @@ task never ran.
 
 Beat calls `Sweeper.sweep()` every SWEEP_SECONDS. Sending twice is harmless, since a run is claimed once per
 (rule, T) and a delivery is claimed before it is sent; the sweeper only makes sure that nothing waits forever for a
-task that was lost with a killed worker, a hard time limit or a broker outage.
+task that was lost with a killed worker, a hard time limit or a broker outage. Whatever task first carried them
+(rules.evaluate_batch included), runs and fire times are sent again one rule at a time, as rules.evaluate: a rule
+taken over from a dead batch runs alone.
 """
 
 from __future__ import annotations

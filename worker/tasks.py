@@ -17,7 +17,7 @@ from worker.context import shared_batch_runner, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
-from worker.schedule import MANUAL, FireTime, FireTimeSender
+from worker.schedule import MANUAL, FireTimeSender, load_rules
 from worker.settings import settings
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,17 @@ def evaluate_batch(self: Task, org_id: int, scheduled_for: str, rule_ids: list[s
 
 @app.task(name="rules.evaluate_org", bind=True, max_retries=None)
 def evaluate_org(self: Task, org_id: int) -> list[str]:
-    """Enqueues rules.evaluate as of now (a manual run) for each enabled rule of the organization, valid or not,
-    recorded as sent fire times; returns their rule ids."""
+    """Enqueues every enabled rule of the organization, valid or not, as of now (a manual run), recorded as sent
+    fire times: its valid rules in batches (rules.evaluate_batch with trigger="manual"), each rule that is not valid
+    alone (rules.evaluate). Returns their rule ids."""
     now = datetime.now(UTC).replace(microsecond=0)
     postgres = shared_postgres()
     with retrying(self, RUN_RETRY):
-        rule_ids = [row["rule_id"] for row in postgres.all("enabled_rules_of_organization", org_id=org_id)]
-    # A task the broker refuses is logged; its recorded fire time is sent again by beat's sweeper.
+        rules = load_rules(postgres, settings().notify_allowed_hosts, org_id=org_id)
+    # A task the broker refuses is logged; its recorded fire times are sent again by beat's sweeper.
     FireTimeSender(postgres, lambda name, args, kwargs: app.send_task(name, args=args, kwargs=kwargs).id).send(
-        [FireTime(rule_id, now, MANUAL) for rule_id in rule_ids])
-    return rule_ids
+        [rule.fire_time(now, MANUAL) for rule in rules])
+    return [rule.rule_id for rule in rules]
 
 
 @app.task(name="notifications.deliver", bind=True, max_retries=None)  # delivery_retry(settings) sets the bounds

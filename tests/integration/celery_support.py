@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -305,6 +306,20 @@ class Services:
                 self._redis.close()
             if self._ch_raw is not None:
                 self._ch_raw.close()
+
+
+def received_tasks(log: str, name: str) -> list[str]:
+    """The ids of the tasks named `name` that a worker's log says it received, each once, in order."""
+    return list(dict.fromkeys(re.findall(rf"Task {re.escape(name)}\[([0-9a-f-]+)\] received", log)))
+
+
+def summary_in(result: Any, rule_id: str) -> dict[str, Any] | None:
+    """A rule's run summary in a task's result: the result of rules.evaluate, or the rule's one in the list of
+    summaries rules.evaluate_batch returns."""
+    if isinstance(result, list):
+        [summary] = [summary for summary in result if summary is not None and summary["rule_id"] == rule_id]
+        return summary
+    return result
 
 
 def wait_for_runs(services: Services, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float,

@@ -22,12 +22,12 @@ from psycopg.types.json import Jsonb
 
 from storage.postgres import Postgres
 from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, naive, own_clickhouse,
-                                              services_on, spend_rule, three_campaigns, utc_now, wait_for_runs,
-                                              wait_until)
+                                              received_tasks, services_on, spend_rule, three_campaigns, utc_now,
+                                              wait_for_runs, wait_until)
 from tests.integration.test_service_faults import log_lines
 from tests.integration.test_worker_beat import json_lines
 from worker.runner import BadRunRequest
-from worker.schedule import FireTime, FireTimeSender
+from worker.schedule import FireTime, FireTimeSender, load_rules
 from worker.sweeper import MAX_FIRE_TIME_RESENDS, Sweeper
 
 REDIS_DB = 3
@@ -131,8 +131,11 @@ def test_beat_schedules_the_good_rules_beside_every_kind_of_broken_row(pg_url, m
         assert all(r["status"] == "failed" and "conditions: must be an object" in r["error"]
                    for r in data.runs(broken["conditions not an object"][0]))
 
-        # One line per broken row, not one per tick; beat is still there.
+        # The good rule went in batches, each of it alone; every broken rule alone, as rules.evaluate.
         log = beat.log()
+        batch_lines = log_lines(log, "rules.evaluate_batch", "sent: organization")
+        assert batch_lines and all(line.endswith(f", rules {good}") for line in batch_lines), batch_lines
+        # One line per broken row, not one per tick; beat is still there.
         for kind, (rule, message) in broken.items():
             assert len(problem_lines(log, rule)) == 1, (kind, problem_lines(log, rule))
             assert message in problem_lines(log, rule)[0], kind
@@ -209,7 +212,7 @@ def test_dispatch_and_evaluate_org_send_broken_rules_to_their_failed_runs(pg_url
         three_campaigns(data, org)
         good = data.rule(org, EVERY_MINUTE, NO_COOLDOWN)
         broken = broken_rules(services, org, mars)
-        services.start_worker()
+        worker = services.start_worker()
         at = minute_floor(utc_now()) + timedelta(minutes=5)
 
         dispatched = services.rulesctl("dispatch", "--at", iso(at), "--json")
@@ -219,6 +222,11 @@ def test_dispatch_and_evaluate_org_send_broken_rules_to_their_failed_runs(pg_url
                     **{broken[kind][0]: iso(edited_at(services, broken[kind][0]).replace(tzinfo=UTC))
                        for kind in UNSCHEDULABLE}}
         assert sent == expected
+        # The good rule in its organization's batch, each broken rule alone in a task of its own.
+        tasks = {item["rule_id"]: (item["task"], item["task_id"]) for item in json_lines(dispatched.stdout)}
+        assert tasks[good][0] == "rules.evaluate_batch"
+        assert {tasks[rule][0] for rule in sent if rule != good} == {"rules.evaluate"}
+        assert len({task_id for _, task_id in tasks.values()}) == len(tasks)
         for kind, (rule, message) in broken.items():
             lines = [line for line in dispatched.stderr.splitlines() if f"rule {rule} " in line]
             assert len(lines) == 1 and message in lines[0], (kind, dispatched.stderr)
@@ -240,6 +248,8 @@ def test_dispatch_and_evaluate_org_send_broken_rules_to_their_failed_runs(pg_url
 
         # rules.evaluate_org: a run as of now for every enabled rule of the organization, broken or not.
         before = {r["id"] for r in services.pg("SELECT id FROM rule_runs")}
+        batches_before = received_tasks(worker.log(), "rules.evaluate_batch")
+        singles_before = received_tasks(worker.log(), "rules.evaluate")
         listed = services.send("rules.evaluate_org", org).get(timeout=60)
         assert sorted(listed) == sorted([good] + [rule for kind, (rule, _) in broken.items()
                                                   if kind != "unknown timezone"])
@@ -256,6 +266,12 @@ def test_dispatch_and_evaluate_org_send_broken_rules_to_their_failed_runs(pg_url
         recorded = services.pg("SELECT rule_id::text AS rule_id, trigger FROM sent_fire_times WHERE scheduled_for = %s",
                                (new_runs[0]["scheduled_for"],))
         assert sorted((r["rule_id"], r["trigger"]) for r in recorded) == sorted((rule, "manual") for rule in listed)
+        # The good rule in a batch of its own (the organization's only valid rule), each broken one alone.
+        [batch] = [task for task in received_tasks(worker.log(), "rules.evaluate_batch") if task not in batches_before]
+        assert [s["rule_id"] for s in services.client.AsyncResult(batch).get(timeout=60)] == [good]
+        singles = [task for task in received_tasks(worker.log(), "rules.evaluate") if task not in singles_before]
+        assert sorted(services.client.AsyncResult(task).get(timeout=60)["rule_id"] for task in singles) == sorted(
+            rule for rule in listed if rule != good)
 
 
 # --- 4. a fire time sent and never claimed ----------------------------------------------------------------------------
@@ -329,3 +345,41 @@ def test_an_invalid_rule_records_its_failure_even_as_of_a_time_older_than_evalua
     assert (failed["status"], failed["scheduled_for"], failed["entities"]) == ("failed", iso(old), 0)
     assert '"61 * * * *" is not a valid cron expression' in failed["error"]
     assert env.count("rule_evaluations", bad) == 0
+
+
+# --- 6. a batch the broker refuses ------------------------------------------------------------------------------------
+
+
+def test_a_batch_the_broker_refuses_leaves_each_of_its_rules_unsent_and_recorded(env, caplog):
+    """Every fire time is recorded before anything is sent; a refused batch gives back all of its rules, so that
+    beat tries each again, and the other tasks are still sent."""
+    first, second = env.org(timezone="UTC", modules=["alerts"]), env.org(timezone="UTC", modules=["alerts"])
+    refused = sorted(env.rule(first, EVERY_MINUTE, NO_COOLDOWN) for _ in range(3))
+    kept = env.rule(second, EVERY_MINUTE, NO_COOLDOWN)
+    broken = env.rule(second, {**EVERY_MINUTE, "window": "last_fortnight"}, NO_COOLDOWN)
+    at = minute_floor(utc_now())
+    sent_tasks = []
+
+    def send(name: str, args: tuple, kwargs: dict) -> str:
+        if name == "rules.evaluate_batch" and args[0] == first:
+            raise ConnectionError("the broker is down")
+        sent_tasks.append((name, args, kwargs))
+        return f"task {len(sent_tasks)}"
+
+    postgres = Postgres(env.pg_url)
+    try:
+        rules = {rule.rule_id: rule for rule in load_rules(postgres, frozenset())}
+        with caplog.at_level(logging.WARNING, logger="worker.schedule"):
+            sent, unsent = FireTimeSender(postgres, send).send([rules[rule].fire_time(at)
+                                                                 for rule in (*refused, kept, broken)])
+    finally:
+        postgres.close()
+    assert sorted(fire.rule_id for fire in unsent) == refused
+    assert sorted((fire.rule_id, task_id) for fire, task_id in sent) == sorted([(kept, "task 1"), (broken, "task 2")])
+    assert sent_tasks == [("rules.evaluate_batch", (second, iso(at), [kept]), {}),
+                          ("rules.evaluate", (broken,), {"scheduled_for": iso(at)})]
+    assert sorted(line.split("could not send rule ")[1].split()[0]
+                  for line in log_lines(caplog.text, "could not send rule", "the broker is down")) == refused
+    recorded = env.pg("SELECT rule_id::text AS rule_id, scheduled_for, trigger FROM sent_fire_times")
+    assert sorted((r["rule_id"], r["scheduled_for"], r["trigger"]) for r in recorded) == sorted(
+        (rule, naive(at), "schedule") for rule in (*refused, kept, broken))

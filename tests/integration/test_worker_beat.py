@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import uuid
@@ -31,8 +32,9 @@ from psycopg.types.json import Jsonb
 from storage.migrations import migrate_clickhouse
 from tests.conftest import admin_sql, postgres_url
 from tests.integration.celery_support import (NO_COOLDOWN, Services, children_of, is_alive, iso, minute_floor, naive,
-                                              own_clickhouse, services_on, spend_rule, three_campaigns, utc_now,
-                                              wait_for_pending_requests, wait_for_runs, wait_until)
+                                              own_clickhouse, received_tasks, services_on, spend_rule, summary_in,
+                                              three_campaigns, utc_now, wait_for_pending_requests, wait_for_runs,
+                                              wait_until)
 from tests.integration.runs_support import ch_text
 from tests.integration.test_runs import SUMMARY_KEYS
 
@@ -134,7 +136,15 @@ def test_enqueue_dispatch_and_evaluate_org_go_through_the_worker(pg_url, migrate
         sent = json_lines(first.stdout)
         assert sorted(item["rule_id"] for item in sent) == due
         assert {item["scheduled_for"] for item in sent} == {iso(half_past)}
-        summaries = {item["rule_id"]: services.client.AsyncResult(item["task_id"]).get(timeout=60) for item in sent}
+        # One batch per organization: the rules of a task are those it carries.
+        assert {item["task"] for item in sent} == {"rules.evaluate_batch"}
+        carried = {}
+        for item in sent:
+            carried.setdefault(item["task_id"], set()).add(item["rule_id"])
+        assert sorted(map(sorted, carried.values())) == sorted(
+            [sorted([every, on_the_hour, of_a_module_off]), [elsewhere]])
+        summaries = {item["rule_id"]: summary_in(services.client.AsyncResult(item["task_id"]).get(timeout=60),
+                                                 item["rule_id"]) for item in sent}
         runs = wait_for_runs(services, lambda rows: len(rows) >= 4 and all(r["status"] != "running" for r in rows), 60,
                              "the dispatched runs", "SELECT * FROM rule_runs WHERE scheduled_for = %s ORDER BY rule_id",
                              (naive(half_past),))
@@ -152,15 +162,17 @@ def test_enqueue_dispatch_and_evaluate_org_go_through_the_worker(pg_url, migrate
         # The same dispatch again: the same runs' summaries, no new row, nothing written twice.
         again = services.rulesctl("dispatch", "--at", iso(half_past), "--json")
         assert again.returncode == 0, again.stderr
-        repeated = {item["rule_id"]: services.client.AsyncResult(item["task_id"]).get(timeout=90)
-                    for item in json_lines(again.stdout)}
+        repeated = {item["rule_id"]: summary_in(services.client.AsyncResult(item["task_id"]).get(timeout=90),
+                                                item["rule_id"]) for item in json_lines(again.stdout)}
         assert {rule: s["run_id"] for rule, s in repeated.items()} == {
             rule: s["run_id"] for rule, s in summaries.items()}
         assert len(services.pg("SELECT id FROM rule_runs WHERE scheduled_for = %s", (naive(half_past),))) == 4
         assert [len(data.evaluations(every, half_past)), len(data.alerts(every, half_past))] == [3, 2]
 
-        # rules.evaluate_org: one evaluate (as of now) per enabled rule of that organization only.
+        # rules.evaluate_org: its enabled rules (all of one source) as of now, in one batch, of that organization only.
         before = {r["id"] for r in services.pg("SELECT id FROM rule_runs")}
+        batches_before = received_tasks(worker.log(), "rules.evaluate_batch")
+        singles_before = received_tasks(worker.log(), "rules.evaluate")
         listed = services.send("rules.evaluate_org", org).get(timeout=60)
         enabled = sorted([every, on_the_hour, on_the_half_hour, of_a_module_off])
         assert sorted(listed) == enabled
@@ -172,6 +184,13 @@ def test_enqueue_dispatch_and_evaluate_org_go_through_the_worker(pg_url, migrate
         assert {(r["trigger"], r["dry_run"]) for r in new_runs} == {("manual", False)}
         assert all(abs((r["scheduled_for"] - naive(utc_now())).total_seconds()) < 120 for r in new_runs)
         assert not data.runs(disabled)
+        [batch] = [task_id for task_id in received_tasks(worker.log(), "rules.evaluate_batch")
+                   if task_id not in batches_before]
+        assert received_tasks(worker.log(), "rules.evaluate") == singles_before
+        batch_summaries = services.client.AsyncResult(batch).get(timeout=60)
+        assert [(s["rule_id"], s["trigger"], s["run_id"]) for s in batch_summaries] == [
+            (str(r["rule_id"]), "manual", str(r["id"])) for r in new_runs]
+        assert {s["scheduled_for"] for s in batch_summaries} == {iso(new_runs[0]["scheduled_for"])}
 
 
 def test_an_enqueued_run_as_of_a_given_time_is_a_manual_run(pg_url, migrated_ch_url, tmp_path):
@@ -190,6 +209,106 @@ def test_an_enqueued_run_as_of_a_given_time_is_a_manual_run(pg_url, migrated_ch_
         [row] = services.pg("SELECT * FROM rule_runs WHERE rule_id = %s", (rule,))
         assert (summary["status"], str(row["id"])) == ("succeeded", summary["run_id"])
         assert (summary["trigger"], row["trigger"]) == ("manual", "manual")
+
+
+# --- 6. beat's batches --------------------------------------------------------------------------------------------------
+
+PACING_LIFETIME = {"source": "pacing_snapshots", "window": "lifetime", "schedule": "* * * * *"}
+BATCH_LINE = re.compile(r"rules\.evaluate_batch ([0-9a-f-]+) sent: organization (\d+), (\w+), as of (\S+), "
+                        r"schedule, rules (.*)$")
+
+
+def pacing_rule(below: float) -> dict:
+    """A pacing rule over every snapshot so far: matches the entities whose latest pacing rate is below `below`."""
+    return {**PACING_LIFETIME, "logic": {"<": [{"var": "pacing_rate"}, below]}}
+
+
+def two_line_items(data, org_id: int) -> None:
+    """Line items li1 and li2 with pacing rates 0.2 and 0.9, three days ago."""
+    moment = (utc_now() - timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S")
+    data.snapshots(*({"org_id": org_id, "snapshot_time": moment, "entity_type": "line_item", "entity_id": f"li{i}",
+                      "pacing_rate": rate} for i, rate in ((1, 0.2), (2, 0.9))))
+
+
+def sent_batches(log: str) -> dict[tuple[int, str, str], list[tuple[str, list[str]]]]:
+    """Beat's batches by (organization, source, T): [(task id, rule ids)] as its log lines say."""
+    found: dict[tuple[int, str, str], list[tuple[str, list[str]]]] = {}
+    for line in log.splitlines():
+        if match := BATCH_LINE.search(line):
+            task_id, org, source, at, rule_ids = match.groups()
+            found.setdefault((int(org), source, at), []).append((task_id, rule_ids.split(", ")))
+    return found
+
+
+@pytest.mark.slow
+def test_beat_sends_one_batch_per_organization_source_and_minute_and_each_rule_runs_once(pg_url, migrated_ch_url,
+                                                                                          tmp_path):
+    """Two organizations (in UTC and Asia/Kolkata), rules of both sources in each, and beside them in the first one
+    a rule that is not valid and one of an unknown source: along two fire times, beat sends one rules.evaluate_batch
+    per (organization, source, T) with exactly the valid rules of that organization and source, each rule that is
+    not valid alone, and every (rule, T) runs once, the valid ones with their rows, the others failing."""
+    with services_on(pg_url, migrated_ch_url, 12, tmp_path, time_limit=10) as services:
+        data = services.data()
+        first, second = data.org(timezone="UTC", modules=["alerts"]), data.org(timezone="Asia/Kolkata",
+                                                                             modules=["alerts"])
+        for org in (first, second):
+            three_campaigns(data, org)
+            two_line_items(data, org)
+        metrics = {first: {data.rule(first, spend_rule(15), NO_COOLDOWN): 2,
+                           data.rule(first, spend_rule(25), NO_COOLDOWN): 1},
+                   second: {data.rule(second, spend_rule(15), NO_COOLDOWN): 2}}
+        pacing = {first: {data.rule(first, pacing_rule(0.5), NO_COOLDOWN): 1},
+                  second: {data.rule(second, pacing_rule(0.5), NO_COOLDOWN): 1,
+                           data.rule(second, pacing_rule(0.95), NO_COOLDOWN): 2}}
+        broken = {data.rule(first, {**spend_rule(15), "window": "last_fortnight"}, NO_COOLDOWN):
+                  'conditions.window: unknown window "last_fortnight"',
+                  data.rule(first, {**pacing_rule(0.5), "source": "clicks_hourly"}, NO_COOLDOWN):
+                  "conditions.source"}
+        matched = {rule: n for by_rule in (*metrics.values(), *pacing.values()) for rule, n in by_rule.items()}
+        worker = services.start_worker()
+        beat = services.start_beat()
+
+        # The first fire time beat sends, and the next minute's.
+        def runs_at(at: datetime) -> list[dict]:
+            return wait_for_runs(services, lambda rows: len(rows) == len(matched) + len(broken) and all(
+                r["status"] != "running" for r in rows), 150, f"the runs at {iso(at)}",
+                "SELECT * FROM rule_runs WHERE scheduled_for = %s ORDER BY rule_id", (naive(at),))
+
+        beat.wait_for_log("sent rule", timeout=60)
+        t1 = minute_floor(min(r["scheduled_for"] for r in wait_for_runs(
+            services, lambda rows: rows, 60, "a first run", "SELECT scheduled_for FROM rule_runs"))).replace(tzinfo=UTC)
+        times = [t1, t1 + timedelta(minutes=1)]
+        runs = {at: runs_at(at) for at in times}
+        log = beat.log()
+
+        expected = {(org, source, iso(at)): sorted(rules[org])
+                    for at in times for source, rules in (("campaign_metrics_daily", metrics),
+                                                          ("pacing_snapshots", pacing)) for org in rules}
+        batches = {key: value for key, value in sent_batches(log).items() if key[2] in {iso(at) for at in times}}
+        assert {key: [rule_ids for _, rule_ids in sent] for key, sent in batches.items()} == {
+            key: [rule_ids] for key, rule_ids in expected.items()}
+        batched = {rule for sent in batches.values() for _, rule_ids in sent for rule in rule_ids}
+        for at in times:
+            for rule in [*matched, *broken]:
+                assert log.count(f"sent rule {rule} for {iso(at)}\n") == 1, (rule, at)
+        assert not batched & set(broken)
+        task_ids = {task_id for sent in batches.values() for task_id, _ in sent}
+        assert task_ids <= set(received_tasks(worker.log(), "rules.evaluate_batch"))
+
+        for at in times:
+            by_rule = {str(r["rule_id"]): r for r in runs[at]}
+            assert sorted(by_rule) == sorted([*matched, *broken])
+            for rule, count in matched.items():
+                assert (by_rule[rule]["status"], by_rule[rule]["trigger"], by_rule[rule]["matched"]) == (
+                    "succeeded", "schedule", count), (rule, by_rule[rule])
+                assert len(data.evaluations(rule, at)) == (3 if rule in metrics[first] or rule in metrics[second]
+                                                           else 2)
+            for rule, message in broken.items():
+                assert by_rule[rule]["status"] == "failed" and message in by_rule[rule]["error"], by_rule[rule]
+        everything = services.pg("SELECT rule_id, scheduled_for, count(*) AS n FROM rule_runs GROUP BY 1, 2")
+        assert {row["n"] for row in everything} == {1}
+        for rule in broken:
+            assert data.count("rule_evaluations", rule) == 0
 
 
 # --- 4. a worker killed mid-run ---------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from worker.schedule import (MANUAL, FireTime, NoFireTimes, ScheduledRule, Timetable, fire_time_at,
-                             fire_times_between, latest_fire_time, next_fire_time)
+from worker.schedule import (MANUAL, MAX_BATCH_RULES, FireTime, NoFireTimes, ScheduledRule, Timetable, batches,
+                             fire_time_at, fire_times_between, latest_fire_time, next_fire_time)
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
 EDITED = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
@@ -19,11 +19,11 @@ GOOD_ACTIONS = {"severity": "warning"}
 
 def row(rule_id: str = "r1", schedule: object = "* * * * *", timezone: str | None = "UTC", *,
         conditions: object = None, actions: object = None, version: str = "v1",
-        created_at: datetime | None = CREATED) -> dict:
+        created_at: datetime | None = CREATED, org_id: int = 1) -> dict:
     """A `schedulable_rules` row; `conditions` replaces the whole document when given."""
     if conditions is None:
         conditions = {"logic": {">": [{"var": "spend"}, 1]}, "schedule": schedule}
-    return {"rule_id": rule_id, "version": version, "conditions": conditions,
+    return {"rule_id": rule_id, "org_id": org_id, "version": version, "conditions": conditions,
             "actions": GOOD_ACTIONS if actions is None else actions, "timezone": timezone,
             "created_at": created_at.replace(tzinfo=None) if created_at else None,
             "edited_at": EDITED.replace(tzinfo=None)}
@@ -250,3 +250,82 @@ def test_rules_edited_again_and_again_leave_one_live_entry_each():
         table.sent(table.due(now))
     assert len(table._queue) <= 2 * len(yearly) + 1024
     assert table.next_due() == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+
+PACING = {"source": "pacing_snapshots", "logic": {"<": [{"var": "pacing_rate"}, 0.5]}, "schedule": "* * * * *"}
+
+
+def test_a_valid_rule_knows_its_batch_and_a_rule_that_is_not_valid_has_none():
+    assert (rule().org_id, rule().source) == (1, "campaign_metrics_daily")
+    assert ScheduledRule.from_row(row(conditions={">": [{"var": "spend"}, 1]}, org_id=7)).source == (
+        "campaign_metrics_daily")
+    assert ScheduledRule.from_row(row(conditions=PACING)).source == "pacing_snapshots"
+    for source in ("clicks_hourly", 5, None, ["pacing_snapshots"]):
+        unknown = ScheduledRule.from_row(row(conditions={**PACING, "source": source}))
+        assert (unknown.source, unknown.problem is not None) == (None, True), source
+        assert "conditions.source" in unknown.problem, unknown.problem
+    at = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert rule().fire_time(at).task_name == "rules.evaluate_batch"
+    broken = ScheduledRule.from_row(row(conditions={**PACING, "source": "clicks_hourly"}))
+    assert (broken.fire_time(at), broken.fire_time(at).task_name) == (FireTime("r1", at), "rules.evaluate")
+    assert (broken.fire_time(at).org_id, broken.fire_time(at).source) == (None, None)
+
+
+def test_fire_times_are_grouped_by_organization_source_time_and_trigger():
+    t1, t2 = datetime(2026, 3, 1, 10, tzinfo=UTC), datetime(2026, 3, 1, 10, 1, tzinfo=UTC)
+    fires = [FireTime("b", t1, org_id=1, source="campaign_metrics_daily"),
+             FireTime("p", t1, org_id=1, source="pacing_snapshots"),
+             FireTime("a", t1, org_id=1, source="campaign_metrics_daily"),
+             FireTime("x", t1, org_id=2, source="campaign_metrics_daily"),
+             FireTime("c", t2, org_id=1, source="campaign_metrics_daily"),
+             FireTime("m", t1, MANUAL, org_id=1, source="campaign_metrics_daily"),
+             FireTime("broken", t1),
+             FireTime("d", t1, org_id=1, source="campaign_metrics_daily")]
+    grouped, alone = batches(fires)
+    assert [(b.org_id, b.source, b.scheduled_for, b.trigger, [f.rule_id for f in b.fires]) for b in grouped] == [
+        (1, "campaign_metrics_daily", t1, "schedule", ["a", "b", "d"]),
+        (1, "pacing_snapshots", t1, "schedule", ["p"]),
+        (2, "campaign_metrics_daily", t1, "schedule", ["x"]),
+        (1, "campaign_metrics_daily", t2, "schedule", ["c"]),
+        (1, "campaign_metrics_daily", t1, "manual", ["m"])]
+    assert alone == [FireTime("broken", t1)]
+    assert sorted([f.rule_id for b in grouped for f in b.fires] + ["broken"]) == sorted(f.rule_id for f in fires)
+    assert (grouped[0].task_args(), grouped[0].task_kwargs()) == ((1, "2026-03-01T10:00:00Z", ["a", "b", "d"]), {})
+    assert (grouped[-1].task_args(), grouped[-1].task_kwargs()) == ((1, "2026-03-01T10:00:00Z", ["m"]),
+                                                                    {"trigger": "manual"})
+
+
+def test_a_large_organization_is_several_batches_of_at_most_the_cap():
+    at = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    count = 2 * MAX_BATCH_RULES + 7
+    fires = [FireTime(f"r{n:04d}", at, org_id=1, source="campaign_metrics_daily") for n in reversed(range(count))]
+    grouped, alone = batches(fires)
+    assert ([len(b.fires) for b in grouped], alone) == ([MAX_BATCH_RULES, MAX_BATCH_RULES, 7], [])
+    assert [f.rule_id for b in grouped for f in b.fires] == [f"r{n:04d}" for n in range(count)]
+    assert batches(fires[:MAX_BATCH_RULES])[0][0].fires == tuple(sorted(fires[:MAX_BATCH_RULES],
+                                                                        key=lambda f: f.rule_id))
+    assert batches([]) == ([], [])
+
+
+def test_beats_fire_times_of_two_organizations_and_both_sources_make_one_batch_each_and_broken_rules_go_alone():
+    table = Timetable()
+    now = datetime(2026, 3, 1, 10, 0, 30, tzinfo=UTC)
+    rules = [ScheduledRule.from_row(row(f"o{org}-{kind}{n}", org_id=org, conditions=conditions))
+             for org in (1, 2) for kind, conditions in (("m", None), ("p", PACING)) for n in range(3)]
+    rules += [ScheduledRule.from_row({**broken_row, "rule_id": f"o1-{name}"}) for name, (broken_row, _) in
+              BROKEN_ROWS.items()]
+    rules.append(ScheduledRule.from_row(row("o1-unknown source", conditions={**PACING, "source": "clicks"})))
+    rules.append(ScheduledRule.from_row(row("o1-hourly", schedule="0 * * * *")))
+    table.update({r.rule_id for r in rules}, rules, now)
+    grouped, alone = batches(table.due(now))
+    minute = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert sorted((b.org_id, b.source, b.scheduled_for, tuple(f.rule_id for f in b.fires)) for b in grouped) == [
+        (1, "campaign_metrics_daily", minute, ("o1-hourly", "o1-m0", "o1-m1", "o1-m2")),
+        (1, "pacing_snapshots", minute, ("o1-p0", "o1-p1", "o1-p2")),
+        (2, "campaign_metrics_daily", minute, ("o2-m0", "o2-m1", "o2-m2")),
+        (2, "pacing_snapshots", minute, ("o2-p0", "o2-p1", "o2-p2"))]
+    assert sorted(fire.rule_id for fire in alone) == sorted(
+        [f"o1-{name}" for name in BROKEN_ROWS] + ["o1-unknown source"])
+    assert {fire.scheduled_for for fire in alone if fire.rule_id == "o1-unknown source"} == {minute}
