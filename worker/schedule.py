@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterError, croniter
 
 from engine.batch_query import MAX_BATCH_RULES
+from engine.conventions import conventions_in_settings
 from engine.errors import RuleError
 from engine.model import DEFAULT_SCHEDULE, parse_rule
 from engine.timestamps import utc_iso
@@ -79,8 +80,9 @@ class ScheduledRule:
         schedule = conditions.get("schedule", DEFAULT_SCHEDULE) if "logic" in conditions else DEFAULT_SCHEDULE
         timezone = row["timezone"] or "UTC"
         try:
-            source, problem = parse_rule(row["conditions"], row["actions"], timezone=timezone,
-                                         allowed_hosts=allowed_hosts).conditions.source, None
+            rule = parse_rule(row["conditions"], row["actions"], timezone=timezone, allowed_hosts=allowed_hosts,
+                              conventions=conventions_in_settings(row["settings"]))
+            source, problem = rule.conditions.source, None
         except RuleError as error:
             source, problem = None, str(error)
         return cls(row["rule_id"], row["version"], schedule if isinstance(schedule, str) else None, timezone,

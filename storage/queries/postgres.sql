@@ -92,11 +92,11 @@ ORDER BY started_at DESC, id
 LIMIT %(limit)s;
 
 -- name: schedulable_rule_versions
--- Every enabled rule with a digest of what its schedule, its validity and its batch (organization, source) depend
--- on: beat re-reads only the rules whose digest changed.
+-- Every enabled rule with a digest of what its schedule, its validity (naming conventions included) and its batch
+-- (organization, source) depend on: beat re-reads only the rules whose digest changed.
 SELECT r.id::text AS rule_id,
-       md5(concat_ws('|', r.org_id::text, r.conditions::text, r.actions::text, o.timezone, r.created_at::text,
-                     r.updated_at::text, o.updated_at::text)) AS version
+       md5(concat_ws('|', r.org_id::text, r.conditions::text, r.actions::text, o.timezone, o.settings::text,
+                     r.created_at::text, r.updated_at::text, o.updated_at::text)) AS version
 FROM rules r JOIN organizations o ON o.id = r.org_id
 WHERE r.enabled;
 
@@ -104,9 +104,9 @@ WHERE r.enabled;
 -- The enabled rules (those of rule_ids, those of org_id, when given) with what the scheduler needs: its batch is
 -- org_id and the source of `conditions`. `edited_at` is the latest change of the rule or its organization, to the
 -- second and never in the future, in UTC.
-SELECT r.id::text AS rule_id, r.org_id, r.conditions, r.actions, o.timezone,
-       md5(concat_ws('|', r.org_id::text, r.conditions::text, r.actions::text, o.timezone, r.created_at::text,
-                     r.updated_at::text, o.updated_at::text)) AS version,
+SELECT r.id::text AS rule_id, r.org_id, r.conditions, r.actions, o.timezone, o.settings,
+       md5(concat_ws('|', r.org_id::text, r.conditions::text, r.actions::text, o.timezone, o.settings::text,
+                     r.created_at::text, r.updated_at::text, o.updated_at::text)) AS version,
        (r.created_at AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS created_at,
        (date_trunc('second', least(greatest(r.created_at, r.updated_at, o.updated_at), LOCALTIMESTAMP))
         AT TIME ZONE current_setting('TimeZone')) AT TIME ZONE 'UTC' AS edited_at

@@ -19,14 +19,14 @@ GOOD_ACTIONS = {"severity": "warning"}
 
 def row(rule_id: str = "r1", schedule: object = "* * * * *", timezone: str | None = "UTC", *,
         conditions: object = None, actions: object = None, version: str = "v1",
-        created_at: datetime | None = CREATED, org_id: int = 1) -> dict:
+        created_at: datetime | None = CREATED, org_id: int = 1, settings: object = None) -> dict:
     """A `schedulable_rules` row; `conditions` replaces the whole document when given."""
     if conditions is None:
         conditions = {"logic": {">": [{"var": "spend"}, 1]}, "schedule": schedule}
     return {"rule_id": rule_id, "org_id": org_id, "version": version, "conditions": conditions,
             "actions": GOOD_ACTIONS if actions is None else actions, "timezone": timezone,
             "created_at": created_at.replace(tzinfo=None) if created_at else None,
-            "edited_at": EDITED.replace(tzinfo=None)}
+            "edited_at": EDITED.replace(tzinfo=None), "settings": {} if settings is None else settings}
 
 
 def rule(*args, **kwargs) -> ScheduledRule:
@@ -108,6 +108,16 @@ def test_a_valid_rule_has_no_problem_and_a_bare_logic_document_fires_on_the_defa
     assert rule().problem is None
     bare = ScheduledRule.from_row(row(conditions={">": [{"var": "spend"}, 1]}))
     assert (bare.problem, bare.schedule) == (None, "0 * * * *")
+
+
+def test_a_naming_rule_is_valid_with_its_organizations_convention_and_broken_without_it():
+    convention = {"delimiter": "_", "tokens": [{"name": "market", "values": ["US", "EU"]}]}
+    conditions = {"logic": {"naming": [{"var": "campaign_name"}, "campaign"]}, "schedule": "* * * * *"}
+    with_it = ScheduledRule.from_row(row(conditions=conditions,
+                                         settings={"naming_conventions": {"campaign": convention}}))
+    without_it = ScheduledRule.from_row(row(conditions=conditions))
+    assert (with_it.problem, with_it.source) == (None, "campaign_metrics_daily")
+    assert "campaign" in without_it.problem and without_it.source is None
 
 
 def test_a_valid_cron_that_never_fires_sends_nothing_and_is_logged_once(caplog):
