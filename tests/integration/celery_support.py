@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 import psycopg
+import pytest
 import redis
 from celery import Celery
 from psycopg.rows import dict_row
@@ -427,3 +429,55 @@ def own_clickhouse(tmp_path: Path, database: str) -> Iterator[tuple[dict[str, An
             pass
         stop_process(process)
         log.close()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own on a free port, with nothing persisted: a restart starts empty."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        with open(self.directory / "redis-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.directory)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"redis-server exited with {self.process.returncode}")
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=1) as client:
+                    return client.ping()
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, 30, f"redis-server on port {self.port}", interval=0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (nothing is saved: --save ''), waits for the process to end."""
+        if self.process is not None:
+            stop_process(self.process)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@contextmanager
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

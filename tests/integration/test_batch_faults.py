@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.integration.celery_support import (NO_COOLDOWN, children_of, is_alive, iso, minute_floor, own_clickhouse,
-                                              services_on, spend_rule, three_campaigns, utc_now,
+                                              own_redis, services_on, spend_rule, three_campaigns, utc_now,
                                               wait_for_pending_requests, wait_for_runs, wait_until)
 from tests.integration.test_worker_beat import _blocks_someone, _gate, _pool_child, _run_row, _state_is
 from tests.integration.test_worker_faults import never_firing
@@ -43,8 +43,8 @@ def test_a_worker_killed_mid_batch_leaves_each_rule_finished_once_by_take_over(p
     alerts. The whole worker is SIGKILLed; beat's sweeper sends each of the six runs again once its lease is over,
     and a new worker takes each over alone and finishes it once: one rule_evaluations row per (rule, T, entity),
     one alert per matched entity. The batch tasks sent again afterwards write nothing."""
-    with own_clickhouse(tmp_path, "rules_batch_killed") as (server, port, ch_url):
-        with services_on(pg_url, ch_url, 13, tmp_path / "logs", time_limit=10) as services:
+    with own_clickhouse(tmp_path, "rules_batch_killed") as (server, port, ch_url), own_redis(tmp_path) as broker:
+        with services_on(pg_url, ch_url, 0, tmp_path / "logs", time_limit=10, redis_server=broker.url) as services:
             data = services.data()
             schedule = never_firing(utc_now())
             batches = {}

@@ -30,7 +30,7 @@ from worker.runner import BadRunRequest
 from worker.schedule import FireTime, FireTimeSender, load_rules
 from worker.sweeper import MAX_FIRE_TIME_RESENDS, Sweeper
 
-REDIS_DB = 3
+REDIS_DB = 1
 EVERY_MINUTE = spend_rule(15)
 # A document 400 levels deep, written by SQL as an operator would: {"logic": {"!": [{"!": [... {"var": "spend"}]}]}}.
 DEEP_CONDITIONS_SQL = ("""('{"source": "campaign_metrics_daily", "window": "lifetime", "schedule": "* * * * *", "logic": '"""

@@ -40,8 +40,8 @@ import redis
 
 from storage.migrations import ensure_postgres_database, migrate_postgres
 from tests.conftest import free_port, start_clickhouse_local, stop_process
-from tests.integration.celery_support import (NO_COOLDOWN, Services, iso, minute_floor, naive, own_clickhouse,
-                                              services_on, spend_rule, three_campaigns, utc_now,
+from tests.integration.celery_support import (NO_COOLDOWN, RedisServer, Services, iso, minute_floor, naive, own_clickhouse,
+                                              own_redis, services_on, spend_rule, three_campaigns, utc_now,
                                               wait_for_pending_requests, wait_for_runs, wait_until)
 from tests.integration.runs_support import RunEnv, ch_text
 from tests.integration.test_worker_beat import _blocks_someone, _gate, _pool_child, _run_row, _state_is
@@ -206,58 +206,6 @@ def close_quietly(connection: psycopg.Connection) -> None:
 
 
 # --- servers of the test's own ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class RedisServer:
-    """A redis-server of the test's own on a free port, with nothing persisted: a restart starts empty."""
-
-    port: int
-    directory: Path
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        with open(self.directory / "redis-server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.directory)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-
-        def answers() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"redis-server exited with {self.process.returncode}")
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=1) as client:
-                    return client.ping()
-            except redis.ConnectionError:
-                return False
-
-        wait_until(answers, 30, f"redis-server on port {self.port}", interval=0.1)
-
-    def stop(self) -> None:
-        """SIGTERM (nothing is saved: --save ''), waits for the process to end."""
-        if self.process is not None:
-            stop_process(self.process)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
-@contextmanager
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def postgres_binaries() -> Path:
