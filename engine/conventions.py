@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import re2
 
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.problem_text import join_path as _join
+from engine.problem_text import re2_problem
 from engine.problem_text import shown as _shown
 from engine.problem_text import suggestion as _suggestion
 
@@ -213,16 +213,7 @@ def _pattern_problem(pattern: Any) -> str | None:
         return f"must be an RE2 pattern of 1 to {MAX_TEXT_LENGTH} characters"
     if "\x00" in pattern:
         return "must not contain NUL"
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        re2.compile(pattern, options)
-    except re2.error as error:
-        detail = error.args[0].decode("utf-8", "replace") if error.args and isinstance(error.args[0], bytes) else error
-        return f"invalid RE2 pattern: {detail}"
-    except UnicodeEncodeError:
-        return "invalid RE2 pattern: it is not valid Unicode text"
-    return None
+    return re2_problem(pattern)
 
 
 def _date_problem(text: Any) -> str | None:

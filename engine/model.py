@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import re2
 from croniter import croniter
 from pydantic import (
     AfterValidator,
@@ -43,6 +42,7 @@ from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, S
 from engine.interpreter import SCOPED_OPERATORS
 from engine.naming import NAMING_OPERATOR, bind_conventions
 from engine.problem_text import join_path as _join
+from engine.problem_text import re2_problem
 from engine.problem_text import shown as _shown
 from engine.problem_text import suggestion as _suggestion
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
@@ -519,7 +519,7 @@ def _matches_problems(arguments: list, paths: list[str], path: str) -> list[Vali
     pattern = arguments[1]
     if not isinstance(pattern, str):
         return []
-    reason = _re2_problem(pattern)
+    reason = re2_problem(pattern)
     return [ValidationProblem(paths[1], reason)] if reason else []
 
 
@@ -568,19 +568,6 @@ def _naming_references(node: Any, path: str) -> list[tuple[str, str]]:
         return found + [item for index, argument in enumerate(arguments)
                         for item in _naming_references(argument, f"{operator_path}[{index}]")]
     return found + _naming_references(arguments, operator_path)
-
-
-def _re2_problem(pattern: str) -> str | None:
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        re2.compile(pattern, options)
-    except re2.error as error:
-        detail = error.args[0].decode("utf-8", "replace") if error.args and isinstance(error.args[0], bytes) else error
-        return f"invalid RE2 pattern: {detail}"
-    except UnicodeEncodeError:
-        return "invalid RE2 pattern: it is not valid Unicode text"
-    return None
 
 
 def _unknown_operator(operator: str, fields: Mapping[str, FieldType] | None) -> str:

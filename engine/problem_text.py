@@ -6,6 +6,8 @@ import difflib
 import json
 import re
 
+import re2
+
 _PLAIN_KEY = re.compile(r'[^\s.\[\]"]+')
 
 
@@ -28,3 +30,17 @@ def suggestion(word: str, candidates) -> str:
     lowered = {candidate.lower(): candidate for candidate in candidates}
     close = [lowered[word.lower()]] if word.lower() in lowered else difflib.get_close_matches(word, list(candidates), 1)
     return f" (did you mean {shown(close[0])}?)" if close else ""
+
+
+def re2_problem(pattern: str) -> str | None:
+    """Why `pattern` is not a valid RE2 pattern, worded for a validation problem; None when it is valid."""
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        re2.compile(pattern, options)
+    except re2.error as error:
+        detail = error.args[0].decode("utf-8", "replace") if error.args and isinstance(error.args[0], bytes) else error
+        return f"invalid RE2 pattern: {detail}"
+    except UnicodeEncodeError:
+        return "invalid RE2 pattern: it is not valid Unicode text"
+    return None
