@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests.conftest import PG_SERVER, RULESCTL, free_port
+from benchmarks.bench import NAMING_CONVENTION as CONVENTION
 
 COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "validate-convention", "schema", "backfill", "bench", "load-bench",
             "demo-data", "demo-inbox", "up")
@@ -225,13 +226,6 @@ def test_schema_prints_the_json_schema():
 
 # --- naming conventions -------------------------------------------------------------------------------------------
 
-CONVENTION = {"delimiter": "_", "min_tokens": 4, "max_tokens": 6, "tokens": [
-    {"name": "market", "values": ["US", "EU", "UK"]},
-    {"name": "dsp", "equals": "dsp_type"},
-    {"name": "objective", "values": ["Brand", "Perf"], "ignore_case": False},
-    {"name": "period", "pattern": "^Q[1-4]$"},
-    {"name": "month", "date": "YYYYMM", "optional": True},
-    {"name": "label", "free": True}]}
 
 
 def test_validate_convention_of_a_valid_file_exits_0(tmp_path):

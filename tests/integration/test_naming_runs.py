@@ -13,17 +13,11 @@ from datetime import UTC, datetime, timedelta
 from psycopg.types.json import Jsonb
 
 from worker.runner import RuleRunner, RunRequest
+from benchmarks.bench import NAMING_CONVENTION as CAMPAIGN
 
 T = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=3)
 YESTERDAY = (T.date() - timedelta(days=1)).isoformat()
 
-CAMPAIGN = {"delimiter": "_", "min_tokens": 4, "max_tokens": 6, "tokens": [
-    {"name": "market", "values": ["US", "EU", "UK"]},
-    {"name": "dsp", "equals": "dsp_type"},
-    {"name": "objective", "values": ["Brand", "Perf"], "ignore_case": False},
-    {"name": "period", "pattern": "^Q[1-4]$"},
-    {"name": "month", "date": "YYYYMM", "optional": True},
-    {"name": "label", "free": True}]}
 INSERTION_ORDER = {"delimiter": "|", "tokens": [
     {"name": "advertiser", "equals": "advertiser_id"},
     {"name": "channel", "values": ["Display", "Video"], "ignore_case": True},

@@ -16,14 +16,8 @@ from engine.model import parse_rule, validate_document
 from engine.naming import Diagnosis, diagnose, edit_distance, suggestion
 from worker.audience import Entity
 from worker.messages import RunNotice, email_message, in_app_entities, slack_body, webhook_body
+from benchmarks.bench import NAMING_CONVENTION as CAMPAIGN
 
-CAMPAIGN = {"delimiter": "_", "min_tokens": 4, "max_tokens": 6, "tokens": [
-    {"name": "market", "values": ["US", "EU", "UK"]},
-    {"name": "dsp", "equals": "dsp_type"},
-    {"name": "objective", "values": ["Brand", "Perf"], "ignore_case": False},
-    {"name": "period", "pattern": "^Q[1-4]$"},
-    {"name": "month", "date": "YYYYMM", "optional": True},
-    {"name": "label", "free": True}]}
 CONVENTION = parse_convention("campaign", CAMPAIGN)
 RULE = {"window": "yesterday", "logic": {"naming": [{"var": "campaign_name"}, "campaign"]}}
 
