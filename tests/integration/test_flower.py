@@ -95,7 +95,7 @@ def test_flower_lists_each_run_with_name_arguments_state_and_runtime(env, tmp_pa
 
 def test_flower_lists_a_batch_with_its_organization_time_rules_state_and_runtime(env, tmp_path):
     at = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    yesterday = (at.date() - timedelta(days=1)).isoformat()
     org = env.org(timezone="UTC")
     env.metrics({"org_id": org, "date": yesterday, "campaign_id": "c1", "campaign_name": "One", "spend": "1500"},
                 {"org_id": org, "date": yesterday, "campaign_id": "c2", "campaign_name": "Two", "spend": "10"})
