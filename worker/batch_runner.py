@@ -19,9 +19,7 @@ from typing import Any
 
 from engine.batch_query import BatchMember, batch_evaluation_insert, batch_member, split_batch
 from engine.errors import NotCompilable, RuleError
-from engine.model import parse_rule
 from engine.run_states import RunState
-from engine.windows import resolve_window
 from storage.errors import DatabaseUnavailable, StorageError
 from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time
 
@@ -109,19 +107,15 @@ class BatchRunner(RuleRunner):
         if self._interpreter_only:
             return None, "this runner evaluates every rule on the interpreter"
         try:
-            rule = parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
-                              allowed_hosts=self._allowed_hosts, conventions=rule_row.naming_conventions)
+            self._read_rule(run)
         except RuleError:
             return None, "the rule is not valid"
-        conditions = rule.conditions
-        bounds = resolve_window(run.scope.at, rule_row.timezone, conditions.window, conditions.compare_to)
+        conditions = run.rule.conditions
         try:
-            member = batch_member(position, str(rule_row.rule_id), conditions.source, rule.logic, bounds,
-                                  conditions.scope, conditions.compare_to is not None)
+            return batch_member(position, str(rule_row.rule_id), conditions.source, run.rule.logic, run.bounds,
+                                conditions.scope, conditions.compare_to is not None), ""
         except NotCompilable as refusal:
             return None, f"it runs on the interpreter: {refusal}"
-        run.rule, run.bounds = rule, bounds
-        return member, ""
 
     def _run_together(self, source: str, members: list[BatchMember], runs: list[RunInHand]) -> None:
         """Evaluates `runs` (of one source) in one statement, then alerts them together; if the statement fails,

@@ -216,11 +216,23 @@ class RuleRunner:
 
     def _is_valid(self, rule_row: RuleRow) -> bool:
         try:
-            parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
-                       allowed_hosts=self._allowed_hosts, conventions=rule_row.naming_conventions)
+            self._parsed(rule_row)
         except RuleError:
             return False
         return True
+
+    def _parsed(self, rule_row: RuleRow) -> Rule:
+        """The rule's documents validated with its organization's timezone and naming conventions; raises RuleError."""
+        return parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
+                          allowed_hosts=self._allowed_hosts, conventions=rule_row.naming_conventions)
+
+    def _read_rule(self, run: RunInHand) -> None:
+        """Sets `run.rule` and `run.bounds` (its window as of T); raises RuleError, setting neither, when the rule is
+        not valid."""
+        rule = self._parsed(run.rule_row)
+        conditions = rule.conditions
+        run.bounds = resolve_window(run.scope.at, run.rule_row.timezone, conditions.window, conditions.compare_to)
+        run.rule = rule
 
     def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> RunInHand | None:
         """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""
@@ -263,10 +275,8 @@ class RuleRunner:
         """Validates the rule, resolves its window and compiles its logic (or chooses the interpreter), recording
         `compiled` if not yet done; returns the statement of the entity rows to evaluate."""
         rule_row = run.rule_row
-        run.rule = parse_rule(rule_row.conditions, rule_row.actions, timezone=rule_row.timezone,
-                              allowed_hosts=self._allowed_hosts, conventions=rule_row.naming_conventions)
+        self._read_rule(run)
         conditions = run.rule.conditions
-        run.bounds = resolve_window(run.scope.at, rule_row.timezone, conditions.window, conditions.compare_to)
         try:
             if self._interpreter_only:
                 raise NotCompilable("this runner evaluates every rule on the interpreter")
