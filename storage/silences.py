@@ -45,9 +45,10 @@ class SilenceRow:
                    row["starts_at"], row["ends_at"], row["created_by"], row["comment"], row["created_at"])
 
     def state(self, now: datetime) -> str:
-        """`active`, `scheduled` (starts later) or `ended`, at `now` (aware)."""
+        """`active`, `scheduled` (starts later) or `ended` (an expired one that never started included), at `now`
+        (aware)."""
         moment = _naive(now)
-        if self.ends_at <= moment:
+        if self.ends_at <= moment or self.ends_at == self.starts_at:
             return "ended"
         return "active" if self.starts_at <= moment else "scheduled"
 

@@ -139,7 +139,7 @@ def add_silence(postgres: Postgres, request: SilenceRequest, now: datetime | Non
     if problem:
         raise BadSilenceRequest(problem)
     if (request.ends_at is None) == (request.duration is None):
-        raise BadSilenceRequest("give the end of the silence or its duration, not both")
+        raise BadSilenceRequest("give either the end of the silence or its duration")
     starts_at = request.starts_at or now
     ends_at = request.ends_at or starts_at + request.duration
     problem = period_problem(starts_at, ends_at, now)

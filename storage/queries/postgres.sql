@@ -339,8 +339,9 @@ SELECT * FROM silences WHERE id = %(silence_id)s FOR UPDATE;
 UPDATE silences SET ends_at = GREATEST(starts_at, %(at)s) WHERE id = %(silence_id)s RETURNING *;
 
 -- name: silences_of_organization
+-- An expired silence that never started (ends_at = starts_at) has ended too.
 SELECT * FROM silences
-WHERE org_id = %(org_id)s AND (%(include_ended)s OR ends_at > %(at)s)
+WHERE org_id = %(org_id)s AND (%(include_ended)s OR (ends_at > %(at)s AND ends_at > starts_at))
 ORDER BY starts_at, id;
 
 -- name: organization_exists
