@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from engine.model import parse_rule
 from engine.silences import SilenceScope
 from tests.conftest import RULESCTL
+from tests.integration.celery_support import iso, naive, own_redis, services_on
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
 from tests.integration.test_notifications import LOOPBACK, deliver_all, deliveries, make_team, runner, settings
 from worker.backfill import backfill, format_days
@@ -487,3 +488,63 @@ def test_rulesctl_refuses_bad_input_in_one_line_and_writes_nothing(env, args, co
     assert process.stdout == "" and len(process.stderr.splitlines()) == 1
     assert process.stderr.startswith("rulesctl: ") and message.format(**values) in process.stderr
     assert (count(env, "silences"), count(env, "acknowledgements"), count(env, "audit_logs")) == (0, 0, 0)
+
+
+# --- through a real worker ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_through_a_worker_silences_and_acknowledgements_hold_between_runs_and_refusals_raise(pg_url, migrated_ch_url,
+                                                                                           tmp_path, now):
+    with own_redis(tmp_path) as broker, services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs",
+                                                     redis_server=broker.url) as services:
+        data = services.data()
+        team = make_team(data)
+        rule = data.rule(team.org, OVER_100, {**IN_APP, "notify_on_resolve": True})
+        services.start_worker(queues="rules")
+        starts, ends = now + timedelta(minutes=10), now + timedelta(minutes=20)
+
+        def evaluate(at: datetime) -> dict:
+            summary = services.send("rules.evaluate", rule, scheduled_for=iso(at)).get(timeout=60)
+            assert summary["status"] == "succeeded", summary
+            return summary
+
+        created = services.send("silences.add", org_id=team.org, created_by=team.admin, rule_id=rule,
+                                entity_type="campaign", entity_id="c1", starts_at=iso(starts), ends_at=iso(ends),
+                                comment="planned burst").get(timeout=60)
+        refused = services.send("silences.add", org_id=team.org, created_by=team.viewer, rule_id=rule, duration="1h")
+        bad = services.send("silences.add", org_id=team.org, created_by=team.admin, duration="soon")
+        with pytest.raises(Exception, match=f"user {team.viewer} \\(viewer\\) may not silence rule {rule}"):
+            refused.get(timeout=60)
+        with pytest.raises(Exception, match="duration: not a duration such as 30m, 2h, 1d or 1w: 'soon'"):
+            bad.get(timeout=60)
+        before, inside, after = (evaluate(at) for at in (starts - timedelta(minutes=5), starts + timedelta(minutes=5),
+                                                         ends + timedelta(minutes=5)))
+
+        acknowledged = services.send("alerts.acknowledge", rule_id=rule, entity_type="campaign", entity_id="c2",
+                                     created_by=team.owner, comment="on it").get(timeout=60)
+        refused_ack = services.send("alerts.acknowledge", rule_id=rule, entity_type="campaign", entity_id="c1",
+                                    created_by=team.viewer)
+        with pytest.raises(Exception, match=f"user {team.viewer} \\(viewer\\) may not acknowledge campaign c1"):
+            refused_ack.get(timeout=60)
+        quiet = evaluate(ends + timedelta(minutes=6))
+        data.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb({**OVER_100, "logic": {
+            ">": [{"var": "spend"}, 1000]}}), rule))
+        resolving = evaluate(ends + timedelta(minutes=7))
+
+    assert {k: created[k] for k in ("rule_id", "entity_id", "starts_at", "ends_at", "created_by", "state")} == {
+        "rule_id": rule, "entity_id": "c1", "starts_at": iso(starts), "ends_at": iso(ends), "created_by": team.admin,
+        "state": "scheduled"}
+    assert [(s["alerts"], s["silenced"], s["acknowledged"]) for s in (before, inside, after, quiet, resolving)] == [
+        (2, 0, 0), (2, 1, 0), (2, 0, 0), (2, 0, 1), (0, 0, 0)]
+    assert told(data, inside["run_id"]) == {str(team.owner): ["c2"], str(team.admin): ["c2"]}
+    assert told(data, quiet["run_id"]).items() >= users(team.campaign_member, team.account_member).items()
+    assert "c2" not in {entity for entities in told(data, quiet["run_id"]).values() for entity in entities}
+    [ended] = data.pg("SELECT * FROM acknowledgements")
+    assert (ended["id"], ended["comment"], str(ended["ended_by_run"]), ended["ended_at"]) == (
+        acknowledged["id"], "on it", resolving["run_id"], naive(ends + timedelta(minutes=7)))
+    resolved = data.pg("SELECT entities FROM notifications WHERE run_id = %s AND kind = 'resolved'",
+                       (resolving["run_id"],))
+    assert {e["entity_id"] for row in resolved for e in row["entities"]} == {"c1", "c2"}
+    assert [row["action"] for row in data.pg("SELECT action FROM audit_logs ORDER BY id")] == [
+        "silence.create", "alert.acknowledge"]
