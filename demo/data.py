@@ -4,7 +4,8 @@ The organization (slug `demo`) works in America/New_York and has every module. I
 every kind of grant; 36 campaigns on three DSP accounts have 60 days of metrics up to today, 12 insertion orders
 have pacing snapshots every six hours, and four rules watch them: overspend, a collapsing CTR, under-pacing and
 the naming convention (`campaign`, in the organization's settings), which nine campaigns break, each in its own
-way. One overspending campaign is silenced for the overspend rule. The numbers come from a fixed seed, so two loads on the same day are identical.
+way. One overspending campaign is silenced for the overspend rule. The numbers come from a fixed seed, so two
+loads on the same day are identical.
 
 Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
 """
