@@ -21,16 +21,16 @@ from psycopg.types.json import Jsonb
 
 from engine.model import parse_rule
 from engine.silences import SilenceScope
+from storage.results import ResultStore
 from tests.conftest import RULESCTL
 from tests.integration.celery_support import iso, naive, own_redis, services_on
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
-from tests.integration.test_notifications import LOOPBACK, deliver_all, deliveries, make_team, runner, settings
+from tests.integration.test_notifications import LOOPBACK, deliver_all, make_team, runner, settings
 from worker.backfill import backfill, format_days
 from worker.batch_runner import BatchRequest, BatchRunner
 from worker.runner import RunRequest
 from worker.silencing import (BadSilenceRequest, SilenceRefused, SilenceRequest, acknowledge, add_silence,
                               expire_silence, list_silences, silence_request)
-from storage.results import ResultStore
 
 OVER_100 = {"window": "lifetime", "logic": {">": [{"var": "spend"}, 100]}}
 OVER_200 = {"window": "lifetime", "logic": {">": [{"var": "spend"}, 200]}}
