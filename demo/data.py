@@ -4,7 +4,8 @@ The organization (slug `demo`) works in America/New_York and has every module. I
 every kind of grant; 36 campaigns on three DSP accounts have 60 days of metrics up to today, 12 insertion orders
 have pacing snapshots every six hours, and four rules watch them: overspend, a collapsing CTR, under-pacing and
 the naming convention (`campaign`, in the organization's settings), which nine campaigns break, each in its own
-way. The numbers come from a fixed seed, so two loads on the same day are identical.
+way. One overspending campaign is silenced for the overspend rule. The numbers come from a fixed seed, so two
+loads on the same day are identical.
 
 Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
 """
@@ -20,8 +21,11 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from engine.silences import SilenceScope
+from engine.timestamps import utc_iso
 from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres, Transaction
+from storage.silences import SilenceStore
 from worker.settings import Settings
 
 QUERIES = Path(__file__).with_name("queries.sql")
@@ -65,6 +69,11 @@ BROKEN_NAMES = {
     26: "NWM_META_Q3_Brand_GB_202613",        # no month 13: a bad date
     34: "NWM_META_Q3_Brand_CA_202611_copy",   # too many tokens
 }
+
+# Campaign 7 overspends; the owner silenced it for "Overspend yesterday" (the first rule).
+SILENCED = 7
+SILENCE_LENGTH = timedelta(days=30)
+SILENCE_COMMENT = "Planned holiday burst, approved by the client"
 
 
 def demo_rules() -> list[dict]:
@@ -230,6 +239,10 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
         rule_ids = [tx.one("insert_rule", org_id=org_id, name=rule["name"], module=rule["module"],
                            conditions=json.dumps(rule["conditions"]), actions=json.dumps(rule["actions"]),
                            created_by=users["owner@demo.example"])["id"] for rule in demo_rules()]
+        # The owner silenced one overspending campaign: its alerts are recorded, its notices withheld.
+        SilenceStore(postgres).insert_silence(
+            tx, org_id, SilenceScope(rule_ids[0], "campaign", campaigns[SILENCED]["campaign_id"]), now,
+            now + SILENCE_LENGTH, users["owner@demo.example"], SILENCE_COMMENT, None)
         today = now.astimezone(ZoneInfo(DEMO_TIMEZONE)).date()
         metrics = campaign_metric_rows(org_id, today, campaigns, rng)
         clickhouse.insert("campaign_metrics_daily", metrics,
@@ -240,4 +253,5 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
                           ["org_id", "snapshot_time", "entity_type", "entity_id", "booked_amount", "delivered_amount",
                            "pacing_rate", "days_elapsed", "days_remaining", "projected_spend", "margin_percent"])
     return (f"demo data loaded: organization {org_id} ({DEMO_TIMEZONE}), {len(users)} users, {len(campaigns)} campaigns, "
-            f"{len(metrics)} metric rows, {len(pacing)} pacing snapshots, rules {', '.join(rule_ids)}")
+            f"{len(metrics)} metric rows, {len(pacing)} pacing snapshots, rules {', '.join(rule_ids)}; campaign "
+            f"{campaigns[SILENCED]['campaign_id']} silenced for {rule_ids[0]} until {utc_iso(now + SILENCE_LENGTH)}")

@@ -164,6 +164,12 @@ class ResultStore:
             cooling[given[str(row["rule_id"])]].add((row["entity_type"], row["entity_id"]))
         return cooling
 
+    def has_alerted(self, org_id: int, rule_id: str, entity_type: str, entity_id: str) -> bool:
+        """True when the rule has an `alert_events` row for the entity, at any time."""
+        rows = self._clickhouse.rows("alerts_of_entity", org_id=org_id, rule_id=rule_id, entity_type=entity_type,
+                                     entity_id=entity_id)
+        return bool(rows and int(rows[0]["alerts"]))
+
     def campaign_identities(self, org_id: int, ids: Sequence[str], last: date,
                             earliest: date | None) -> dict[str, CampaignIdentity]:
         """Name, DSP and advertiser of each campaign in `ids` on its latest date with data from `earliest` (None:

@@ -38,6 +38,8 @@ class RunRecord:
     entities: int
     matched: int
     alerts: int
+    silenced: int
+    acknowledged: int
     notified_users: tuple[int, ...]
     path: str | None
     error: str | None
@@ -50,7 +52,8 @@ class RunRecord:
             id=str(row["id"]), rule_id=str(row["rule_id"]), org_id=row["org_id"], trigger=row["trigger"],
             scheduled_for=row["scheduled_for"], dry_run=row["dry_run"], state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
-            alerts=row["alerts"], notified_users=tuple(row["notified_users"] or ()), path=row["path"],
+            alerts=row["alerts"], silenced=row["silenced"], acknowledged=row["acknowledged"],
+            notified_users=tuple(row["notified_users"] or ()), path=row["path"],
             error=row["error"], duration_ms=row["duration_ms"],
         )
 
@@ -67,6 +70,8 @@ class RunRecord:
             "entities": self.entities,
             "matched": self.matched,
             "alerts": self.alerts,
+            "silenced": self.silenced,
+            "acknowledged": self.acknowledged,
             "notified_users": sorted(self.notified_users),
             "duration_ms": self.duration_ms,
             "error": self.error,
@@ -127,8 +132,8 @@ class RunStore:
 
     def transition(self, run: RunRecord, target: RunState, detail: str, *, path: str | None = None,
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
-                   notified_users: list[int] | None = None, error: str | None = None,
-                   tx: Transaction | None = None) -> RunRecord:
+                   silenced: int | None = None, acknowledged: int | None = None,
+                   notified_users: list[int] | None = None, error: str | None = None, tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters given (the others keep their value), the lease renewed while running, the duration once final.
 
@@ -137,8 +142,8 @@ class RunStore:
         check_transition(run.state, target)
         row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
-            entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
-            lease_seconds=self._lease_seconds,
+            entities=entities, matched=matched, alerts=alerts, silenced=silenced, acknowledged=acknowledged,
+            notified_users=notified_users, error=error, lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)
 

@@ -71,8 +71,8 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
 
 
 def format_days(result: BackfillResult, timezone: str) -> str:
-    """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it,
-    and a total line."""
+    """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it
+    and, when there are any, the matches silences and acknowledgements withheld that day; then a total line."""
     zone = ZoneInfo(timezone)
     lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
 
@@ -91,6 +91,9 @@ def format_days(result: BackfillResult, timezone: str) -> str:
             if s["error"]:
                 errors[s["error"]] = errors.get(s["error"], 0) + 1
         lines.extend(f"  {count} × {error}" for error, count in errors.items())
+        silenced, acknowledged = sum(s["silenced"] for s in runs), sum(s["acknowledged"] for s in runs)
+        if silenced or acknowledged:
+            lines.append(f"  notices withheld: {silenced} silenced, {acknowledged} acknowledged")
     summaries = result.summaries
     lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
                  f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "

@@ -7,7 +7,8 @@ import functools
 import json
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -77,7 +78,9 @@ def _print_summary(result: dict, as_json: bool) -> None:
           + (f" on the {result['path']} path" if result["path"] else "")
           + (" (dry run)" if result["dry_run"] else ""))
     print(f"  entities {result['entities']}, matched {result['matched']}, alerts {result['alerts']}, "
-          f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
+          + (f"silenced {result['silenced']}, acknowledged {result['acknowledged']}, "
+             if result["silenced"] or result["acknowledged"] else "")
+          + f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
     if result["error"]:
         print(f"  error: {result['error']}")
 
@@ -305,6 +308,91 @@ def _cmd_demo_inbox(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _silencing_errors() -> Iterator[None]:
+    """A bad silence or acknowledgement request is bad usage (exit 2); a refusal is a failure (exit 1)."""
+    from worker.silencing import BadSilenceRequest, SilenceRefused
+
+    try:
+        yield
+    except BadSilenceRequest as error:
+        raise UsageError(str(error)) from None
+    except SilenceRefused as error:
+        raise CommandFailed(str(error)) from None
+
+
+def _print_silences(silences: list, as_json: bool) -> None:
+    from worker.silencing import describe_scope, now_utc
+
+    now = now_utc()
+    for silence in silences:
+        if as_json:
+            print(json.dumps(silence.to_dict(now), sort_keys=True))
+            continue
+        print(f"silence {silence.id} ({silence.state(now)}): {describe_scope(silence.scope)}, "
+              f"from {utc_iso(silence.starts_at)} until {utc_iso(silence.ends_at)}, by user {silence.created_by}"
+              + (f": {silence.comment}" if silence.comment else ""))
+
+
+def _cmd_silence_add(args: argparse.Namespace) -> int:
+    from engine.silences import SilenceScope
+    from worker.context import open_postgres
+    from worker.silencing import SilenceRequest, add_silence, parse_instant, parse_length
+
+    if (args.entity_type is None) != (args.entity_id is None):
+        raise UsageError("--entity-type and --entity-id go together: give both (one entity) or neither")
+    with _silencing_errors():
+        scope = SilenceScope(_parse_rule_id(args.rule, "--rule") if args.rule else None, args.entity_type,
+                             args.entity_id, args.dsp_type, args.advertiser_id)
+        request = SilenceRequest(
+            args.org, args.by, scope, ends_at=parse_instant(args.ends, "--ends") if args.ends else None,
+            duration=parse_length(args.duration, "--for") if args.duration else None,
+            starts_at=parse_instant(args.starts, "--starts") if args.starts else None, comment=args.comment)
+        with open_postgres() as postgres:
+            silence = add_silence(postgres, request)
+    _print_silences([silence], args.json)
+    return 0
+
+
+def _cmd_silence_list(args: argparse.Namespace) -> int:
+    from worker.context import open_postgres
+    from worker.silencing import list_silences
+
+    with _silencing_errors(), open_postgres() as postgres:
+        silences = list_silences(postgres, args.org, include_ended=args.all)
+    if not silences and not args.json:
+        print(f"no silences{'' if args.all else ' active or scheduled'} in organization {args.org}")
+    _print_silences(silences, args.json)
+    return 0
+
+
+def _cmd_silence_expire(args: argparse.Namespace) -> int:
+    from worker.context import open_postgres
+    from worker.silencing import expire_silence
+
+    with _silencing_errors(), open_postgres() as postgres:
+        silence = expire_silence(postgres, args.silence_id, args.by)
+    _print_silences([silence], args.json)
+    return 0
+
+
+def _cmd_ack(args: argparse.Namespace) -> int:
+    from storage.results import ResultStore
+    from worker.context import open_stores
+    from worker.silencing import acknowledge
+
+    rule_id = _parse_rule_id(args.rule_id)
+    with _silencing_errors(), open_stores() as (postgres, clickhouse):
+        acknowledgement = acknowledge(postgres, ResultStore(clickhouse), rule_id, args.entity_type, args.entity_id,
+                                      args.by, args.comment)
+    if args.json:
+        print(json.dumps(acknowledgement.to_dict(), sort_keys=True))
+    else:
+        print(f"acknowledgement {acknowledgement.id}: {args.entity_type} {args.entity_id} of rule {rule_id}, by user "
+              f"{args.by}; not notified again until a run finds it no longer matching")
+    return 0
+
+
 def _build_parser() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on failure")
@@ -378,6 +466,44 @@ def _build_parser() -> _Parser:
                       help="the Redis database number of REDIS_URL's server to use, flushed before and after (default 15)")
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(handler=_cmd_load_bench)
+
+    silence = add_command("silence", help="withhold the notices of some rules, entities or accounts for a while")
+    silence_actions = silence.add_subparsers(dest="silence_action", required=True, parser_class=_Parser,
+                                             metavar="ACTION")
+    silence_add = silence_actions.add_parser("add", parents=[common], help="create a silence")
+    silence_add.add_argument("--org", type=int, required=True, help="the organization's id")
+    silence_add.add_argument("--by", type=int, required=True, metavar="USER_ID", help="the user creating it")
+    silence_add.add_argument("--rule", metavar="RULE_ID", help="only this rule's notices (default: every rule)")
+    silence_add.add_argument("--entity-type", help="with --entity-id: only this entity (campaign, io, line_item …)")
+    silence_add.add_argument("--entity-id", help="with --entity-type: only this entity")
+    silence_add.add_argument("--dsp-type", help="only entities of this DSP (DV360, TTD …)")
+    silence_add.add_argument("--advertiser-id", help="only entities of this advertiser")
+    silence_add.add_argument("--starts", metavar="ISO", help="when it starts (ISO 8601; default now; no offset: UTC)")
+    silence_end = silence_add.add_mutually_exclusive_group(required=True)
+    silence_end.add_argument("--ends", metavar="ISO", help="when it ends (ISO 8601; no offset: UTC)")
+    silence_end.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 30m, 2h, 1d, 1w")
+    silence_add.add_argument("--comment", help="why (kept with the silence and in the audit log)")
+    silence_add.add_argument("--json", action="store_true", help="print the silence as one JSON object")
+    silence_add.set_defaults(handler=_cmd_silence_add)
+    silence_list = silence_actions.add_parser("list", parents=[common], help="the organization's silences")
+    silence_list.add_argument("--org", type=int, required=True, help="the organization's id")
+    silence_list.add_argument("--all", action="store_true", help="ended ones too (default: active and scheduled)")
+    silence_list.add_argument("--json", action="store_true", help="one JSON object per silence")
+    silence_list.set_defaults(handler=_cmd_silence_list)
+    silence_expire = silence_actions.add_parser("expire", parents=[common], help="end a silence now")
+    silence_expire.add_argument("silence_id", type=int, metavar="ID", help="the silence's id")
+    silence_expire.add_argument("--by", type=int, required=True, metavar="USER_ID", help="the user ending it")
+    silence_expire.add_argument("--json", action="store_true", help="print the silence as one JSON object")
+    silence_expire.set_defaults(handler=_cmd_silence_expire)
+
+    ack = add_command("ack", help="acknowledge a firing (rule, entity): no more notices of it until it resolves")
+    ack.add_argument("rule_id", metavar="RULE_ID", help="the rule's id (a UUID)")
+    ack.add_argument("entity_type", metavar="ENTITY_TYPE", help="campaign, io, line_item …")
+    ack.add_argument("entity_id", metavar="ENTITY_ID", help="the entity's id")
+    ack.add_argument("--by", type=int, required=True, metavar="USER_ID", help="the user acknowledging it")
+    ack.add_argument("--comment", help="why (kept with the acknowledgement and in the audit log)")
+    ack.add_argument("--json", action="store_true", help="print the acknowledgement as one JSON object")
+    ack.set_defaults(handler=_cmd_ack)
 
     demo = add_command("demo-data", help="load the demo organization, users, grants, rules and 60 days of data")
     demo.set_defaults(handler=_cmd_demo_data)

@@ -80,8 +80,19 @@ def shared_runner() -> BatchRunner:
     first query."""
     global _shared_runner
     if _shared_runner is None:
-        _shared_runner = _runner(shared_postgres(), _clickhouse())
+        _shared_runner = _runner(shared_postgres(), shared_clickhouse())
     return _shared_runner
+
+
+_shared_clickhouse: ClickHouse | None = None
+
+
+def shared_clickhouse() -> ClickHouse:
+    """The process's ClickHouse client (the runner's, and what other tasks read), made on first use and kept."""
+    global _shared_clickhouse
+    if _shared_clickhouse is None:
+        _shared_clickhouse = _clickhouse()
+    return _shared_clickhouse
 
 
 def shared_batch_runner() -> BatchRunner:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,7 @@ from engine.errors import NotCompilable, RuleError
 from engine.model import Rule, parse_rule
 from engine.query import Statement, entity_rows, evaluation, evaluation_insert
 from engine.run_states import RunState, reached
+from engine.silences import Hush, Quieting
 from engine.timestamps import utc_iso
 from engine.windows import WindowBounds, resolve_window
 from storage.alert_states import AlertStateStore
@@ -35,8 +36,9 @@ from storage.postgres import Postgres
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RunClaim, RunRecord, RunStore, UnknownUser
+from storage.silences import SilenceStore
 from worker.alert_state import AlertState
-from worker.audience import audiences
+from worker.audience import Entity, audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches
@@ -136,6 +138,7 @@ class RuleRunner:
         self._runs = RunStore(postgres, lease_seconds=lease_seconds)
         self._results = ResultStore(clickhouse)
         self._alert_state = AlertState(self._results, AlertStateStore(postgres))
+        self._silences = SilenceStore(postgres)
         self._allowed_hosts = allowed_hosts
         self._send_deliveries = send_deliveries
         self._time_limit_seconds = time_limit_seconds
@@ -292,15 +295,25 @@ class RuleRunner:
 
     def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
         """Evaluates every entity without writing (or takes the shared evaluation's counts), and records the run as
-        succeeded with its counts."""
-        if run.shared is not None:
+        succeeded with its counts, silenced and acknowledged included (what the silences and acknowledgements in
+        force at T would have withheld)."""
+        scope = run.scope
+        quieting = self._silences.quieting(scope.org_id, scope.at, [scope.rule_id])
+        # A shared evaluation has counts only; which entities a silence covers is known from an evaluation.
+        if run.shared is not None and not quieting.concerns(scope.rule_id):
             counts = {"entities": run.shared.entities, "matched": run.shared.matched}
         else:
             if run.compiled is not None:
                 evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
             else:
                 evaluated = self._interpreted(run, entities)
-            counts = {"entities": len(evaluated), "matched": sum(1 for result in evaluated if result.matched)}
+            matches = [result for result in evaluated if result.matched]
+            counts = {"entities": len(evaluated), "matched": len(matches)}
+            if quieting.concerns(scope.rule_id):
+                [named] = matched_entities(self._results, scope.org_id,
+                                           [RunMatches(run.rule.conditions.source, run.bounds, matches)])
+                hush = self._hush(quieting, run, named)
+                counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
         self._transition(run, RunState.EVALUATED, "evaluated without writing", **counts)
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
 
@@ -349,9 +362,11 @@ class RuleRunner:
 
     def _alert(self, runs: Sequence[RunInHand]) -> None:
         """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
-        cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed, the
-        firing state (rules with notify_on_resolve) and each run's `alerted`. The matches, names, cooldowns and
-        audiences of all the runs are each read in one query; each run's rows are those it would write alone."""
+        cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed (none for
+        the entities a silence or an acknowledgement covers), the firing state (rules with notify_on_resolve), the
+        end of acknowledgements whose entity no longer matches, and each run's `alerted`. The matches, names,
+        cooldowns, silences and audiences of all the runs are each read in one query; each run's rows are those it
+        would write alone."""
         first = runs[0]
         org_id, at = first.scope.org_id, first.scope.at
         notifies = first.record.trigger != "backfill"
@@ -372,9 +387,15 @@ class RuleRunner:
         resolved = [self._alert_state.resolving(run.scope, entities)
                     if notifies and run.rule.actions.notify_on_resolve else []
                     for run, entities in zip(runs, matched)]
+        quieting = self._silences.quieting(org_id, at, [run.scope.rule_id for run in runs])
+        hushes = [self._hush(quieting, run, run_matched, run_resolved)
+                  for run, run_matched, run_resolved in zip(runs, matched, resolved)]
+        # Silenced and acknowledged entities keep their alerts and firing state; only their notices are withheld.
+        told = [(hush.told(run_stored), hush.told(run_resolved))
+                for hush, run_stored, run_resolved in zip(hushes, stored, resolved)]
         recipients = (audiences(self._postgres, org_id, [
-            (run.rule.actions.notify.roles, run_stored + run_resolved)
-            for run, run_stored, run_resolved in zip(runs, stored, resolved)], at)
+            (run.rule.actions.notify.roles, told_alerted + told_resolved)
+            for run, (told_alerted, told_resolved) in zip(runs, told)], at)
             if notifies else [{} for _ in runs])
         users = [[sorted(r.user_id for r in run_recipients.get(entity.key, [])) for entity in run_stored]
                  for run_recipients, run_stored in zip(recipients, stored)]
@@ -384,19 +405,27 @@ class RuleRunner:
                          entity_users) for entity, entity_users in zip(run_alerted, run_users)])
             for run, run_alerted, run_users in zip(runs, alerted, users)])
         with self._postgres.transaction() as tx:
-            for run, run_alerted, run_stored, run_resolved, run_recipients, run_users in zip(
-                    runs, alerted, stored, resolved, recipients, users):
+            for run, run_alerted, run_stored, run_resolved, run_told, hush, run_recipients, run_users in zip(
+                    runs, alerted, stored, resolved, told, hushes, recipients, users):
                 scope, actions = run.scope, run.rule.actions
                 if notifies:
-                    for kind, entities in (("alert", run_stored), ("resolved", run_resolved)):
+                    for kind, entities in zip(("alert", "resolved"), run_told):
                         notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
                                            actions.severity, scope.at)
                         record_deliveries(tx, notice, entities, run_recipients, actions.notify)
                     if actions.notify_on_resolve:
                         self._alert_state.record(tx, scope, run_stored, run_resolved)
+                    self._silences.end_acknowledgements(tx, hush.ending, scope.at, run.record.id)
                 notified = sorted({user for entity_users in run_users for user in entity_users})
                 self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(run_alerted),
-                                 notified_users=notified, tx=tx)
+                                 silenced=hush.silenced, acknowledged=hush.acknowledged, notified_users=notified,
+                                 tx=tx)
+
+    @staticmethod
+    def _hush(quieting: Quieting, run: RunInHand, matched: Iterable[Entity], resolved: Sequence[Entity] = ()) -> Hush:
+        """What `quieting` does to the run, given its matched and resolving entities."""
+        # Silences and acknowledgements hold entities as PostgreSQL stores them (NUL-free), so they are compared so.
+        return quieting.hush(run.scope.rule_id, (entity.without_nul() for entity in matched), resolved)
 
     def _hand_over_deliveries(self, run: RunInHand) -> None:
         """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""

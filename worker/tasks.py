@@ -1,5 +1,5 @@
-"""The Celery tasks: rules.evaluate, rules.evaluate_batch, rules.evaluate_org, notifications.deliver (README "The
-service")."""
+"""The Celery tasks: rules.evaluate, rules.evaluate_batch, rules.evaluate_org, notifications.deliver,
+silences.add, alerts.acknowledge (README "The service", "Silences and acknowledgements")."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from storage.errors import DatabaseUnavailable
 from worker.app import app
 from worker.batch_runner import BatchRequest
-from worker.context import shared_batch_runner, shared_postgres, shared_runner
+from storage.results import ResultStore
+from worker.context import shared_batch_runner, shared_clickhouse, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
 from worker.runner import BadRunRequest, RuleNotFound, RunRequest
 from worker.schedule import MANUAL, FireTimeSender, load_rules
 from worker.settings import settings
+from worker.silencing import acknowledge, add_silence, silence_request
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +108,38 @@ def deliver(self: Task, delivery_id: int) -> dict[str, Any] | None:
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return {"delivery_id": delivery_id, "status": outcome.status, "error": outcome.error}
+
+
+@app.task(name="silences.add", bind=True, max_retries=None)  # RUN_RETRY sets the bounds
+def add_silence_task(self: Task, org_id: int, created_by: int, rule_id: str | None = None,
+                     entity_type: str | None = None, entity_id: str | None = None, dsp_type: str | None = None,
+                     advertiser_id: str | None = None, starts_at: str | None = None, ends_at: str | None = None,
+                     duration: str | None = None, comment: str | None = None) -> dict[str, Any]:
+    """Creates a silence (README "Silences and acknowledgements") and returns it as a JSON-able dict.
+
+    Times are ISO 8601 (without an offset: UTC), `starts_at` now by default; give `ends_at` or `duration`
+    (`30m`, `2h`, `1d`, `1w`). Bad fields raise BadSilenceRequest, a user who may not, SilenceRefused, both
+    writing nothing. A redelivered task returns the silence it created. PostgreSQL down is retried (RUN_RETRY).
+    """
+    request = silence_request(org_id, created_by, rule_id=rule_id, entity_type=entity_type, entity_id=entity_id,
+                              dsp_type=dsp_type, advertiser_id=advertiser_id, starts_at=starts_at, ends_at=ends_at,
+                              duration=duration, comment=comment, request_id=self.request.id)
+    with retrying(self, RUN_RETRY):
+        silence = add_silence(shared_postgres(), request)
+    return silence.to_dict(datetime.now(UTC))
+
+
+@app.task(name="alerts.acknowledge", bind=True, max_retries=None)  # RUN_RETRY sets the bounds
+def acknowledge_task(self: Task, rule_id: str, entity_type: str, entity_id: str, created_by: int,
+                     comment: str | None = None) -> dict[str, Any]:
+    """Acknowledges the firing (rule, entity) for user `created_by` (README "Silences and acknowledgements") and
+    returns the acknowledgement as a JSON-able dict.
+
+    Bad fields, an entity that is not firing or is acknowledged already raise BadSilenceRequest, a user who may
+    not, SilenceRefused, both writing nothing. A redelivered task returns the acknowledgement it created. A server
+    down is retried (RUN_RETRY).
+    """
+    with retrying(self, RUN_RETRY):
+        acknowledgement = acknowledge(shared_postgres(), ResultStore(shared_clickhouse()), rule_id, entity_type,
+                                      entity_id, created_by, comment, request_id=self.request.id)
+    return acknowledgement.to_dict()

@@ -59,3 +59,10 @@ FROM (
       AND campaign_id IN {entity_ids:Array(String)}
 )
 GROUP BY last_number, campaign_id;
+
+-- name: alerts_of_entity
+-- How many alerts a rule has raised on one entity (what an acknowledgement of a rule without firing state needs).
+SELECT count() AS alerts
+FROM alert_events
+WHERE org_id = {org_id:UInt32} AND rule_id = {rule_id:UUID} AND entity_type = {entity_type:String}
+  AND entity_id = {entity_id:String};

@@ -59,6 +59,8 @@ SET state = %(state)s::text,
     entities = COALESCE(%(entities)s::int, entities),
     matched = COALESCE(%(matched)s::int, matched),
     alerts = COALESCE(%(alerts)s::int, alerts),
+    silenced = COALESCE(%(silenced)s::int, silenced),
+    acknowledged = COALESCE(%(acknowledged)s::int, acknowledged),
     notified_users = COALESCE(%(notified_users)s::int[], notified_users),
     error = COALESCE(%(error)s::text, error),
     lease_expires_at = CASE WHEN %(status)s::text = 'running'
@@ -290,3 +292,79 @@ WHERE id = %(delivery_id)s AND status = 'sending';
 UPDATE rule_runs
 SET lease_expires_at = (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s::int)
 WHERE id = ANY(%(run_ids)s::uuid[]) AND status = 'running';
+
+-- name: silences_and_acknowledgements_at
+-- The organization's silences in force at T for every rule or one of rule_ids, and the acknowledgements of
+-- rule_ids open at T (made by T, not ended by then), one row each; `kind` says which.
+SELECT 'silence' AS kind, id, rule_id::text AS rule_id, entity_type, entity_id, dsp_type, advertiser_id
+FROM silences
+WHERE org_id = %(org_id)s AND starts_at <= %(at)s AND ends_at > %(at)s
+  AND (rule_id IS NULL OR rule_id = ANY(%(rule_ids)s::uuid[]))
+UNION ALL
+SELECT 'acknowledgement', id, rule_id::text, entity_type, entity_id, NULL, NULL
+FROM acknowledgements
+WHERE org_id = %(org_id)s AND rule_id = ANY(%(rule_ids)s::uuid[]) AND created_at <= %(at)s
+  AND (ended_at IS NULL OR ended_at > %(at)s)
+ORDER BY kind, id;
+
+-- name: silencer_standing
+-- Whether the organization, the user and the rule (its organization) exist, the user's role in the organization
+-- (NULL: not a member), and whether they hold an unexpired 'edit' grant there on the rule or on the entity.
+SELECT EXISTS (SELECT 1 FROM organizations WHERE id = %(org_id)s) AS organization_exists,
+       EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s) AS user_exists,
+       (SELECT org_id FROM rules WHERE id = %(rule_id)s::uuid) AS rule_org_id,
+       (SELECT role FROM org_memberships WHERE user_id = %(user_id)s AND org_id = %(org_id)s) AS role,
+       EXISTS (SELECT 1 FROM entity_permissions p
+               WHERE p.user_id = %(user_id)s AND p.org_id = %(org_id)s AND p.permission = 'edit'
+                 AND (p.expires_at IS NULL OR p.expires_at > %(at)s)
+                 AND ((p.entity_type = 'rule' AND p.entity_id = %(rule_id)s::text)
+                      OR (p.entity_type = %(entity_type)s::text AND p.entity_id = %(entity_id)s::text)))
+           AS holds_edit_grant;
+
+-- name: silence_of_request
+SELECT * FROM silences WHERE request_id = %(request_id)s::text;
+
+-- name: insert_silence
+INSERT INTO silences (org_id, rule_id, entity_type, entity_id, dsp_type, advertiser_id, starts_at, ends_at,
+                      created_by, comment, request_id)
+VALUES (%(org_id)s, %(rule_id)s::uuid, %(entity_type)s, %(entity_id)s, %(dsp_type)s, %(advertiser_id)s,
+        %(starts_at)s, %(ends_at)s, %(created_by)s, %(comment)s, %(request_id)s::text)
+RETURNING *;
+
+-- name: silence_for_update
+SELECT * FROM silences WHERE id = %(silence_id)s FOR UPDATE;
+
+-- name: end_silence
+-- A silence that has not started yet ends when it starts, so it never is in force.
+UPDATE silences SET ends_at = GREATEST(starts_at, %(at)s) WHERE id = %(silence_id)s RETURNING *;
+
+-- name: silences_of_organization
+-- An expired silence that never started (ends_at = starts_at) has ended too.
+SELECT * FROM silences
+WHERE org_id = %(org_id)s AND (%(include_ended)s OR (ends_at > %(at)s AND ends_at > starts_at))
+ORDER BY starts_at, id;
+
+-- name: organization_exists
+SELECT 1 AS found FROM organizations WHERE id = %(org_id)s;
+
+-- name: alert_state_of_entity
+SELECT firing FROM alert_states
+WHERE rule_id = %(rule_id)s AND entity_type = %(entity_type)s AND entity_id = %(entity_id)s;
+
+-- name: acknowledgement_of_request
+SELECT * FROM acknowledgements WHERE request_id = %(request_id)s::text;
+
+-- name: open_acknowledgement
+SELECT * FROM acknowledgements
+WHERE rule_id = %(rule_id)s AND entity_type = %(entity_type)s AND entity_id = %(entity_id)s AND ended_at IS NULL;
+
+-- name: insert_acknowledgement
+INSERT INTO acknowledgements (org_id, rule_id, entity_type, entity_id, created_by, comment, request_id)
+VALUES (%(org_id)s, %(rule_id)s, %(entity_type)s, %(entity_id)s, %(created_by)s, %(comment)s,
+        %(request_id)s::text)
+RETURNING *;
+
+-- name: end_acknowledgements
+-- The acknowledgements among ids still open end at the run's T.
+UPDATE acknowledgements SET ended_at = %(at)s, ended_by_run = %(run_id)s
+WHERE id = ANY(%(ids)s::bigint[]) AND ended_at IS NULL;

@@ -26,7 +26,7 @@ from tests.conftest import PG_SERVER, RULESCTL, free_port
 from benchmarks.bench import NAMING_CONVENTION as CONVENTION
 
 COMMANDS = ("migrate", "clickhouse-local", "run", "runs", "validate", "validate-convention", "schema", "backfill", "bench", "load-bench",
-            "demo-data", "demo-inbox", "up")
+            "demo-data", "demo-inbox", "up", "silence", "ack")
 METRIC_COLUMNS = ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
                   "clicks", "conversions", "spend", "cpm", "ctr", "cvr"]
 ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
@@ -596,6 +596,13 @@ def test_demo_data_loads_once_and_its_rules_match(pg_url, migrated_ch_url, click
                                                               "ttd-1106", "ttd-1110", "meta-1202", "meta-1207",
                                                               "meta-1210"}
     assert alerted["Insertion orders under-pacing"] == {"IO-1003", "IO-1007", "IO-1011"}
+    # The owner silenced one overspending campaign for the overspend rule: alerted, and told to nobody.
+    [silence] = pg_rows(pg, "SELECT rule_id::text AS rule_id, entity_id, created_by FROM silences")
+    overspend = next(rule["id"] for rule in rules if rule["name"] == "Overspend yesterday")
+    assert (silence["rule_id"], silence["entity_id"]) == (overspend, "dv360-1007")
+    assert "dv360-1007" in alerted["Overspend yesterday"]
+    [run] = pg_rows(pg, "SELECT silenced FROM rule_runs WHERE rule_id = %s", (overspend,))
+    assert run["silenced"] == 1
 
 
 # --- runs ---------------------------------------------------------------------------------------------------------

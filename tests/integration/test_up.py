@@ -304,7 +304,7 @@ def test_the_demo_rules_deliver_to_the_local_inbox(up):
     with psycopg.connect(up.pg_url) as connection:
         def delivery(key: str) -> tuple:
             return connection.execute(
-                "SELECT d.channel, d.recipient, d.kind, d.status, ru.name, r.alerts FROM deliveries d "
+                "SELECT d.channel, d.recipient, d.kind, d.status, ru.name, r.alerts - r.silenced FROM deliveries d "
                 "JOIN rule_runs r ON r.id = d.run_id JOIN rules ru ON ru.id = d.rule_id WHERE d.idempotency_key = %s",
                 (key,)).fetchone()
 
@@ -316,6 +316,7 @@ def test_the_demo_rules_deliver_to_the_local_inbox(up):
                 channel, recipient, _kind, status, rule, _alerts = delivery(summary["idempotency_key"])
                 assert (channel, recipient) == ("slack", SLACK_URL) and rule in summary["subject"]
             else:
+                # The demo's silenced campaign alerts with the other overspending one (the same cooldown), untold.
                 channel, _recipient, kind, status, rule, alerts = delivery(summary["idempotency_key"])
                 assert (channel, summary["event"], summary["rule"], summary["entities"]) == ("webhook", kind, rule,
                                                                                              alerts)

@@ -44,8 +44,10 @@ def test_pacing_windows_that_include_today_end_at_t_and_never_share(window):
     assert window_key(rule, NEW_YORK, FIRST_OF_DAY) != window_key(rule, NEW_YORK, LAST_OF_DAY)
 
 
-def _summary(at: str, status: str = "succeeded", matched: int = 0, alerts: int = 0, error: str | None = None):
-    return {"scheduled_for": at, "status": status, "matched": matched, "alerts": alerts, "error": error}
+def _summary(at: str, status: str = "succeeded", matched: int = 0, alerts: int = 0, error: str | None = None,
+             silenced: int = 0, acknowledged: int = 0):
+    return {"scheduled_for": at, "status": status, "matched": matched, "alerts": alerts, "error": error,
+            "silenced": silenced, "acknowledged": acknowledged}
 
 
 def test_the_day_table_groups_fire_times_by_local_day_with_range_failures_and_errors():
@@ -54,12 +56,13 @@ def test_the_day_table_groups_fire_times_by_local_day_with_range_failures_and_er
                              _summary("2026-06-01T23:30:00Z", matched=1, alerts=1),
                              _summary("2026-06-02T05:00:00Z", "failed", error="ClickHouse was down"),
                              _summary("2026-06-02T06:00:00Z", "failed", error="ClickHouse was down"),
-                             _summary("2026-06-02T07:00:00Z", matched=1)], evaluated=3)
+                             _summary("2026-06-02T07:00:00Z", matched=1, silenced=1)], evaluated=3)
 
     assert format_days(result, "Europe/Berlin").splitlines() == [
         "local day  fire times   matched  alerts failed",
         "2026-06-01          1         2       2      0",
         "2026-06-02          4       0-1       1      2",
         "  2 × ClickHouse was down",
+        "  notices withheld: 1 silenced, 0 acknowledged",
         "5 fire times (3 evaluated), 4 matches, 3 alerts, 2 failed",
     ]
