@@ -39,6 +39,7 @@ class RunRecord:
     matched: int
     alerts: int
     notified_users: tuple[int, ...]
+    storm: bool
     path: str | None
     error: str | None
     duration_ms: int | None
@@ -50,8 +51,8 @@ class RunRecord:
             id=str(row["id"]), rule_id=str(row["rule_id"]), org_id=row["org_id"], trigger=row["trigger"],
             scheduled_for=row["scheduled_for"], dry_run=row["dry_run"], state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
-            alerts=row["alerts"], notified_users=tuple(row["notified_users"] or ()), path=row["path"],
-            error=row["error"], duration_ms=row["duration_ms"],
+            alerts=row["alerts"], notified_users=tuple(row["notified_users"] or ()), storm=row["storm"],
+            path=row["path"], error=row["error"], duration_ms=row["duration_ms"],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -68,6 +69,7 @@ class RunRecord:
             "matched": self.matched,
             "alerts": self.alerts,
             "notified_users": sorted(self.notified_users),
+            "storm": self.storm,
             "duration_ms": self.duration_ms,
             "error": self.error,
             "path": self.path,
@@ -127,7 +129,7 @@ class RunStore:
 
     def transition(self, run: RunRecord, target: RunState, detail: str, *, path: str | None = None,
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
-                   notified_users: list[int] | None = None, error: str | None = None,
+                   notified_users: list[int] | None = None, storm: bool | None = None, error: str | None = None,
                    tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters given (the others keep their value), the lease renewed while running, the duration once final.
@@ -137,7 +139,7 @@ class RunStore:
         check_transition(run.state, target)
         row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
-            entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
+            entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, storm=storm, error=error,
             lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)

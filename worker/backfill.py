@@ -71,8 +71,8 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
 
 
 def format_days(result: BackfillResult, timezone: str) -> str:
-    """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it,
-    and a total line."""
+    """The per-day table (local day, fire times, matched range, alerts, failures) with, below each day, how many of
+    its fire times were (or would have been) storms and its errors; and a total line."""
     zone = ZoneInfo(timezone)
     lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
 
@@ -86,13 +86,18 @@ def format_days(result: BackfillResult, timezone: str) -> str:
         failed = sum(1 for s in runs if s["status"] == "failed")
         lines.append(f"{day.isoformat():<10} {len(runs):>10} {shown:>9} {sum(s['alerts'] for s in runs):>7} "
                      f"{failed:>6}")
+        storms = sum(1 for s in runs if s["storm"])
+        if storms:
+            lines.append(f"  {storms} × a storm (more matches than max_alerts or max_alert_share allow)")
         errors: dict[str, int] = {}
         for s in runs:
             if s["error"]:
                 errors[s["error"]] = errors.get(s["error"], 0) + 1
         lines.extend(f"  {count} × {error}" for error, count in errors.items())
     summaries = result.summaries
+    storms = sum(1 for s in summaries if s["storm"])
     lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
                  f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "
-                 f"{sum(1 for s in summaries if s['status'] == 'failed')} failed")
+                 f"{sum(1 for s in summaries if s['status'] == 'failed')} failed"
+                 + (f", {storms} storms" if storms else ""))
     return "\n".join(lines)
