@@ -87,13 +87,23 @@ def _quoted(text: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _headline(notice: RunNotice, count: int) -> str:
+def _headline(notice: RunNotice, records: Sequence[dict[str, Any]]) -> str:
+    count = len(records)
     noun = "entity" if count == 1 else "entities"
     if notice.kind == "resolved":
         return f"[resolved] {notice.rule_name}: {count} {noun} no longer match"
     if notice.storm is not None:
-        return f"[{notice.severity}] {notice.rule_name}: storm, {count:,} {noun} matched"
+        return f"[{notice.severity}] {notice.rule_name}: storm, {count:,} {_storm_noun(records)} matched"
     return f"[{notice.severity}] {notice.rule_name}: {count} {noun} matched"
+
+
+def _storm_noun(records: Sequence[dict[str, Any]]) -> str:
+    """What a storm notice calls its entities: `campaigns` when they are all campaigns, else `entities`."""
+    types = {record["entity_type"] for record in records}
+    one = types.pop().replace("_", " ") if len(types) == 1 else "entity"
+    if len(records) == 1:
+        return one
+    return "entities" if one == "entity" else f"{one}s"
 
 
 def _value_text(value: Any) -> str:
@@ -132,9 +142,9 @@ def _listing(notice: RunNotice, records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _storm_lines(notice: RunNotice, count: int) -> list[str]:
+def _storm_lines(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[str]:
     """What a storm notice says before its listing."""
-    storm = notice.storm
+    storm, count = notice.storm, len(records)
     order = (f"by {notice.ordered_by} (numbers highest first)" if notice.ordered_by else "by entity id")
     return [f"This run is a storm: it matched more entities than the rule allows at once (max_alerts "
             f"{storm.max_alerts:,}, max_alert_share {storm.max_alert_share:g}), which usually means broken data "
@@ -146,22 +156,22 @@ def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, st
     """The subject and plain-text body of one user's e-mail for this run (one incident notice in a storm)."""
     records = [entity_record(entity) for entity in entities]
     if notice.storm is not None:
-        intro = _storm_lines(notice, len(records))
+        intro = _storm_lines(notice, records)
     else:
         intro = ["These entities matched the rule and may need a look:" if notice.kind == "alert"
                  else "These entities matched the rule before and no longer do:"]
     body = [f"Rule: {notice.rule_name} ({notice.rule_id})", f"Severity: {notice.severity}",
             f"Evaluated at: {notice.time_text}", "", *intro, *_listing(notice, records), "",
             f"Run {notice.run_id}"]
-    return {"subject": _headline(notice, len(records)), "text": "\n".join(body) + "\n"}
+    return {"subject": _headline(notice, records), "text": "\n".join(body) + "\n"}
 
 
 def slack_body(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, Any]:
     """The JSON body of the run's Slack incoming-webhook post (one incident notice in a storm, saying its counts)."""
     records = [entity_record(entity) for entity in entities]
-    lines = [f"*{_headline(notice, len(records))}*", f"Evaluated at {notice.time_text}"]
+    lines = [f"*{_headline(notice, records)}*", f"Evaluated at {notice.time_text}"]
     if notice.storm is not None:
-        lines += [f"This run is a storm: {notice.storm.reason}.", *_storm_lines(notice, len(records))[1:]]
+        lines += [f"This run is a storm: {notice.storm.reason}.", *_storm_lines(notice, records)[1:]]
     return {"text": "\n".join([*lines, *_listing(notice, records)])}
 
 
