@@ -190,8 +190,8 @@ def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str
     return body
 
 
-def in_app_entities(notice: RunNotice, entities: Sequence[Entity]) -> list[dict[str, Any]]:
-    """The `notifications.entities` of one user's in-app notification: every entity as a record, or in a storm the
-    first STORM_LISTED_ENTITIES by the rule's first variable."""
+def in_app_entities(entities: Sequence[Entity], notice: RunNotice | None = None) -> list[dict[str, Any]]:
+    """The `notifications.entities` of one user's in-app notification: every entity as a record, or for a storm's
+    `notice` the first STORM_LISTED_ENTITIES by the rule's first variable."""
     records = [entity_record(entity) for entity in entities]
-    return records if notice.storm is None else _listed(notice, records)
+    return records if notice is None or notice.storm is None else _listed(notice, records)

@@ -213,7 +213,7 @@ def test_the_webhook_body_lists_the_first_entities_in_order_and_counts_all():
 
 def test_in_app_entities_are_every_entity_as_a_record():
     entities = campaigns(MAX_LISTED_ENTITIES + 2)
-    records = in_app_entities(notice(), entities)
+    records = in_app_entities(entities)
 
     assert [(r["entity_id"], r["entity_name"], r["values"]) for r in records] == [
         (e.entity_id, e.entity_name, {"spend": number}) for number, e in enumerate(entities, start=1)]

@@ -174,7 +174,7 @@ def test_a_storm_webhook_body_flags_the_storm_counts_all_and_lists_20_with_every
 
 
 def test_storm_in_app_entities_are_the_first_20_by_the_first_variable():
-    records = in_app_entities(storm_notice(), storm_campaigns(300))
+    records = in_app_entities(storm_campaigns(300), storm_notice())
 
     assert [r["entity_id"] for r in records] == [f"c{n}" for n in range(300, 280, -1)]
 
