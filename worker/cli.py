@@ -78,6 +78,9 @@ def _print_summary(result: dict, as_json: bool) -> None:
           + (" (dry run)" if result["dry_run"] else ""))
     print(f"  entities {result['entities']}, matched {result['matched']}, alerts {result['alerts']}, "
           f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
+    if result["storm"]:
+        print("  it would have been a storm (see rule_runs.transitions)" if result["dry_run"]
+              else "  a storm: every alert written, one incident notice per recipient")
     if result["error"]:
         print(f"  error: {result['error']}")
 

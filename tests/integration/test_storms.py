@@ -18,6 +18,7 @@ from engine.model import parse_rule
 from engine.storms import STORM_LISTED_ENTITIES
 from tests.integration.celery_support import iso, own_redis, services_on, wait_until
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
+from tests.integration.test_run_cli import rulesctl
 from tests.integration.test_notifications import LOOPBACK, SECRET, T, day_before, deliver_all, settings
 from worker.backfill import backfill
 from worker.messages import MAX_POST_BYTES
@@ -182,6 +183,18 @@ def test_dry_runs_and_backfills_say_a_storm_would_have_been_and_write_nothing(en
     assert env.pg("SELECT count(*) AS n FROM deliveries")[0]["n"] == 0
     assert env.pg("SELECT count(*) AS n FROM notifications")[0]["n"] == 0
     assert http.requests() == []
+
+
+def test_rulesctl_run_says_a_dry_run_would_have_been_a_storm(env):
+    team = storming(env)
+    rule = env.rule(team.org, ANY_SPEND)
+
+    process = rulesctl(env, "run", rule, "--at", iso(T), "--dry-run")
+
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines()[1].startswith("  entities 150, matched 150, alerts 0")
+    assert process.stdout.splitlines()[2] == "  it would have been a storm (see rule_runs.transitions)"
+    assert env.count("rule_evaluations", rule) == 0
 
 
 def test_a_written_backfill_records_the_storm_and_notifies_nobody(env):
