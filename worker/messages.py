@@ -34,7 +34,8 @@ from worker.audience import Entity
 MAX_LISTED_ENTITIES = 50
 # Each listed line of an e-mail or Slack text is cut at this many characters.
 MAX_LINE_CHARS = 500
-# A webhook body lists only the entities that keep it within this size (Slack's text stays far below it).
+# A webhook body lists only the entities that keep it within this size. (A Slack text, at most 50 lines of at
+# most 500 characters, stays within the 40,000 characters Slack takes.)
 MAX_POST_BYTES = 64 * 1024
 
 
@@ -149,7 +150,8 @@ def _storm_lines(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[s
     return [f"This run is a storm: it matched more entities than the rule allows at once (max_alerts "
             f"{storm.max_alerts:,}, max_alert_share {storm.max_alert_share:g}), which usually means broken data "
             f"rather than {count:,} problems. Every alert is recorded in alert_events.",
-            f"The first {min(count, STORM_LISTED_ENTITIES)} of {count:,} {order}:"]
+            f"The first {STORM_LISTED_ENTITIES} of {count:,} {order}:" if count > STORM_LISTED_ENTITIES
+            else f"All {count} {order}:"]
 
 
 def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, str]:

@@ -179,6 +179,22 @@ def test_storm_in_app_entities_are_the_first_20_by_the_first_variable():
     assert [r["entity_id"] for r in records] == [f"c{n}" for n in range(300, 280, -1)]
 
 
+def test_a_storm_notice_of_a_few_entities_lists_them_all():
+    lines = email_message(storm_notice(), storm_campaigns(3))["text"].splitlines()
+
+    assert "All 3 by spend (numbers highest first):" in lines
+    assert [line for line in lines if line.startswith("- ")] == [
+        "- campaign Campaign 3 (c3): spend = 3", "- campaign Campaign 2 (c2): spend = 2",
+        "- campaign Campaign 1 (c1): spend = 1"]
+
+
+def test_a_storm_of_line_items_calls_them_so():
+    items = [entity(f"li-{n}", f"li-{n}", {"delivered_amount": n}, entity_type="line_item") for n in range(30)]
+    notice = RunNotice("alert", "run-1", 7, "rule-1", "Stalled", "warning", EVALUATED_AT, STORM, "delivered_amount")
+
+    assert email_message(notice, items)["subject"] == "[warning] Stalled: storm, 30 line items matched"
+
+
 def test_a_resolved_notice_of_a_run_that_is_a_storm_is_not_an_incident_notice():
     resolved = RunNotice("resolved", "run-1", 7, "rule-1", "Overspend", "critical", EVALUATED_AT)
 
