@@ -84,7 +84,10 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         return {**common, "subject": body["text"].splitlines()[0].strip("*"), "recipients": [record["path"]],
                 "idempotency_key": record["idempotency_key"]}
     if channel == "webhook":
-        return {**common, "event": body["event"], "rule": body["rule"]["name"], "entities": len(body["entities"]),
+        # A body lists at most some of its entities; `entity_count` counts them all (posts kept from before it
+        # existed list every one).
+        count = body.get("entity_count", len(body["entities"]))
+        return {**common, "event": body["event"], "rule": body["rule"]["name"], "entities": count,
                 "signature": signature_check(record["body"], record["signature"]),
                 "idempotency_key": record["idempotency_key"]}
     raise ValueError(f"unknown channel {channel!r}")

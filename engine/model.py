@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -45,12 +46,15 @@ from engine.problem_text import join_path as _join
 from engine.problem_text import re2_problem
 from engine.problem_text import shown as _shown
 from engine.problem_text import suggestion as _suggestion
+from engine.storms import SHARE_FLOOR
 from engine.windows import LIFETIME, PREVIOUS_PERIOD, TODAY, YESTERDAY, is_known_timezone, parse_window
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_LOGIC_DEPTH = 32
 MAX_LOGIC_NODES = 1000
 MAX_COOLDOWN_MINUTES = 7 * 24 * 60
+DEFAULT_MAX_ALERTS = 100
+DEFAULT_MAX_ALERT_SHARE = 0.5
 MAX_SCOPE_VALUES = 1000
 MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
@@ -198,6 +202,15 @@ class Actions(BaseModel):
         default=60, ge=0, le=MAX_COOLDOWN_MINUTES, description="No new alert for an entity within this many minutes."
     )
     notify_on_resolve: StrictBool = False
+    max_alerts: StrictInt = Field(
+        default=DEFAULT_MAX_ALERTS, ge=1,
+        description="A run matching more entities than this is a storm: one incident notice per recipient.",
+    )
+    max_alert_share: StrictFloat = Field(
+        default=DEFAULT_MAX_ALERT_SHARE, gt=0, le=1, allow_inf_nan=False,
+        description=f"A run matching more than this share of the entities it evaluated (once over {SHARE_FLOOR} "
+                    "match) is a storm.",
+    )
     notify: Notify = Field(default_factory=Notify)
 
 
@@ -673,6 +686,8 @@ _TYPE_REASONS = {
     "string_type": "must be a string",
     "int_type": "must be a whole number",
     "bool_type": "must be true or false",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "tuple_type": "must be a list",
     "list_type": "must be a list",
     "dict_type": "must be an object",
@@ -695,10 +710,12 @@ def _plain_reason(item: Mapping[str, Any], model: type[BaseModel]) -> str:
         if len(choices) == 1:
             return f"must be {_shown(choices[0])}{hint}"
         return f"must be one of {', '.join(_shown(choice) for choice in choices)}{hint}"
+    if kind == "greater_than":
+        return f"must be more than {_bound(context['gt'])}"
     if kind == "greater_than_equal":
-        return f"must be at least {context['ge']}"
+        return f"must be at least {_bound(context['ge'])}"
     if kind == "less_than_equal":
-        return f"must be at most {context['le']}"
+        return f"must be at most {_bound(context['le'])}"
     if kind == "too_short":
         return "must not be empty" if context["min_length"] == 1 else f"needs at least {context['min_length']} items"
     if kind == "too_long":
@@ -706,6 +723,10 @@ def _plain_reason(item: Mapping[str, Any], model: type[BaseModel]) -> str:
     if kind == "string_too_long":
         return f"must be at most {context['max_length']} characters"
     return item["msg"].replace("Input should be", "must be")
+
+
+def _bound(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:

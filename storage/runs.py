@@ -41,6 +41,7 @@ class RunRecord:
     silenced: int
     acknowledged: int
     notified_users: tuple[int, ...]
+    storm: bool
     path: str | None
     error: str | None
     duration_ms: int | None
@@ -53,7 +54,7 @@ class RunRecord:
             scheduled_for=row["scheduled_for"], dry_run=row["dry_run"], state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
             alerts=row["alerts"], silenced=row["silenced"], acknowledged=row["acknowledged"],
-            notified_users=tuple(row["notified_users"] or ()), path=row["path"],
+            notified_users=tuple(row["notified_users"] or ()), storm=row["storm"], path=row["path"],
             error=row["error"], duration_ms=row["duration_ms"],
         )
 
@@ -73,6 +74,7 @@ class RunRecord:
             "silenced": self.silenced,
             "acknowledged": self.acknowledged,
             "notified_users": sorted(self.notified_users),
+            "storm": self.storm,
             "duration_ms": self.duration_ms,
             "error": self.error,
             "path": self.path,
@@ -133,7 +135,8 @@ class RunStore:
     def transition(self, run: RunRecord, target: RunState, detail: str, *, path: str | None = None,
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
                    silenced: int | None = None, acknowledged: int | None = None,
-                   notified_users: list[int] | None = None, error: str | None = None, tx: Transaction | None = None) -> RunRecord:
+                   notified_users: list[int] | None = None, storm: bool | None = None, error: str | None = None,
+                   tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters given (the others keep their value), the lease renewed while running, the duration once final.
 
@@ -143,7 +146,7 @@ class RunStore:
         row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
             entities=entities, matched=matched, alerts=alerts, silenced=silenced, acknowledged=acknowledged,
-            notified_users=notified_users, error=error, lease_seconds=self._lease_seconds,
+            notified_users=notified_users, storm=storm, error=error, lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)
 

@@ -71,8 +71,9 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
 
 
 def format_days(result: BackfillResult, timezone: str) -> str:
-    """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it
-    and, when there are any, the matches silences and acknowledgements withheld that day; then a total line."""
+    """The per-day table (local day, fire times, matched range, alerts, failures) with, below each day, how many of
+    its fire times were (or would have been) storms, its errors and, when there are any, the matches silences and
+    acknowledgements withheld that day; then a total line."""
     zone = ZoneInfo(timezone)
     lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
 
@@ -86,6 +87,9 @@ def format_days(result: BackfillResult, timezone: str) -> str:
         failed = sum(1 for s in runs if s["status"] == "failed")
         lines.append(f"{day.isoformat():<10} {len(runs):>10} {shown:>9} {sum(s['alerts'] for s in runs):>7} "
                      f"{failed:>6}")
+        storms = sum(1 for s in runs if s["storm"])
+        if storms:
+            lines.append(f"  {storms} × a storm (more matches than max_alerts or max_alert_share allow)")
         errors: dict[str, int] = {}
         for s in runs:
             if s["error"]:
@@ -95,7 +99,9 @@ def format_days(result: BackfillResult, timezone: str) -> str:
         if silenced or acknowledged:
             lines.append(f"  notices withheld: {silenced} silenced, {acknowledged} acknowledged")
     summaries = result.summaries
+    storms = sum(1 for s in summaries if s["storm"])
     lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
                  f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "
-                 f"{sum(1 for s in summaries if s['status'] == 'failed')} failed")
+                 f"{sum(1 for s in summaries if s['status'] == 'failed')} failed"
+                 + (f", {storms} storms" if storms else ""))
     return "\n".join(lines)

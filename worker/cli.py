@@ -81,6 +81,9 @@ def _print_summary(result: dict, as_json: bool) -> None:
           + (f"silenced {result['silenced']}, acknowledged {result['acknowledged']}, "
              if result["silenced"] or result["acknowledged"] else "")
           + f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
+    if result["storm"]:
+        print("  it would have been a storm (see rule_runs.transitions)" if result["dry_run"]
+              else "  a storm: every alert written, one incident notice per recipient")
     if result["error"]:
         print(f"  error: {result['error']}")
 

@@ -22,7 +22,7 @@ from engine.model import Notify
 from storage.postgres import Postgres, Transaction
 from worker.audience import Entity, Recipient
 from worker.channels import DeliveryFailed, post_json, send_email
-from worker.messages import RunNotice, email_message, in_app_entities, slack_body, webhook_body
+from worker.messages import RunNotice, email_message, in_app_entities, post_bytes, slack_body, webhook_body
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 
@@ -71,7 +71,7 @@ def owed_deliveries(notice: RunNotice, entities: Sequence[Entity],
     for user_id, (recipient, own) in sorted(per_user.items()):
         if "in_app" in notify.channels:
             owed.append(OwedDelivery("in_app", str(user_id), {"entities": len(own)}, str(uuid.uuid4()),
-                                     user_id=user_id, notification_entities=in_app_entities(own)))
+                                     user_id=user_id, notification_entities=in_app_entities(own, notice)))
         if "email" in notify.channels and recipient.email_verified:
             owed.append(OwedDelivery("email", recipient.email, email_message(notice, own), str(uuid.uuid4()),
                                      user_id=user_id))
@@ -93,7 +93,8 @@ def record_deliveries(tx: Transaction, notice: RunNotice, entities: Sequence[Ent
         if owed.notification_entities is not None:
             tx.execute("insert_notification", org_id=notice.org_id, user_id=owed.user_id, rule_id=notice.rule_id,
                        run_id=notice.run_id, severity=notice.severity, kind=notice.kind,
-                       entities=json.dumps(owed.notification_entities))
+                       entities=json.dumps(owed.notification_entities), storm=notice.storm is not None,
+                       entity_count=owed.payload["entities"])
         tx.execute("insert_delivery", **common, idempotency_key=owed.idempotency_key, channel=owed.channel,
                    recipient=owed.recipient, user_id=owed.user_id, payload=json.dumps(owed.payload),
                    status="sent" if owed.sent else "pending", attempts=1 if owed.sent else 0)
@@ -120,9 +121,9 @@ class DeliveryOutcome:
 
 def post_request(channel: str, body: dict[str, Any], idempotency_key: str,
                  webhook_secret: str | None) -> tuple[bytes, dict[str, str]]:
-    """The bytes and extra headers of a Slack or webhook post: compact UTF-8 JSON, the `Idempotency-Key`, and for
-    a webhook, when a secret is set, the `X-Signature` of exactly those bytes."""
-    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes and extra headers of a Slack or webhook post: compact UTF-8 JSON (`post_bytes`), the
+    `Idempotency-Key`, and for a webhook, when a secret is set, the `X-Signature` of exactly those bytes."""
+    encoded = post_bytes(body)
     headers = {"Idempotency-Key": idempotency_key}
     if channel == "webhook" and webhook_secret:
         headers["X-Signature"] = signature(webhook_secret, encoded)

@@ -4,9 +4,13 @@ The webhook body (also documented in the README):
 
     {"event": "alert" | "resolved", "delivery_id": "<uuid, the same on every retry>", "run_id": "<uuid>",
      "org_id": 1, "rule": {"id": "<uuid>", "name": "...", "severity": "warning"},
-     "evaluated_at": "2026-11-25T09:00:00Z",
+     "evaluated_at": "2026-11-25T09:00:00Z", "storm": false, "entity_count": 1, "ordered_by": null,
      "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "...",
                    "values": {"spend": 1234.5, ...}, "conditions": [true, false]}]}
+
+`entity_count` is the number of entities the notice is about; `entities` lists at most MAX_LISTED_ENTITIES of them
+(STORM_LISTED_ENTITIES in a storm, ordered by the rule's first variable, `ordered_by`), and fewer when they would
+take the body past MAX_POST_BYTES. E-mail and Slack list as many, each line cut at MAX_LINE_CHARS.
 
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
@@ -22,11 +26,17 @@ from datetime import datetime
 from typing import Any
 
 from engine.evaluation_document import parse_document
+from engine.storms import STORM_LISTED_ENTITIES, Storm, storm_order
 from engine.timestamps import utc_iso
 from worker.audience import Entity
 
-# An e-mail or Slack message lists this many entities and says how many more there are.
+# An e-mail, Slack or webhook message lists this many entities and says how many there are in all.
 MAX_LISTED_ENTITIES = 50
+# Each listed line of an e-mail or Slack text is cut at this many characters.
+MAX_LINE_CHARS = 500
+# A webhook body lists only the entities that keep it within this size. (A Slack text, at most 50 lines of at
+# most 500 characters, stays within the 40,000 characters Slack takes.)
+MAX_POST_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,18 @@ class RunNotice:
     rule_name: str
     severity: str
     evaluated_at: datetime
+    # A storm's alert notice is one incident notice: the first entities by `ordered_by`, with the full count.
+    storm: Storm | None = None
+    ordered_by: str | None = None
 
     @property
     def time_text(self) -> str:
         return utc_iso(self.evaluated_at)
+
+
+def post_bytes(body: dict[str, Any]) -> bytes:
+    """The bytes a Slack or webhook post carries for `body`: compact UTF-8 JSON."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def entity_record(entity: Entity) -> dict[str, Any]:
@@ -70,11 +88,23 @@ def _quoted(text: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _headline(notice: RunNotice, count: int) -> str:
+def _headline(notice: RunNotice, records: Sequence[dict[str, Any]]) -> str:
+    count = len(records)
     noun = "entity" if count == 1 else "entities"
     if notice.kind == "resolved":
         return f"[resolved] {notice.rule_name}: {count} {noun} no longer match"
+    if notice.storm is not None:
+        return f"[{notice.severity}] {notice.rule_name}: storm, {count:,} {_storm_noun(records)} matched"
     return f"[{notice.severity}] {notice.rule_name}: {count} {noun} matched"
+
+
+def _storm_noun(records: Sequence[dict[str, Any]]) -> str:
+    """What a storm notice calls its entities: `campaigns` when they are all campaigns, else `entities`."""
+    types = {record["entity_type"] for record in records}
+    one = types.pop().replace("_", " ") if len(types) == 1 else "entity"
+    if len(records) == 1:
+        return one
+    return "entities" if one == "entity" else f"{one}s"
 
 
 def _value_text(value: Any) -> str:
@@ -88,41 +118,82 @@ def _entity_line(record: dict[str, Any]) -> str:
     label = name if name == record["entity_id"] else f"{name} ({record['entity_id']})"
     values = ", ".join(f"{field} = {_value_text(value)}" for field, value in record["values"].items())
     line = f"- {record['entity_type']} {label}" + (f": {values}" if values else "")
-    return line + (f"; {naming_text(record['naming'])}" if "naming" in record else "")
+    line += f"; {naming_text(record['naming'])}" if "naming" in record else ""
+    return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS - 1] + "…"
 
 
-def _listing(records: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [_entity_line(record) for record in records[:MAX_LISTED_ENTITIES]]
-    if len(records) > MAX_LISTED_ENTITIES:
-        lines.append(f"... and {len(records) - MAX_LISTED_ENTITIES} more")
+def _listed(notice: RunNotice, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records a message of `notice` lists: at most MAX_LISTED_ENTITIES in the order given, or in a storm the
+    first STORM_LISTED_ENTITIES by the rule's first variable."""
+    if notice.storm is None:
+        return records[:MAX_LISTED_ENTITIES]
+    return list(storm_order(records, notice.ordered_by)[:STORM_LISTED_ENTITIES])
+
+
+def _listing(notice: RunNotice, records: list[dict[str, Any]]) -> list[str]:
+    """The listed lines of an e-mail or Slack text, and how many more there are; a storm's lines show only the
+    value of the variable they are ordered by."""
+    listed = _listed(notice, records)
+    if notice.storm is not None:
+        listed = [{**record, "values": {name: value for name, value in record["values"].items()
+                                        if name == notice.ordered_by}} for record in listed]
+    lines = [_entity_line(record) for record in listed]
+    if len(records) > len(listed):
+        lines.append(f"... and {len(records) - len(listed):,} more")
     return lines
 
 
+def _storm_lines(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[str]:
+    """What a storm notice says before its listing."""
+    storm, count = notice.storm, len(records)
+    order = (f"by {notice.ordered_by} (numbers highest first)" if notice.ordered_by else "by entity id")
+    return [f"This run is a storm: it matched more entities than the rule allows at once (max_alerts "
+            f"{storm.max_alerts:,}, max_alert_share {storm.max_alert_share:g}), which usually means broken data "
+            f"rather than {count:,} problems. Every alert is recorded in alert_events.",
+            f"The first {STORM_LISTED_ENTITIES} of {count:,} {order}:" if count > STORM_LISTED_ENTITIES
+            else f"All {count} {order}:"]
+
+
 def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, str]:
-    """The subject and plain-text body of one user's e-mail for this run."""
+    """The subject and plain-text body of one user's e-mail for this run (one incident notice in a storm)."""
     records = [entity_record(entity) for entity in entities]
-    intro = ("These entities matched the rule and may need a look:" if notice.kind == "alert"
-             else "These entities matched the rule before and no longer do:")
+    if notice.storm is not None:
+        intro = _storm_lines(notice, records)
+    else:
+        intro = ["These entities matched the rule and may need a look:" if notice.kind == "alert"
+                 else "These entities matched the rule before and no longer do:"]
     body = [f"Rule: {notice.rule_name} ({notice.rule_id})", f"Severity: {notice.severity}",
-            f"Evaluated at: {notice.time_text}", "", intro, *_listing(records), "",
+            f"Evaluated at: {notice.time_text}", "", *intro, *_listing(notice, records), "",
             f"Run {notice.run_id}"]
-    return {"subject": _headline(notice, len(records)), "text": "\n".join(body) + "\n"}
+    return {"subject": _headline(notice, records), "text": "\n".join(body) + "\n"}
 
 
 def slack_body(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, Any]:
-    """The JSON body of the run's Slack incoming-webhook post."""
+    """The JSON body of the run's Slack incoming-webhook post (one incident notice in a storm, saying its counts)."""
     records = [entity_record(entity) for entity in entities]
-    lines = [f"*{_headline(notice, len(records))}*", f"Evaluated at {notice.time_text}", *_listing(records)]
-    return {"text": "\n".join(lines)}
+    lines = [f"*{_headline(notice, records)}*", f"Evaluated at {notice.time_text}"]
+    if notice.storm is not None:
+        lines += [f"This run is a storm: {notice.storm.reason}.", *_storm_lines(notice, records)[1:]]
+    return {"text": "\n".join([*lines, *_listing(notice, records)])}
 
 
 def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str) -> dict[str, Any]:
-    """The JSON body of the run's webhook post (the format in this module's docstring)."""
-    return {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
+    """The JSON body of the run's webhook post (the format in this module's docstring): at most MAX_POST_BYTES."""
+    body = {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
             "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
-            "evaluated_at": notice.time_text, "entities": [entity_record(entity) for entity in entities]}
+            "evaluated_at": notice.time_text, "storm": notice.storm is not None, "entity_count": len(entities),
+            "ordered_by": notice.ordered_by if notice.storm is not None else None, "entities": []}
+    budget = MAX_POST_BYTES - len(post_bytes(body))
+    for record in _listed(notice, [entity_record(entity) for entity in entities]):
+        budget -= len(post_bytes(record)) + 1  # the record and its comma
+        if budget < 0:
+            break
+        body["entities"].append(record)
+    return body
 
 
-def in_app_entities(entities: Sequence[Entity]) -> list[dict[str, Any]]:
-    """The `notifications.entities` of one user's in-app notification."""
-    return [entity_record(entity) for entity in entities]
+def in_app_entities(entities: Sequence[Entity], notice: RunNotice | None = None) -> list[dict[str, Any]]:
+    """The `notifications.entities` of one user's in-app notification: every entity as a record, or for a storm's
+    `notice` the first STORM_LISTED_ENTITIES by the rule's first variable."""
+    records = [entity_record(entity) for entity in entities]
+    return records if notice is None or notice.storm is None else _listed(notice, records)

@@ -21,12 +21,13 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from engine.compiler import CompiledLogic, compile_logic
+from engine.compiler import CompiledLogic, compile_logic, first_variable
 from engine.errors import NotCompilable, RuleError
 from engine.model import Rule, parse_rule
 from engine.query import Statement, entity_rows, evaluation, evaluation_insert
 from engine.run_states import RunState, reached
 from engine.silences import Hush, Quieting
+from engine.storms import Storm, storm_of
 from engine.timestamps import utc_iso
 from engine.windows import WindowBounds, resolve_window
 from storage.alert_states import AlertStateStore
@@ -117,6 +118,11 @@ def evaluation_time(scheduled_for: datetime | None, now: Callable[[], datetime] 
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def _storm(rule: Rule, entities: int, matched: int) -> Storm | None:
+    """The storm a run of `rule` that evaluated `entities` and matched `matched` of them is, if it is one."""
+    return storm_of(entities, matched, rule.actions.max_alerts, rule.actions.max_alert_share)
 
 
 def summary(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,7 +320,9 @@ class RuleRunner:
                                            [RunMatches(run.rule.conditions.source, run.bounds, matches)])
                 hush = self._hush(quieting, run, named)
                 counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
-        self._transition(run, RunState.EVALUATED, "evaluated without writing", **counts)
+        storm = _storm(run.rule, counts["entities"], counts["matched"])
+        detail = "evaluated without writing" + (f"; it would have been a storm: {storm.reason}" if storm else "")
+        self._transition(run, RunState.EVALUATED, detail, storm=storm is not None, **counts)
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
 
     def _evaluate(self, run: RunInHand, entities: Statement) -> None:
@@ -364,9 +372,10 @@ class RuleRunner:
         """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
         cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed (none for
         the entities a silence or an acknowledgement covers), the firing state (rules with notify_on_resolve), the
-        end of acknowledgements whose entity no longer matches, and each run's `alerted`. The matches, names,
-        cooldowns, silences and audiences of all the runs are each read in one query; each run's rows are those it
-        would write alone."""
+        end of acknowledgements whose entity no longer matches, and each run's `alerted`. A run that is a storm
+        (engine/storms.py) still writes every alert, but owes each recipient one incident notice. The matches,
+        names, cooldowns, silences and audiences of all the runs are each read in one query; each run's rows are
+        those it would write alone."""
         first = runs[0]
         org_id, at = first.scope.org_id, first.scope.at
         notifies = first.record.trigger != "backfill"
@@ -378,6 +387,7 @@ class RuleRunner:
             outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread])
             for run in unread:
                 run.matched = outcomes[run.scope.rule_id].matched
+        storms = [_storm(run.rule, run.record.entities, len(run.matched)) for run in runs]
         matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
                                                                       run.matched) for run in runs])
         alerted = self._alert_state.alerting(org_id, at, [
@@ -405,20 +415,23 @@ class RuleRunner:
                          entity_users) for entity, entity_users in zip(run_alerted, run_users)])
             for run, run_alerted, run_users in zip(runs, alerted, users)])
         with self._postgres.transaction() as tx:
-            for run, run_alerted, run_stored, run_resolved, run_told, hush, run_recipients, run_users in zip(
-                    runs, alerted, stored, resolved, told, hushes, recipients, users):
+            for run, run_storm, run_alerted, run_stored, run_resolved, run_told, hush, run_recipients, run_users in zip(
+                    runs, storms, alerted, stored, resolved, told, hushes, recipients, users):
                 scope, actions = run.scope, run.rule.actions
                 if notifies:
                     for kind, entities in zip(("alert", "resolved"), run_told):
+                        storm = run_storm if kind == "alert" else None
                         notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
-                                           actions.severity, scope.at)
+                                           actions.severity, scope.at, storm,
+                                           first_variable(run.rule.conditions.logic, run.rule.fields))
                         record_deliveries(tx, notice, entities, run_recipients, actions.notify)
                     if actions.notify_on_resolve:
                         self._alert_state.record(tx, scope, run_stored, run_resolved)
                     self._silences.end_acknowledgements(tx, hush.ending, scope.at, run.record.id)
                 notified = sorted({user for entity_users in run_users for user in entity_users})
-                self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(run_alerted),
-                                 silenced=hush.silenced, acknowledged=hush.acknowledged, notified_users=notified,
+                detail = "alert_events written" + (f"; a storm: {run_storm.reason}" if run_storm else "")
+                self._transition(run, RunState.ALERTED, detail, alerts=len(run_alerted), silenced=hush.silenced,
+                                 acknowledged=hush.acknowledged, notified_users=notified, storm=run_storm is not None,
                                  tx=tx)
 
     @staticmethod

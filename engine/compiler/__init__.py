@@ -7,7 +7,7 @@ reads), `coercions` (JavaScript's conversions between kinds), `comparisons` (equ
 """
 
 from engine.compiler.compilation import MAX_SQL_LENGTH, CompiledLogic, compile_logic
-from engine.compiler.logic_tree import logic_variables, top_level_conditions
+from engine.compiler.logic_tree import first_variable, logic_variables, top_level_conditions
 from engine.compiler.types import Kind
 
-__all__ = ["MAX_SQL_LENGTH", "CompiledLogic", "Kind", "compile_logic", "logic_variables", "top_level_conditions"]
+__all__ = ["MAX_SQL_LENGTH", "CompiledLogic", "Kind", "compile_logic", "first_variable", "logic_variables", "top_level_conditions"]

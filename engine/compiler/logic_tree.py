@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 import json_logic
@@ -28,24 +29,28 @@ def arguments_of(values: Any) -> list[Any]:
 
 def logic_variables(logic: Any, fields: Mapping[str, FieldType]) -> tuple[str, ...]:
     """Every field named by a literal `var`, `missing` or `missing_some` key anywhere in the logic."""
-    names: set[str] = set()
+    return tuple(sorted(set(_variables_in_order(logic, fields))))
 
-    def visit(node: Any) -> None:
-        if isinstance(node, list):
-            for element in node:
-                visit(element)
-        elif json_logic.is_logic(node):
-            operator = next(iter(node))
-            arguments = arguments_of(node[operator])
-            if operator in _DATA_OPERATORS:
-                for key in _literal_keys(operator, arguments):
-                    if to_string(key) in fields:
-                        names.add(to_string(key))
-            # The logic of a scoped operation reads the elements of its array, not the row.
-            visit(arguments[:1] + arguments[2:3] if operator in SCOPED_OPERATORS else arguments)
 
-    visit(logic)
-    return tuple(sorted(names))
+def first_variable(logic: Any, fields: Mapping[str, FieldType]) -> str | None:
+    """The first field the logic names, in the order it is written (as `logic_variables` finds them); None: none."""
+    return next(_variables_in_order(logic, fields), None)
+
+
+def _variables_in_order(logic: Any, fields: Mapping[str, FieldType]) -> Iterator[str]:
+    if isinstance(logic, list):
+        for element in logic:
+            yield from _variables_in_order(element, fields)
+    elif json_logic.is_logic(logic):
+        operator = next(iter(logic))
+        arguments = arguments_of(logic[operator])
+        if operator in _DATA_OPERATORS:
+            for key in _literal_keys(operator, arguments):
+                if to_string(key) in fields:
+                    yield to_string(key)
+        # The logic of a scoped operation reads the elements of its array, not the row.
+        yield from _variables_in_order(arguments[:1] + arguments[2:3] if operator in SCOPED_OPERATORS else arguments,
+                                       fields)
 
 
 def _literal_keys(operator: str, arguments: list[Any]) -> list[Any]:

@@ -62,6 +62,7 @@ SET state = %(state)s::text,
     silenced = COALESCE(%(silenced)s::int, silenced),
     acknowledged = COALESCE(%(acknowledged)s::int, acknowledged),
     notified_users = COALESCE(%(notified_users)s::int[], notified_users),
+    storm = COALESCE(%(storm)s::boolean, storm),
     error = COALESCE(%(error)s::text, error),
     lease_expires_at = CASE WHEN %(status)s::text = 'running'
                             THEN (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s::int) END,
@@ -244,8 +245,9 @@ FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[]) AS x(t, i)
 WHERE rule_id = %(rule_id)s AND entity_type = x.t AND entity_id = x.i AND firing AND evaluated_at < %(at)s;
 
 -- name: insert_notification
-INSERT INTO notifications (org_id, user_id, rule_id, run_id, severity, entities, kind)
-VALUES (%(org_id)s, %(user_id)s, %(rule_id)s, %(run_id)s, %(severity)s, %(entities)s, %(kind)s)
+INSERT INTO notifications (org_id, user_id, rule_id, run_id, severity, entities, kind, storm, entity_count)
+VALUES (%(org_id)s, %(user_id)s, %(rule_id)s, %(run_id)s, %(severity)s, %(entities)s, %(kind)s, %(storm)s,
+        %(entity_count)s)
 ON CONFLICT (run_id, user_id, kind) DO NOTHING;
 
 -- name: insert_delivery

@@ -45,9 +45,9 @@ def test_pacing_windows_that_include_today_end_at_t_and_never_share(window):
 
 
 def _summary(at: str, status: str = "succeeded", matched: int = 0, alerts: int = 0, error: str | None = None,
-             silenced: int = 0, acknowledged: int = 0):
+             silenced: int = 0, acknowledged: int = 0, storm: bool = False):
     return {"scheduled_for": at, "status": status, "matched": matched, "alerts": alerts, "error": error,
-            "silenced": silenced, "acknowledged": acknowledged}
+            "silenced": silenced, "acknowledged": acknowledged, "storm": storm}
 
 
 def test_the_day_table_groups_fire_times_by_local_day_with_range_failures_and_errors():
@@ -65,4 +65,19 @@ def test_the_day_table_groups_fire_times_by_local_day_with_range_failures_and_er
         "  2 × ClickHouse was down",
         "  notices withheld: 1 silenced, 0 acknowledged",
         "5 fire times (3 evaluated), 4 matches, 3 alerts, 2 failed",
+    ]
+
+
+def test_the_day_table_counts_the_fire_times_that_were_storms():
+    result = BackfillResult([_summary("2026-06-01T10:00:00Z", matched=300, storm=True),
+                             _summary("2026-06-01T11:00:00Z", matched=2),
+                             _summary("2026-06-02T10:00:00Z", matched=250, storm=True)], evaluated=3)
+
+    assert format_days(result, "UTC").splitlines() == [
+        "local day  fire times   matched  alerts failed",
+        "2026-06-01          2     2-300       0      0",
+        "  1 × a storm (more matches than max_alerts or max_alert_share allow)",
+        "2026-06-02          1       250       0      0",
+        "  1 × a storm (more matches than max_alerts or max_alert_share allow)",
+        "3 fire times (3 evaluated), 552 matches, 0 alerts, 0 failed, 2 storms",
     ]

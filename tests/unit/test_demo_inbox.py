@@ -58,3 +58,10 @@ def test_messages_are_summarised_with_subject_and_recipients():
 def test_a_record_the_receivers_do_not_write_is_refused(record):
     with pytest.raises(ValueError, match="not a record of the demo inbox"):
         summarise(record)
+
+
+def test_a_webhook_post_listing_some_of_its_entities_is_counted_by_its_entity_count():
+    body = json.dumps({"event": "alert", "rule": {"name": "Overspend"}, "storm": True, "entity_count": 150,
+                       "entities": [{"entity_id": f"c-{n}"} for n in range(20)]})
+
+    assert summarise(post(body))["entities"] == 150

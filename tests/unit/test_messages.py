@@ -193,17 +193,19 @@ def test_the_webhook_body_has_exactly_the_documented_keys(kind):
     assert body == {
         "event": kind, "delivery_id": "6f1c-delivery", "run_id": "0b2e7c1a-run", "org_id": 7,
         "rule": {"id": "9d4e0f3b-rule", "name": "Overspend", "severity": "critical"},
-        "evaluated_at": EVALUATED_TEXT,
+        "evaluated_at": EVALUATED_TEXT, "storm": False, "entity_count": 1, "ordered_by": None,
         "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "Spring Sale",
                       "values": {"spend": 1234.5, "ctr": 0.0008}, "conditions": [True, True]}]}
     assert json.loads(json.dumps(body)) == body
 
 
-def test_the_webhook_body_carries_every_entity_in_order_however_many():
+def test_the_webhook_body_lists_the_first_entities_in_order_and_counts_all():
     entities = campaigns(MAX_LISTED_ENTITIES + 5)[::-1]
     body = webhook_body(notice(), entities, "key")
 
-    assert [record["entity_id"] for record in body["entities"]] == [e.entity_id for e in entities]
+    assert [record["entity_id"] for record in body["entities"]] == [
+        e.entity_id for e in entities[:MAX_LISTED_ENTITIES]]
+    assert body["entity_count"] == MAX_LISTED_ENTITIES + 5
 
 
 # --- in-app --------------------------------------------------------------------------------------------------------

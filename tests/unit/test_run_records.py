@@ -16,7 +16,8 @@ def row(**changes) -> dict:
     return {"id": RUN_ID, "rule_id": RULE_ID, "org_id": 7, "trigger": "schedule",
             "scheduled_for": datetime(2026, 11, 25, 9, 0), "triggered_by": None, "dry_run": False,
             "status": "succeeded", "state": "succeeded", "entities": 12, "matched": 3, "alerts": 2,
-            "silenced": 1, "acknowledged": 0, "notified_users": [9, 4], "path": "sql", "error": None, "attempts": 1,
+            "silenced": 1, "acknowledged": 0, "notified_users": [9, 4], "storm": False, "path": "sql", "error": None,
+            "attempts": 1,
             "lease_expires_at": None, "transitions": [], "started_at": datetime(2026, 11, 25, 9, 0, 1),
             "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, **changes}
 
@@ -31,10 +32,15 @@ def test_the_summary_says_the_fire_time_in_iso_utc_and_the_users_sorted():
     assert RunRecord.from_row(row()).summary() == {
         "run_id": str(RUN_ID), "rule_id": str(RULE_ID), "org_id": 7, "status": "succeeded", "trigger": "schedule",
         "dry_run": False, "scheduled_for": "2026-11-25T09:00:00Z", "entities": 12, "matched": 3, "alerts": 2,
-        "silenced": 1, "acknowledged": 0, "notified_users": [4, 9], "duration_ms": 840, "error": None, "path": "sql",
+        "silenced": 1, "acknowledged": 0, "notified_users": [4, 9], "storm": False, "duration_ms": 840, "error": None,
+        "path": "sql",
     }
 
 
 def test_a_failed_run_summarises_its_error():
     summary = RunRecord.from_row(row(status="failed", state="failed", error="boom", path=None)).summary()
     assert (summary["status"], summary["error"], summary["path"]) == ("failed", "boom", None)
+
+
+def test_the_summary_says_whether_the_run_was_a_storm():
+    assert RunRecord.from_row(row(storm=True)).summary()["storm"] is True
