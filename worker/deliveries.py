@@ -71,7 +71,7 @@ def owed_deliveries(notice: RunNotice, entities: Sequence[Entity],
     for user_id, (recipient, own) in sorted(per_user.items()):
         if "in_app" in notify.channels:
             owed.append(OwedDelivery("in_app", str(user_id), {"entities": len(own)}, str(uuid.uuid4()),
-                                     user_id=user_id, notification_entities=in_app_entities(own)))
+                                     user_id=user_id, notification_entities=in_app_entities(own, notice)))
         if "email" in notify.channels and recipient.email_verified:
             owed.append(OwedDelivery("email", recipient.email, email_message(notice, own), str(uuid.uuid4()),
                                      user_id=user_id))

@@ -11,13 +11,17 @@ The webhook body (also documented in the README):
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
 e-mail and Slack write it in words after the values, in-app notifications carry it like the webhook.
+
+A recheck's notice (kind "restated") lists the entities that match now after restated data, then those that no
+longer match: its webhook body has `"event": "restated"`, `"scheduled_for"` (the fire time whose window was
+evaluated again; `evaluated_at` is the recheck's own time) and each entity's `"matched"` (true: it matches now).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,19 +35,26 @@ MAX_LISTED_ENTITIES = 50
 
 @dataclass(frozen=True)
 class RunNotice:
-    """What every message of one run and kind shares."""
+    """What every message of one run and kind shares. A recheck's notice (kind "restated") also has the fire
+    time whose window it evaluated again and the (entity_type, entity_id) of the entities that match now."""
 
-    kind: str  # "alert" or "resolved"
+    kind: str  # "alert", "resolved" or "restated"
     run_id: str
     org_id: int
     rule_id: str
     rule_name: str
     severity: str
     evaluated_at: datetime
+    scheduled_for: datetime | None = None
+    matching_now: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
     @property
     def time_text(self) -> str:
         return utc_iso(self.evaluated_at)
+
+    @property
+    def restated(self) -> bool:
+        return self.kind == "restated"
 
 
 def entity_record(entity: Entity) -> dict[str, Any]:
@@ -70,8 +81,17 @@ def _quoted(text: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _headline(notice: RunNotice, count: int) -> str:
+def _counted(count: int, singular: str, plural: str) -> str:
+    return f"{count} {'entity' if count == 1 else 'entities'} {singular if count == 1 else plural}"
+
+
+def _headline(notice: RunNotice, count: int, matching_now: int = 0) -> str:
     noun = "entity" if count == 1 else "entities"
+    if notice.restated:
+        parts = [_counted(matching_now, "matches now after restated data", "match now after restated data")
+                 if matching_now else "",
+                 _counted(count - matching_now, "no longer matches", "no longer match") if count - matching_now else ""]
+        return f"[restated] {notice.rule_name}: " + ", ".join(part for part in parts if part)
     if notice.kind == "resolved":
         return f"[resolved] {notice.rule_name}: {count} {noun} no longer match"
     return f"[{notice.severity}] {notice.rule_name}: {count} {noun} matched"
@@ -98,31 +118,65 @@ def _listing(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _records(notice: RunNotice, entities: Sequence[Entity]) -> list[dict[str, Any]]:
+    """The entities as messages carry them; a recheck's with `matched`, those that match now first."""
+    if not notice.restated:
+        return [entity_record(entity) for entity in entities]
+    records = [{**entity_record(entity), "matched": entity.key in notice.matching_now} for entity in entities]
+    return sorted(records, key=lambda record: not record["matched"])
+
+
+def _sections(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[str]:
+    """The listing of a message: under one intro, or for a recheck under one heading per verdict."""
+    if not notice.restated:
+        intro = ("These entities matched the rule and may need a look:" if notice.kind == "alert"
+                 else "These entities matched the rule before and no longer do:")
+        return [intro, *_listing(records)]
+    lines: list[str] = []
+    for heading, matched in (("Matches now after restated data:", True), ("No longer matches:", False)):
+        group = [record for record in records if record["matched"] is matched]
+        if group:
+            lines += [*([""] if lines else []), heading, *_listing(group)]
+    return lines
+
+
+def _when(notice: RunNotice) -> str:
+    if notice.restated and notice.scheduled_for is not None:
+        return f"{notice.time_text} (a recheck of the run as of {utc_iso(notice.scheduled_for)}, over its window)"
+    return notice.time_text
+
+
+def _headline_of(notice: RunNotice, records: Sequence[dict[str, Any]]) -> str:
+    return _headline(notice, len(records), sum(1 for record in records if record.get("matched")))
+
+
 def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, str]:
     """The subject and plain-text body of one user's e-mail for this run."""
-    records = [entity_record(entity) for entity in entities]
-    intro = ("These entities matched the rule and may need a look:" if notice.kind == "alert"
-             else "These entities matched the rule before and no longer do:")
+    records = _records(notice, entities)
     body = [f"Rule: {notice.rule_name} ({notice.rule_id})", f"Severity: {notice.severity}",
-            f"Evaluated at: {notice.time_text}", "", intro, *_listing(records), "",
+            f"Evaluated at: {_when(notice)}", "", *_sections(notice, records), "",
             f"Run {notice.run_id}"]
-    return {"subject": _headline(notice, len(records)), "text": "\n".join(body) + "\n"}
+    return {"subject": _headline_of(notice, records), "text": "\n".join(body) + "\n"}
 
 
 def slack_body(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, Any]:
     """The JSON body of the run's Slack incoming-webhook post."""
-    records = [entity_record(entity) for entity in entities]
-    lines = [f"*{_headline(notice, len(records))}*", f"Evaluated at {notice.time_text}", *_listing(records)]
+    records = _records(notice, entities)
+    sections = _sections(notice, records) if notice.restated else _listing(records)
+    lines = [f"*{_headline_of(notice, records)}*", f"Evaluated at {_when(notice)}", *sections]
     return {"text": "\n".join(lines)}
 
 
 def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str) -> dict[str, Any]:
     """The JSON body of the run's webhook post (the format in this module's docstring)."""
-    return {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
+    body = {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
             "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
-            "evaluated_at": notice.time_text, "entities": [entity_record(entity) for entity in entities]}
+            "evaluated_at": notice.time_text}
+    if notice.restated and notice.scheduled_for is not None:
+        body["scheduled_for"] = utc_iso(notice.scheduled_for)
+    return {**body, "entities": _records(notice, entities)}
 
 
-def in_app_entities(entities: Sequence[Entity]) -> list[dict[str, Any]]:
-    """The `notifications.entities` of one user's in-app notification."""
-    return [entity_record(entity) for entity in entities]
+def in_app_entities(entities: Sequence[Entity], notice: RunNotice | None = None) -> list[dict[str, Any]]:
+    """The `notifications.entities` of one user's in-app notification (of `notice`: a recheck's carry `matched`)."""
+    return [entity_record(entity) for entity in entities] if notice is None else _records(notice, entities)
