@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.integration.celery_support import iso, naive, services_on, utc_now, wait_for_runs, wait_until
+from tests.integration.celery_support import iso, naive, own_redis, services_on, utc_now, wait_for_runs, wait_until
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
 from tests.integration.runs_support import ch_text
 from worker.deliveries import deliver
@@ -242,7 +242,8 @@ def test_only_scheduled_runs_of_rules_with_recheck_after_wait_for_a_recheck(env)
 def test_beat_sends_each_due_recheck_once_and_it_runs_once(pg_url, migrated_ch_url, tmp_path):
     """Two beats and a worker: a rule firing every minute, rechecked a minute after each fire time. The late data
     lands after the first run; that run's recheck restates it and notifies once, every recheck runs once."""
-    with services_on(pg_url, migrated_ch_url, 11, tmp_path, time_limit=20) as services:
+    with own_redis(tmp_path) as broker, services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", time_limit=20,
+                                                    redis_server=broker.url) as services:
         data = services.data()
         org = data.org(timezone="UTC")
         owner = data.user()
