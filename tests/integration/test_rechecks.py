@@ -16,6 +16,7 @@ import pytest
 from tests.integration.celery_support import iso, naive, own_redis, services_on, utc_now, wait_for_runs, wait_until
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
 from tests.integration.runs_support import ch_text
+from storage.runs import RunClaim, RunStore
 from worker.deliveries import deliver
 from worker.runner import BadRunRequest, RuleRunner, RunRequest
 from worker.settings import Settings
@@ -204,6 +205,26 @@ def test_a_newly_matching_entity_in_cooldown_is_told_but_gets_no_second_alert(en
     assert env.alerts(rule, evaluated_at(recheck)) == []
     assert [e["entity_id"] for row in env.pg("SELECT entities FROM notifications WHERE run_id = %s",
                                              (recheck["run_id"],)) for e in row["entities"]] == ["c2"]
+
+
+def test_a_recheck_whose_process_was_lost_is_taken_over_at_its_own_time_and_written_once(env):
+    org, _, _ = team(env)
+    rule = env.rule(org, SPEND_OVER_100)
+    runner(env).run(RunRequest(rule, T, trigger="schedule"))
+    restate_spend(env, org, "c2", "130")
+    lost = RunStore(env.postgres, lease_seconds=60).claim(RunClaim(rule, org, T, "recheck", False, None))
+    # It died after writing part of its rows, at its own evaluation time.
+    env.ch_raw.insert("rule_evaluations", [[org, lost.evaluated_at, rule, "c1", 1, "{}", 1]],
+                      column_names=["org_id", "eval_time", "rule_id", "entity_id", "matched", "condition_results",
+                                    "execution_time_ms"])
+    env.pg("UPDATE rule_runs SET lease_expires_at = lease_expires_at - interval '1 hour' WHERE id = %s", (lost.id,))
+
+    recheck = runner(env).run(RunRequest(rule, T, trigger="recheck"))
+
+    assert (recheck["run_id"], recheck["status"], recheck["restated"]) == (lost.id, "succeeded", 1)
+    assert env.run_row(lost.id)["attempts"] == 2
+    assert evaluated_at(recheck) == lost.eval_time
+    assert verdicts(env, rule, lost.eval_time) == {"c1": (1, False), "c2": (1, True), "c3": (1, False)}
 
 
 @pytest.mark.parametrize("first", [None, "manual dry run", "failed"])
