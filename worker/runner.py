@@ -2,9 +2,9 @@
 
 Exactly one non-dry run exists per (rule, T), and one recheck of it (trigger `recheck`, storage/runs.py). A second
 request for the same (rule, T) gets the first run's summary and writes nothing. A recheck evaluates T's window again
-at a time of its own and tells the entities whose verdict flipped (`_alert_restated`). A run whose holder died (its lease expired) is taken over and resumed from
-its last recorded state; before rewriting a stage it deletes whatever that stage may have half-written, so the
-rows for (rule, T) are never doubled.
+at a time of its own and tells the entities whose verdict flipped (`_alert_restated`). A run whose holder died (its
+lease expired) is taken over and resumed from its last recorded state; before rewriting a stage it deletes whatever
+that stage may have half-written, so the rows for (rule, T) are never doubled.
 
 The stages that read or write for the runs they are given (outcomes, alerts, success) take the runs of a batch as
 readily as one run; worker/batch_runner.py runs batches through them.
