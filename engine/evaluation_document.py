@@ -10,6 +10,9 @@ name breaks its convention, null when none does), then `conditions`, the outcome
 
 ClickHouse builds it on the SQL path (document_sql) and Python on the interpreter path (document_json), byte for
 byte the same for the same values: numbers and text are written as ClickHouse's toJSONString writes them.
+
+A recheck's document of an entity whose verdict differs from the first run's ends with `"restated":true`
+(restated_document, restated_document_sql).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from engine.sql_text import quote_identifier, quote_string
 CONDITIONS_KEY = "conditions"
 ENTITY_TYPE_KEY = "entity_type"
 NAMING_KEY = "naming"
+RESTATED_KEY = "restated"
+_RESTATED_MEMBER = f',"{RESTATED_KEY}":true}}'
 
 # toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
 _JSON_ESCAPES = {
@@ -46,6 +51,7 @@ class EvaluationDocument:
     conditions: list[bool]
     entity_type: str | None
     naming: dict[str, Any] | None = None
+    restated: bool = False
 
 
 def holds_entity_type(source: str) -> bool:
@@ -137,4 +143,16 @@ def parse_document(text: str) -> EvaluationDocument:
     conditions = values.pop(CONDITIONS_KEY, [])
     entity_type = values.pop(ENTITY_TYPE_KEY, None)
     naming = values.pop(NAMING_KEY, None)
-    return EvaluationDocument(values, conditions, entity_type, naming)
+    restated = values.pop(RESTATED_KEY, False) is True
+    return EvaluationDocument(values, conditions, entity_type, naming, restated)
+
+
+def restated_document(text: str) -> str:
+    """The document `text` marked restated: `"restated":true` added as its last member."""
+    return text[:-1] + _RESTATED_MEMBER
+
+
+def restated_document_sql(document: str) -> str:
+    """A ClickHouse expression of the document in the String expression `document` marked restated, as
+    restated_document writes it."""
+    return f"concat(substring({document}, 1, length({document}) - 1), {quote_string(_RESTATED_MEMBER)})"

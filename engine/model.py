@@ -15,6 +15,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.conventions import Convention, parse_convention, unknown_convention
+from engine.durations import DURATION_PATTERN, parse_duration
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
 from engine.interpreter import SCOPED_OPERATORS
@@ -55,6 +57,9 @@ MAX_LOGIC_NODES = 1000
 MAX_COOLDOWN_MINUTES = 7 * 24 * 60
 DEFAULT_MAX_ALERTS = 100
 DEFAULT_MAX_ALERT_SHARE = 0.5
+# A recheck reads the first run's rule_evaluations rows, which ClickHouse keeps 90 days.
+MIN_RECHECK_AFTER = timedelta(minutes=1)
+MAX_RECHECK_AFTER = timedelta(days=30)
 MAX_SCOPE_VALUES = 1000
 MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
@@ -105,7 +110,18 @@ def _check_cron(expression: str) -> str:
     return expression
 
 
+def _check_recheck_after(text: str) -> str:
+    try:
+        delay = parse_duration(text)
+    except ValueError as error:
+        raise _rule_value_error(str(error)) from None
+    if not MIN_RECHECK_AFTER <= delay <= MAX_RECHECK_AFTER:
+        raise _rule_value_error(f"{_shown(text)} must be between 1m and 30d")
+    return text
+
+
 WindowName = Annotated[StrictStr, AfterValidator(_check_window)]
+RecheckAfter = Annotated[StrictStr, AfterValidator(_check_recheck_after)]
 CronExpression = Annotated[StrictStr, AfterValidator(_check_cron)]
 ScopeValue = Annotated[StrictStr, Field(max_length=MAX_SCOPE_VALUE_LENGTH)]
 ScopeValues = Annotated[tuple[ScopeValue, ...], Field(min_length=1, max_length=MAX_SCOPE_VALUES)]
@@ -153,6 +169,19 @@ class Conditions(BaseModel):
     schedule: CronExpression = Field(
         default=DEFAULT_SCHEDULE, description="5-field cron in the organization's timezone."
     )
+    recheck_after: RecheckAfter | None = Field(
+        default=None,
+        description=(
+            'Evaluates each scheduled run once more this long after its fire time (1m to 30d, as in "24h"), over '
+            "the same window, and notifies the entities whose verdict the late data changed."
+        ),
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    )
+
+    @property
+    def recheck_delay(self) -> timedelta | None:
+        """How long after a fire time its recheck is due; None when the rule is not rechecked."""
+        return parse_duration(self.recheck_after) if self.recheck_after is not None else None
 
     @model_validator(mode="before")
     @classmethod

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from engine.compiler import CompiledLogic
-from engine.evaluation_document import document_sql, holds_entity_type
+from engine.evaluation_document import ENTITY_TYPE_KEY, document_sql, holds_entity_type, restated_document_sql
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
-from engine.sql_text import quote_identifier
+from engine.sql_text import quote_identifier, quote_string
 from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
 
@@ -160,12 +160,17 @@ def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Sta
 
 
 def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str, *,
-                      org_id: int, rule_id: str, eval_time: datetime, started_at: datetime) -> Statement:
+                      org_id: int, rule_id: str, eval_time: datetime, started_at: datetime,
+                      restating: datetime | None = None) -> Statement:
     """INSERT ... SELECT writing one `rule_evaluations` row per entity, evaluated by ClickHouse itself.
 
     `execution_time_ms` is the time from `started_at` (the run's start) until ClickHouse evaluates the rows.
+    With `restating` (a recheck: the eval_time of the first run's rows), the document of each entity whose
+    verdict differs from the first run's is marked restated; an entity the first run did not evaluate did not match.
     """
     inner = evaluation(entities, compiled, source)
+    if restating is not None:
+        inner = Statement(_restated_rows(inner.sql), {**inner.parameters, "r_first_eval_time": utc_sql(restating)})
     sql = (
         "INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, "
         "execution_time_ms) SELECT {r_org:UInt32}, {r_eval_time:DateTime('UTC')}, {r_rule:UUID}, entity_id, matched, "
@@ -175,3 +180,21 @@ def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str,
     parameters = {**inner.parameters, "r_eval_time": utc_sql(eval_time), "r_rule": rule_id,
                   "r_started": utc_sql_milliseconds(started_at)}
     return Statement(sql, parameters)
+
+
+def _restated_rows(evaluation_sql: str) -> str:
+    """The rows of `evaluation_sql` joined with the first run's rows of the rule (eval_time {r_first_eval_time}),
+    each entity by its id and type, documents marked restated where the verdicts differ."""
+    entity_type = f"JSONExtractString(condition_results, {quote_string(ENTITY_TYPE_KEY)})"
+    document = "recheck.condition_results"
+    return (
+        f"SELECT recheck.entity_id AS entity_id, recheck.matched AS matched, "
+        f"if(recheck.matched != ifNull(first_run.matched, 0), {restated_document_sql(document)}, {document}) "
+        f"AS condition_results "
+        f"FROM (SELECT entity_id, matched, condition_results, {entity_type} AS entity_type "
+        f"FROM ({evaluation_sql})) AS recheck "
+        f"LEFT JOIN (SELECT entity_id, matched, {entity_type} AS entity_type FROM rule_evaluations "
+        "WHERE org_id = {r_org:UInt32} AND eval_time = {r_first_eval_time:DateTime('UTC')} "
+        "AND rule_id = {r_rule:UUID}) AS first_run "
+        "ON recheck.entity_id = first_run.entity_id AND recheck.entity_type = first_run.entity_type"
+    )

@@ -3,7 +3,6 @@ create them, and how their fields are checked (README "Silences and acknowledgem
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,8 +14,6 @@ MAX_COMMENT_CHARACTERS = 1000
 # The width of each scope column (entity_permissions and dsp_accounts have the same).
 TEXT_LIMITS = {"entity_type": 100, "entity_id": 255, "dsp_type": 50, "advertiser_id": 255}
 EDITING_ROLES = ("owner", "admin")
-_DURATION = re.compile(r"(\d{1,6})([mhdw])")
-_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class Quietable(Protocol):
@@ -182,11 +179,3 @@ def period_problem(starts_at: datetime, ends_at: datetime, now: datetime) -> str
     if ends_at - starts_at > MAX_SILENCE:
         return f"a silence lasts at most {MAX_SILENCE.days} days"
     return None
-
-
-def parse_duration(text: str) -> timedelta | None:
-    """`30m`, `2h`, `1d` or `1w` as a timedelta (a whole number of at least 1 and a unit), or None."""
-    found = _DURATION.fullmatch(text.strip())
-    if found is None or int(found[1]) < 1:
-        return None
-    return timedelta(**{_DURATION_UNITS[found[2]]: int(found[1])})

@@ -123,6 +123,11 @@ class ResultStore:
                                                   rule_ids=[str(rule_id) for rule_id in rule_ids])}
         return {rule_id: found.get(str(rule_id), Outcome(0, [])) for rule_id in rule_ids}
 
+    def restated(self, scope: RunScope) -> list[Evaluation]:
+        """The run's `rule_evaluations` rows marked restated (a recheck's), those that match first, in one read."""
+        return [Evaluation(row["entity_id"], bool(row["matched"]), row["condition_results"])
+                for row in self._clickhouse.rows("restated_evaluations", **_keys(scope, "eval_time"))]
+
     def delete_evaluations(self, scope: RunScope) -> None:
         """Deletes the run's `rule_evaluations` rows, whatever an earlier attempt wrote of them."""
         self._clickhouse.command_named("delete_evaluations", **_keys(scope, "eval_time"))

@@ -1,8 +1,13 @@
 """The runs of rules in `rule_runs`: the claim of (rule, T), the take-over of a dead run, each transition.
 
-Exactly one non-dry run exists per (rule, T): the claim is an INSERT that the unique index
+Exactly one non-dry run exists per (rule, T, trigger), where the triggers schedule, manual and backfill share the
+first run of (rule, T) and `recheck` is the one recheck of it: the claim is an INSERT that the unique index
 `rule_runs_one_per_fire_time` lets through once. A run holds a lease, renewed at each transition; a run whose
 lease expired may be taken over, by one claimant only, and goes on from its recorded state.
+
+A recheck has an evaluation time of its own (`evaluated_at`, the moment of its claim), which its ClickHouse rows
+carry, while its window is that of T. No other run of the rule evaluates at that second: never a whole minute,
+where fire times fall, nor the evaluation time of another run of the rule.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.run_states import RunState, check_transition
@@ -18,8 +23,17 @@ from engine.timestamps import utc_iso
 from storage.postgres import Postgres, Transaction
 
 
+RECHECK = "recheck"
+# A recheck claimed within this many seconds of other runs of its rule takes the first second left free.
+_RECHECK_SECONDS_TRIED = 120
+
+
 class UnknownUser(LookupError):
     """The run names a triggering user who does not exist; nothing was written."""
+
+
+class NothingToRecheck(LookupError):
+    """A recheck was asked for a (rule, T) that has no succeeded run; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,18 @@ class RunRecord:
     path: str | None
     error: str | None
     duration_ms: int | None
+    evaluated_at: datetime | None = None  # naive, UTC; a recheck's own evaluation time
+    restated: int = 0
+
+    @property
+    def fire_time(self) -> datetime:
+        """T, aware and in UTC: the instant the run's window is resolved at."""
+        return self.scheduled_for.replace(tzinfo=UTC)
+
+    @property
+    def eval_time(self) -> datetime:
+        """The instant (aware, UTC) the run's rule_evaluations and alert_events rows carry: T, or a recheck's own."""
+        return (self.evaluated_at or self.scheduled_for).replace(tzinfo=UTC)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
@@ -55,7 +81,8 @@ class RunRecord:
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
             alerts=row["alerts"], silenced=row["silenced"], acknowledged=row["acknowledged"],
             notified_users=tuple(row["notified_users"] or ()), storm=row["storm"], path=row["path"],
-            error=row["error"], duration_ms=row["duration_ms"],
+            error=row["error"], duration_ms=row["duration_ms"], evaluated_at=row["evaluated_at"],
+            restated=row["restated"],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -68,11 +95,13 @@ class RunRecord:
             "trigger": self.trigger,
             "dry_run": self.dry_run,
             "scheduled_for": utc_iso(self.scheduled_for),
+            "evaluated_at": utc_iso(self.eval_time),
             "entities": self.entities,
             "matched": self.matched,
             "alerts": self.alerts,
             "silenced": self.silenced,
             "acknowledged": self.acknowledged,
+            "restated": self.restated,
             "notified_users": sorted(self.notified_users),
             "storm": self.storm,
             "duration_ms": self.duration_ms,
@@ -105,8 +134,11 @@ class RunStore:
         another run owns (rule, T): finished, or running under a live lease.
 
         A manual run by a user writes `audit_logs` in the claim's transaction. Raises UnknownUser, writing
-        nothing, when `triggered_by` names no user.
+        nothing, when `triggered_by` names no user. A recheck (trigger `recheck`) is claimed by `claim_recheck`'s
+        rules.
         """
+        if claim.trigger == RECHECK:
+            return self._claim_recheck(claim)
         scheduled_for = claim.scheduled_for.replace(tzinfo=None)
         with self._postgres.transaction() as tx:
             if claim.triggered_by is not None and tx.one("user_exists", user_id=claim.triggered_by) is None:
@@ -116,27 +148,70 @@ class RunStore:
                          lease_seconds=self._lease_seconds,
                          detail=f"{claim.trigger} run" + (" (dry run)" if claim.dry_run else ""))
             if row is None:
-                existing = tx.one("run_for_fire_time", rule_id=claim.rule_id, scheduled_for=scheduled_for)
-                if existing is None or existing["status"] != "running":
-                    return None
-                row = tx.one("take_over_run", run_id=existing["id"], lease_seconds=self._lease_seconds)
-                return RunRecord.from_row(row) if row else None
+                return self._taken_over(tx, claim.rule_id, scheduled_for, recheck=False)
             if claim.trigger == "manual" and claim.triggered_by is not None:
                 tx.execute("record_audit", org_id=claim.org_id, user_id=claim.triggered_by, action="rule.run",
                            resource_type="rule", resource_id=claim.rule_id,
                            details=json.dumps({"run_id": str(row["id"]), "dry_run": claim.dry_run}))
         return RunRecord.from_row(row)
 
-    def for_fire_time(self, rule_id: str, scheduled_for: datetime) -> RunRecord | None:
-        """The non-dry run of (rule, T), T aware and in UTC; None if there is none."""
-        row = self._postgres.one("run_for_fire_time", rule_id=rule_id, scheduled_for=scheduled_for.replace(tzinfo=None))
+    def _claim_recheck(self, claim: RunClaim) -> RunRecord | None:
+        """The recheck of (rule, T), new or taken over, or None when another claimant owns it.
+
+        The first run of (rule, T) must have succeeded (NothingToRecheck otherwise, nothing written). The new
+        recheck evaluates at the first second from now that is not a whole minute and that no other run of the
+        rule evaluates at; its claim ends the first run's wait for it (`recheck_due_at`).
+        """
+        scheduled_for = claim.scheduled_for.replace(tzinfo=None)
+        now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+        with self._postgres.transaction() as tx:
+            first = tx.one("run_for_fire_time", rule_id=claim.rule_id, scheduled_for=scheduled_for, recheck=False)
+            if first is None or first["status"] != "succeeded":
+                state = "has no run" if first is None else f"has a {first['status']} run"
+                raise NothingToRecheck(f"rule {claim.rule_id} {state} as of {utc_iso(scheduled_for)}: "
+                                       "there is nothing to recheck")
+            for offset in range(_RECHECK_SECONDS_TRIED):
+                evaluated_at = now + timedelta(seconds=offset)
+                if evaluated_at.second == 0:
+                    continue
+                row = tx.one("claim_recheck", rule_id=claim.rule_id, org_id=claim.org_id,
+                             scheduled_for=scheduled_for, evaluated_at=evaluated_at,
+                             lease_seconds=self._lease_seconds, detail="recheck run")
+                if row is not None:
+                    tx.execute("recheck_claimed", rule_id=claim.rule_id, scheduled_for=scheduled_for)
+                    return RunRecord.from_row(row)
+                if tx.one("run_for_fire_time", rule_id=claim.rule_id, scheduled_for=scheduled_for,
+                          recheck=True) is not None:
+                    return self._taken_over(tx, claim.rule_id, scheduled_for, recheck=True)
+        raise RuntimeError(f"rule {claim.rule_id} has runs evaluated at every second of the next "
+                           f"{_RECHECK_SECONDS_TRIED} s; its recheck is left for later")
+
+    def _taken_over(self, tx: Transaction, rule_id: str, scheduled_for: datetime, *,
+                    recheck: bool) -> RunRecord | None:
+        """The existing run of (rule, T) (its recheck when `recheck`) taken over in `tx` if its lease expired;
+        None when it is finished or held under a live lease."""
+        existing = tx.one("run_for_fire_time", rule_id=rule_id, scheduled_for=scheduled_for, recheck=recheck)
+        if existing is None or existing["status"] != "running":
+            return None
+        row = tx.one("take_over_run", run_id=existing["id"], lease_seconds=self._lease_seconds)
         return RunRecord.from_row(row) if row else None
+
+    def for_fire_time(self, rule_id: str, scheduled_for: datetime, *, recheck: bool = False) -> RunRecord | None:
+        """The non-dry run of (rule, T) (its recheck, with `recheck`), T aware and in UTC; None if there is none."""
+        row = self._postgres.one("run_for_fire_time", rule_id=rule_id, scheduled_for=scheduled_for.replace(tzinfo=None),
+                                 recheck=recheck)
+        return RunRecord.from_row(row) if row else None
+
+    def schedule_recheck(self, tx: Transaction, run: RunRecord, due_at: datetime) -> None:
+        """Records in `tx` that the run's recheck is due at `due_at` (aware, UTC), for beat to send
+        (worker/rechecks.py)."""
+        tx.execute("schedule_recheck", run_id=run.id, due_at=due_at.astimezone(UTC).replace(tzinfo=None))
 
     def transition(self, run: RunRecord, target: RunState, detail: str, *, path: str | None = None,
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
                    silenced: int | None = None, acknowledged: int | None = None,
                    notified_users: list[int] | None = None, storm: bool | None = None, error: str | None = None,
-                   tx: Transaction | None = None) -> RunRecord:
+                   restated: int | None = None, tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters given (the others keep their value), the lease renewed while running, the duration once final.
 
@@ -146,7 +221,8 @@ class RunStore:
         row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
             entities=entities, matched=matched, alerts=alerts, silenced=silenced, acknowledged=acknowledged,
-            notified_users=notified_users, storm=storm, error=error, lease_seconds=self._lease_seconds,
+            notified_users=notified_users, storm=storm, error=error, restated=restated,
+            lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)
 

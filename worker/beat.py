@@ -10,7 +10,8 @@ organization and one source due at the same T go as one `rules.evaluate_batch(or
 scheduled_for=T)`. Beat remembers what it sent only in memory: a restarted or second beat may send the same
 (rule, T) again, and the claim in `rule_runs` makes that a no-op, so exactly-once is PostgreSQL's guarantee, not
 beat's. A rule whose row cannot be read or is not valid never stops the others (see worker/schedule.py). Every
-SWEEP_SECONDS the sweeper sends again the runs, fire times and deliveries whose task was lost (worker/sweeper.py).
+SWEEP_SECONDS the sweeper sends again the runs, fire times and deliveries whose task was lost (worker/sweeper.py),
+and the rechecks that are due are sent (worker/rechecks.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from celery.beat import Scheduler
 
 from storage.errors import StorageError
 from storage.postgres import Postgres
+from worker.rechecks import send_due_rechecks
 from worker.schedule import FireTime, FireTimeSender, Timetable, load_rules
 from worker.settings import settings
 from worker.sweeper import SWEEP_SECONDS, Sweeper
@@ -40,6 +42,7 @@ class RuleScheduler(Scheduler):
         self._timetable = Timetable()
         self._loaded_at = float("-inf")
         self._swept_at = float("-inf")
+        self._rechecked_at = float("-inf")
         self._postgres: Postgres | None = None
         self._sender: FireTimeSender | None = None
         self._sweeper: Sweeper | None = None
@@ -49,11 +52,13 @@ class RuleScheduler(Scheduler):
         """No static entries: the schedule is the rules table."""
 
     def tick(self, *args, **kwargs) -> float:
-        """Sends the fire times due now and, every SWEEP_SECONDS, lost work again; returns the seconds to sleep."""
+        """Sends the fire times due now and, every SWEEP_SECONDS, lost work again and the rechecks due; returns the
+        seconds to sleep."""
         now = datetime.now(UTC)
         self._reload_if_stale(now)
         self._send(self._timetable.due(now), now)
         self._sweep_if_stale()
+        self._send_rechecks_if_stale()
         return self._sleep_seconds(now)
 
     def _database(self) -> Postgres:
@@ -93,6 +98,16 @@ class RuleScheduler(Scheduler):
             log.warning("could not sweep for lost runs and deliveries: %s", error)
             return
         self._swept_at = time.monotonic()
+
+    def _send_rechecks_if_stale(self) -> None:
+        if time.monotonic() - self._rechecked_at < SWEEP_SECONDS:
+            return
+        try:
+            send_due_rechecks(self._database(), self._send_task)
+        except Exception as error:  # PostgreSQL or the broker is down: the next pass tries again
+            log.warning("could not send the rechecks due: %s", error)
+            return
+        self._rechecked_at = time.monotonic()
 
     def _send_task(self, name: str, args: tuple, kwargs: dict) -> str:
         # Nobody waits for the result of a task beat sends: not subscribing to it keeps a send from blocking in

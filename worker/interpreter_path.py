@@ -3,11 +3,11 @@ giving what the SQL path's evaluation gives for the same row (`matched` and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from engine.compiler import logic_variables, top_level_conditions
-from engine.evaluation_document import document_json, holds_entity_type
+from engine.evaluation_document import document_json, holds_entity_type, parse_document, restated_document
 from engine.interpreter import evaluate_javascript, evaluate_row, nest_row, to_string, truthy
 from engine.model import Rule
 from engine.naming import Diagnosis, NamingCheck, diagnose, naming_checks
@@ -45,3 +45,17 @@ def first_naming_diagnosis(checks: list[NamingCheck], row: Mapping[str, Any]) ->
         if diagnosis is not None:
             return diagnosis
     return None
+
+
+def evaluation_key(evaluation: Evaluation) -> tuple[str, str]:
+    """The entity of an evaluation as a recheck compares it: (its type in the document, or "", its id)."""
+    return parse_document(evaluation.condition_results).entity_type or "", evaluation.entity_id
+
+
+def restate(evaluations: Iterable[Evaluation], matched_before: Collection[tuple[str, str]]) -> list[Evaluation]:
+    """A recheck's evaluations, each document marked restated whose verdict differs from the first run's:
+    `matched_before` holds the evaluation_key of each entity the first run matched (the SQL path's
+    engine.query.evaluation_insert with `restating` does the same in ClickHouse)."""
+    return [Evaluation(evaluation.entity_id, evaluation.matched, restated_document(evaluation.condition_results))
+            if evaluation.matched != (evaluation_key(evaluation) in matched_before) else evaluation
+            for evaluation in evaluations]

@@ -2,7 +2,7 @@
 
 The webhook body (also documented in the README):
 
-    {"event": "alert" | "resolved", "delivery_id": "<uuid, the same on every retry>", "run_id": "<uuid>",
+    {"event": "alert" | "resolved" | "restated", "delivery_id": "<uuid, the same on every retry>", "run_id": "<uuid>",
      "org_id": 1, "rule": {"id": "<uuid>", "name": "...", "severity": "warning"},
      "evaluated_at": "2026-11-25T09:00:00Z", "storm": false, "entity_count": 1, "ordered_by": null,
      "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "...",
@@ -15,13 +15,17 @@ take the body past MAX_POST_BYTES. E-mail and Slack list as many, each line cut 
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
 e-mail and Slack write it in words after the values, in-app notifications carry it like the webhook.
+
+A recheck's notice (kind "restated") lists the entities that match now after restated data, then those that no
+longer match: its webhook body has `"event": "restated"`, `"scheduled_for"` (the fire time whose window was
+evaluated again; `evaluated_at` is the recheck's own time) and each entity's `"matched"` (true: it matches now).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,9 +45,10 @@ MAX_POST_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class RunNotice:
-    """What every message of one run and kind shares."""
+    """What every message of one run and kind shares. A recheck's notice (kind "restated") also has the fire
+    time whose window it evaluated again and the (entity_type, entity_id) of the entities that match now."""
 
-    kind: str  # "alert" or "resolved"
+    kind: str  # "alert", "resolved" or "restated"
     run_id: str
     org_id: int
     rule_id: str
@@ -53,10 +58,16 @@ class RunNotice:
     # A storm's alert notice is one incident notice: the first entities by `ordered_by`, with the full count.
     storm: Storm | None = None
     ordered_by: str | None = None
+    scheduled_for: datetime | None = None
+    matching_now: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
     @property
     def time_text(self) -> str:
         return utc_iso(self.evaluated_at)
+
+    @property
+    def restated(self) -> bool:
+        return self.kind == "restated"
 
 
 def post_bytes(body: dict[str, Any]) -> bytes:
@@ -88,9 +99,19 @@ def _quoted(text: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _counted(count: int, singular: str, plural: str) -> str:
+    return f"{count} {'entity' if count == 1 else 'entities'} {singular if count == 1 else plural}"
+
+
 def _headline(notice: RunNotice, records: Sequence[dict[str, Any]]) -> str:
     count = len(records)
     noun = "entity" if count == 1 else "entities"
+    if notice.restated:
+        matching_now = sum(1 for record in records if record["matched"])
+        parts = [_counted(matching_now, "matches now after restated data", "match now after restated data")
+                 if matching_now else "",
+                 _counted(count - matching_now, "no longer matches", "no longer match") if count - matching_now else ""]
+        return f"[restated] {notice.rule_name}: " + ", ".join(part for part in parts if part)
     if notice.kind == "resolved":
         return f"[resolved] {notice.rule_name}: {count} {noun} no longer match"
     if notice.storm is not None:
@@ -154,27 +175,53 @@ def _storm_lines(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[s
             else f"All {count} {order}:"]
 
 
+def _records(notice: RunNotice, entities: Sequence[Entity]) -> list[dict[str, Any]]:
+    """The entities as messages carry them; a recheck's with `matched`, those that match now first."""
+    if not notice.restated:
+        return [entity_record(entity) for entity in entities]
+    records = [{**entity_record(entity), "matched": entity.key in notice.matching_now} for entity in entities]
+    return sorted(records, key=lambda record: not record["matched"])
+
+
+def _restated_sections(notice: RunNotice, records: Sequence[dict[str, Any]]) -> list[str]:
+    """A recheck's listing: one heading per verdict, each with its entities."""
+    lines: list[str] = []
+    for heading, matched in (("Matches now after restated data:", True), ("No longer matches:", False)):
+        group = [record for record in records if record["matched"] is matched]
+        if group:
+            lines += [*([""] if lines else []), heading, *_listing(notice, group)]
+    return lines
+
+
+def _when(notice: RunNotice) -> str:
+    if notice.restated and notice.scheduled_for is not None:
+        return f"{notice.time_text} (a recheck of the run as of {utc_iso(notice.scheduled_for)}, over its window)"
+    return notice.time_text
+
+
 def email_message(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, str]:
     """The subject and plain-text body of one user's e-mail for this run (one incident notice in a storm)."""
-    records = [entity_record(entity) for entity in entities]
-    if notice.storm is not None:
-        intro = _storm_lines(notice, records)
+    records = _records(notice, entities)
+    if notice.restated:
+        listing = _restated_sections(notice, records)
     else:
-        intro = ["These entities matched the rule and may need a look:" if notice.kind == "alert"
-                 else "These entities matched the rule before and no longer do:"]
+        intro = (_storm_lines(notice, records) if notice.storm is not None
+                 else ["These entities matched the rule and may need a look:" if notice.kind == "alert"
+                       else "These entities matched the rule before and no longer do:"])
+        listing = [*intro, *_listing(notice, records)]
     body = [f"Rule: {notice.rule_name} ({notice.rule_id})", f"Severity: {notice.severity}",
-            f"Evaluated at: {notice.time_text}", "", *intro, *_listing(notice, records), "",
-            f"Run {notice.run_id}"]
+            f"Evaluated at: {_when(notice)}", "", *listing, "", f"Run {notice.run_id}"]
     return {"subject": _headline(notice, records), "text": "\n".join(body) + "\n"}
 
 
 def slack_body(notice: RunNotice, entities: Sequence[Entity]) -> dict[str, Any]:
     """The JSON body of the run's Slack incoming-webhook post (one incident notice in a storm, saying its counts)."""
-    records = [entity_record(entity) for entity in entities]
-    lines = [f"*{_headline(notice, records)}*", f"Evaluated at {notice.time_text}"]
+    records = _records(notice, entities)
+    lines = [f"*{_headline(notice, records)}*", f"Evaluated at {_when(notice)}"]
     if notice.storm is not None:
         lines += [f"This run is a storm: {notice.storm.reason}.", *_storm_lines(notice, records)[1:]]
-    return {"text": "\n".join([*lines, *_listing(notice, records)])}
+    listing = _restated_sections(notice, records) if notice.restated else _listing(notice, records)
+    return {"text": "\n".join([*lines, *listing])}
 
 
 def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str) -> dict[str, Any]:
@@ -183,8 +230,10 @@ def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str
             "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
             "evaluated_at": notice.time_text, "storm": notice.storm is not None, "entity_count": len(entities),
             "ordered_by": notice.ordered_by if notice.storm is not None else None, "entities": []}
+    if notice.restated and notice.scheduled_for is not None:
+        body["scheduled_for"] = utc_iso(notice.scheduled_for)
     budget = MAX_POST_BYTES - len(post_bytes(body))
-    for record in _listed(notice, [entity_record(entity) for entity in entities]):
+    for record in _listed(notice, _records(notice, entities)):
         budget -= len(post_bytes(record)) + 1  # the record and its comma
         if budget < 0:
             break
@@ -193,7 +242,9 @@ def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str
 
 
 def in_app_entities(entities: Sequence[Entity], notice: RunNotice | None = None) -> list[dict[str, Any]]:
-    """The `notifications.entities` of one user's in-app notification: every entity as a record, or for a storm's
-    `notice` the first STORM_LISTED_ENTITIES by the rule's first variable."""
-    records = [entity_record(entity) for entity in entities]
-    return records if notice is None or notice.storm is None else _listed(notice, records)
+    """The `notifications.entities` of one user's in-app notification: every entity as a record (a recheck's carry
+    `matched`), or for a storm's `notice` the first STORM_LISTED_ENTITIES by the rule's first variable."""
+    if notice is None:
+        return [entity_record(entity) for entity in entities]
+    records = _records(notice, entities)
+    return records if notice.storm is None else _listed(notice, records)

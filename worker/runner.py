@@ -1,9 +1,10 @@
 """One run of one rule as of T: claim it, advance it through the states of engine.run_states, or fail it.
 
-Exactly one non-dry run exists per (rule, T) (storage/runs.py). A second request for the same (rule, T) gets the
-first run's summary and writes nothing. A run whose holder died (its lease expired) is taken over and resumed from
-its last recorded state; before rewriting a stage it deletes whatever that stage may have half-written, so the
-rows for (rule, T) are never doubled.
+Exactly one non-dry run exists per (rule, T), and one recheck of it (trigger `recheck`, storage/runs.py). A second
+request for the same (rule, T) gets the first run's summary and writes nothing. A recheck evaluates T's window again
+at a time of its own and tells the entities whose verdict flipped (`_alert_restated`). A run whose holder died (its
+lease expired) is taken over and resumed from its last recorded state; before rewriting a stage it deletes whatever
+that stage may have half-written, so the rows for (rule, T) are never doubled.
 
 The stages that read or write for the runs they are given (outcomes, alerts, success) take the runs of a batch as
 readily as one run; worker/batch_runner.py runs batches through them.
@@ -36,13 +37,13 @@ from storage.errors import DatabaseUnavailable, StorageError
 from storage.postgres import Postgres
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
-from storage.runs import RunClaim, RunRecord, RunStore, UnknownUser
+from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunRecord, RunStore, UnknownUser
 from storage.silences import SilenceStore
 from worker.alert_state import AlertState
 from worker.audience import Entity, audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
-from worker.interpreter_path import evaluate_batches
+from worker.interpreter_path import evaluate_batches, evaluation_key, restate
 from worker.matches import RunMatches, matched_entities
 from worker.messages import RunNotice
 
@@ -162,7 +163,7 @@ class RuleRunner:
         rule_row = self._runnable_rule(request, at)
         run = self._claim(request, rule_row, at)
         if run is None:
-            return self._runs.for_fire_time(request.rule_id, at).summary()
+            return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()
         self._finish(run)
         return run.record.summary()
 
@@ -217,7 +218,9 @@ class RuleRunner:
                                 "use a dry run to look that far back")
         if rule_row is None:
             raise RuleNotFound(f"no rule with id {request.rule_id}")
-        if request.trigger == "schedule" and not rule_row.enabled:
+        if request.trigger == RECHECK and request.dry_run:
+            raise BadRunRequest("a recheck writes what it finds; it is never a dry run")
+        if request.trigger in ("schedule", RECHECK) and not rule_row.enabled:
             raise RuleNotScheduled(f"rule {request.rule_id} is disabled")
         if not rule_row.organization_exists:
             raise BadRunRequest(f"rule {request.rule_id} belongs to no existing organization")
@@ -240,7 +243,8 @@ class RuleRunner:
         not valid."""
         rule = self._parsed(run.rule_row)
         conditions = rule.conditions
-        run.bounds = resolve_window(run.scope.at, run.rule_row.timezone, conditions.window, conditions.compare_to)
+        run.bounds = resolve_window(run.record.fire_time, run.rule_row.timezone, conditions.window,
+                                    conditions.compare_to)
         run.rule = rule
 
     def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> RunInHand | None:
@@ -249,11 +253,12 @@ class RuleRunner:
                          dry_run=request.dry_run, triggered_by=request.triggered_by)
         try:
             record = self._runs.claim(claim)
-        except UnknownUser as error:
+        except (UnknownUser, NothingToRecheck) as error:
             raise BadRunRequest(str(error)) from None
         if record is None:
             return None
-        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at), shared=request.shared)
+        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, record.eval_time),
+                         shared=request.shared)
 
     def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
@@ -269,15 +274,22 @@ class RuleRunner:
         if not reached(run.state, RunState.EVALUATED):
             self._evaluate(run, entities)
         if not reached(run.state, RunState.ALERTED):
-            self._alert([run])
+            if run.record.trigger == RECHECK:
+                self._alert_restated(run)
+            else:
+                self._alert([run])
         self._succeed([run])
 
     def _succeed(self, runs: Sequence[RunInHand]) -> None:
-        """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction."""
+        """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction,
+        with the recheck each scheduled run of a rule with `recheck_after` is due."""
         for run in runs:
             self._hand_over_deliveries(run)
         with self._postgres.transaction() as tx:
             for run in runs:
+                delay = run.rule.conditions.recheck_delay
+                if delay is not None and run.record.trigger == "schedule":
+                    self._runs.schedule_recheck(tx, run.record, run.record.fire_time + delay)
                 self._transition(run, RunState.SUCCEEDED, "done", tx=tx)
 
     def _compile(self, run: RunInHand) -> Statement:
@@ -335,13 +347,17 @@ class RuleRunner:
                                            int((time.monotonic() - run.started) * 1000))
         elif run.compiled is not None:
             started = datetime.now(UTC) - timedelta(seconds=time.monotonic() - run.started)
+            restating = run.record.fire_time if run.record.trigger == RECHECK else None
             statement = evaluation_insert(entities, run.compiled, run.rule.conditions.source,
                                           org_id=run.scope.org_id, rule_id=run.scope.rule_id, eval_time=run.scope.at,
-                                          started_at=started)
+                                          started_at=started, restating=restating)
             self._results.evaluate_into_table(statement, seconds_left=self._seconds_left(run))
         else:
             # Written after the rows have streamed in, since a chdb client can't insert mid-stream.
             evaluated = self._interpreted(run, entities)
+            if run.record.trigger == RECHECK:
+                first = self._results.outcome(RunScope(run.scope.org_id, run.scope.rule_id, run.record.fire_time))
+                evaluated = restate(evaluated, {evaluation_key(evaluation) for evaluation in first.matched})
             self._results.insert_evaluations(run.scope, evaluated, int((time.monotonic() - run.started) * 1000))
         self._record_evaluated([run])
 
@@ -439,6 +455,43 @@ class RuleRunner:
         """What `quieting` does to the run, given its matched and resolving entities."""
         # Silences and acknowledgements hold entities as PostgreSQL stores them (NUL-free), so they are compared so.
         return quieting.hush(run.scope.rule_id, (entity.without_nul() for entity in matched), resolved)
+
+    def _alert_restated(self, run: RunInHand) -> None:
+        """The alert stage of a recheck: its restated entities (read in one query) are named and told, in one
+        notice of kind "restated", to the audience of each; the ones that match now and are out of cooldown get an
+        `alert_events` row as of the recheck's time. No firing state changes. Records `alerted`."""
+        scope, actions = run.scope, run.rule.actions
+        if run.record.attempts > 1:
+            self._results.delete_alerts(scope)
+        restated = self._results.restated(scope)
+        entities = matched_entities(self._results, scope.org_id,
+                                    [RunMatches(run.rule.conditions.source, run.bounds, restated)])[0]
+        matching_now = [entity for entity, evaluation in zip(entities, restated) if evaluation.matched]
+        alerted = self._alert_state.alerting(scope.org_id, scope.at,
+                                             [(scope.rule_id, actions.cooldown_minutes, matching_now)])[0]
+        stored = [entity.without_nul() for entity in entities]
+        no_longer = [entity for entity, evaluation in zip(stored, restated) if not evaluation.matched]
+        # Silences withhold a recheck's notices as they do a run's; its acknowledgements neither end nor begin.
+        hush = self._hush(self._silences.quieting(scope.org_id, scope.at, [scope.rule_id]), run, matching_now,
+                          no_longer)
+        told = hush.told(stored)
+        recipients = audiences(self._postgres, scope.org_id, [(actions.notify.roles, told)], scope.at)[0]
+
+        def users_of(entity: Entity) -> list[int]:
+            return sorted(recipient.user_id for recipient in recipients.get(entity.without_nul().key, []))
+
+        self._results.insert_alerts(scope, run.rule_row.name, actions.severity, [
+            AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
+                       users_of(entity)) for entity in alerted])
+        notice = RunNotice("restated", run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
+                           actions.severity, scope.at, scheduled_for=run.record.fire_time,
+                           matching_now=frozenset(entity.without_nul().key for entity in matching_now))
+        notified = sorted({user for entity in told for user in users_of(entity)})
+        with self._postgres.transaction() as tx:
+            record_deliveries(tx, notice, told, recipients, actions.notify)
+            self._transition(run, RunState.ALERTED, f"{len(restated)} entities restated; alert_events written",
+                             alerts=len(alerted), silenced=hush.silenced, acknowledged=hush.acknowledged,
+                             notified_users=notified, restated=len(restated), tx=tx)
 
     def _hand_over_deliveries(self, run: RunInHand) -> None:
         """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.silences import (SilenceScope, TEXT_LIMITS, comment_problem, parse_duration, period_problem, refusal,
+from engine.silences import (SilenceScope, TEXT_LIMITS, comment_problem, period_problem, refusal,
                              scope_problem, text_problem)
+from engine.durations import parse_duration
 from engine.timestamps import utc_iso
 from storage.postgres import Postgres, Transaction
 from storage.results import ResultStore
@@ -61,9 +62,13 @@ def parse_instant(text: str, label: str) -> datetime:
 
 
 def parse_length(text: str, label: str) -> timedelta:
-    """A duration such as `30m`, `2h`, `1d` or `1w`; BadSilenceRequest names `label` if it is not one."""
-    duration = parse_duration(text) if isinstance(text, str) else None
-    if duration is None:
+    """A duration longer than zero, such as `30m`, `2h`, `1d` or `1w` (engine/durations.py); BadSilenceRequest
+    names `label` if it is not one."""
+    try:
+        duration = parse_duration(text.strip())
+    except (AttributeError, ValueError):
+        duration = None
+    if not duration:
         raise BadSilenceRequest(f"{label}: not a duration such as 30m, 2h, 1d or 1w: {text!r}")
     return duration
 

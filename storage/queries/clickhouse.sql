@@ -19,6 +19,14 @@ FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id IN {rule_ids:Array(UUID)}
 GROUP BY rule_id;
 
+-- name: restated_evaluations
+-- The rows of one recheck marked restated: those that match now first, each group in entity order.
+SELECT entity_id, matched, condition_results
+FROM rule_evaluations
+WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id = {rule_id:UUID}
+  AND JSONExtractBool(condition_results, 'restated')
+ORDER BY matched DESC, entity_id, condition_results;
+
 -- name: copy_evaluations
 -- One run's rows written again for another T of the same rule whose window resolved to the same dates.
 INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, execution_time_ms)

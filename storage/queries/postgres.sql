@@ -28,18 +28,64 @@ WHERE r.id = %(rule_id)s;
 SELECT 1 AS found FROM users WHERE id = %(user_id)s;
 
 -- name: claim_run
--- A non-dry run for (rule, fire time) exists at most once; a conflicting claim returns no row.
+-- A non-dry first run for (rule, fire time) exists at most once; a conflicting claim returns no row.
 INSERT INTO rule_runs (rule_id, org_id, trigger, scheduled_for, triggered_by, dry_run, status, state,
                        lease_expires_at, transitions)
 VALUES (%(rule_id)s, %(org_id)s, %(trigger)s, %(scheduled_for)s, %(triggered_by)s, %(dry_run)s, 'running', 'claimed',
         (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s),
         jsonb_build_array(jsonb_build_object('state', 'claimed', 'at', now() AT TIME ZONE 'UTC',
                                              'detail', %(detail)s::text)))
-ON CONFLICT (rule_id, scheduled_for) WHERE NOT dry_run DO NOTHING
+ON CONFLICT (rule_id, scheduled_for, (trigger = 'recheck')) WHERE NOT dry_run DO NOTHING
 RETURNING *;
 
+-- name: claim_recheck
+-- The recheck of (rule, fire time), evaluated at evaluated_at. No row when (rule, fire time) has its recheck
+-- already, or when another run of the rule evaluates at evaluated_at (as a recheck, or as its fire time).
+INSERT INTO rule_runs (rule_id, org_id, trigger, scheduled_for, evaluated_at, dry_run, status, state,
+                       lease_expires_at, transitions)
+SELECT %(rule_id)s, %(org_id)s, 'recheck', %(scheduled_for)s, %(evaluated_at)s, FALSE, 'running', 'claimed',
+       (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s),
+       jsonb_build_array(jsonb_build_object('state', 'claimed', 'at', now() AT TIME ZONE 'UTC',
+                                            'detail', %(detail)s::text))
+WHERE NOT EXISTS (SELECT 1 FROM rule_runs
+                  WHERE rule_id = %(rule_id)s AND scheduled_for = %(evaluated_at)s AND NOT dry_run)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: recheck_claimed
+-- The first run of (rule, fire time) no longer waits for its recheck.
+UPDATE rule_runs SET recheck_due_at = NULL
+WHERE rule_id = %(rule_id)s AND scheduled_for = %(scheduled_for)s AND NOT dry_run AND trigger <> 'recheck';
+
+-- name: schedule_recheck
+UPDATE rule_runs SET recheck_due_at = %(due_at)s WHERE id = %(run_id)s;
+
+-- name: due_rechecks
+-- The first runs whose recheck is due and was not sent within grace_seconds, each marked as sent now.
+UPDATE rule_runs run
+SET recheck_sent_at = now() AT TIME ZONE 'UTC', recheck_sends = run.recheck_sends + 1
+FROM (SELECT waiting.id FROM rule_runs waiting
+      WHERE waiting.recheck_due_at <= (now() AT TIME ZONE 'UTC')
+        AND (waiting.recheck_sent_at IS NULL
+             OR waiting.recheck_sent_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s))
+      ORDER BY waiting.recheck_due_at
+      LIMIT 1000
+      FOR UPDATE SKIP LOCKED) due
+WHERE run.id = due.id
+RETURNING run.rule_id::text AS rule_id, run.scheduled_for, run.recheck_sends;
+
+-- name: forget_rechecks
+-- Rechecks no longer worth sending: sent max_sends times, or their rule is disabled or gone.
+UPDATE rule_runs run SET recheck_due_at = NULL
+WHERE run.recheck_due_at IS NOT NULL
+  AND (run.recheck_sends >= %(max_sends)s
+       OR NOT EXISTS (SELECT 1 FROM rules r WHERE r.id = run.rule_id AND r.enabled));
+
 -- name: run_for_fire_time
-SELECT * FROM rule_runs WHERE rule_id = %(rule_id)s AND scheduled_for = %(scheduled_for)s AND NOT dry_run;
+-- The first run of (rule, fire time), or with recheck its recheck.
+SELECT * FROM rule_runs
+WHERE rule_id = %(rule_id)s AND scheduled_for = %(scheduled_for)s AND NOT dry_run
+  AND (trigger = 'recheck') = %(recheck)s;
 
 -- name: take_over_run
 -- Only a run whose lease has expired can be taken over, and only by one claimant.
@@ -64,6 +110,7 @@ SET state = %(state)s::text,
     notified_users = COALESCE(%(notified_users)s::int[], notified_users),
     storm = COALESCE(%(storm)s::boolean, storm),
     error = COALESCE(%(error)s::text, error),
+    restated = COALESCE(%(restated)s::int, restated),
     lease_expires_at = CASE WHEN %(status)s::text = 'running'
                             THEN (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s::int) END,
     finished_at = CASE WHEN %(status)s::text = 'running' THEN NULL ELSE now() AT TIME ZONE 'UTC' END,

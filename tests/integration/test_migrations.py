@@ -92,7 +92,8 @@ def test_postgres_has_our_tables_and_the_one_run_per_fire_time_index(pg_url):
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid IN "
             "('deliveries'::regclass, 'notifications'::regclass) AND contype = 'u'")}
     assert OUR_PG_TABLES <= tables
-    assert "UNIQUE" in definition and "(rule_id, scheduled_for)" in definition and "WHERE (NOT dry_run)" in definition
+    assert "UNIQUE" in definition and "WHERE (NOT dry_run)" in definition
+    assert "(rule_id, scheduled_for, (((trigger)::text = 'recheck'::text)))" in definition
     assert {"UNIQUE (idempotency_key)", "UNIQUE (run_id, kind, channel, recipient)",
             "UNIQUE (run_id, user_id, kind)"} == delivery_keys
 

@@ -45,3 +45,18 @@ def test_a_campaign_document_has_no_entity_type():
     rule = parse_rule({"logic": {">": [{"var": "spend"}, 0]}}, {})
     [[evaluated]] = list(evaluate_batches(rule, [[entity_row(rule, "c-1", spend=1.0)]]))
     assert parse_document(evaluated.condition_results).entity_type is None
+
+
+def test_a_recheck_marks_restated_the_evaluations_whose_verdict_differs_from_the_first_runs():
+    from worker.interpreter_path import restate
+
+    evaluations = [Evaluation("c-1", False, '{"spend":40,"conditions":[false]}'),
+                   Evaluation("c-2", True, '{"spend":130,"conditions":[true]}'),
+                   Evaluation("c-3", True, '{"spend":200,"conditions":[true]}'),
+                   Evaluation("x-1", True, '{"entity_type":"line_item","conditions":[true]}')]
+    # The first run matched c-1, c-3 and the campaign x-1 (not the line item of that id).
+    restated = restate(evaluations, {("", "c-1"), ("", "c-3"), ("campaign", "x-1")})
+    assert [(e.entity_id, parse_document(e.condition_results).restated) for e in restated] == [
+        ("c-1", True), ("c-2", True), ("c-3", False), ("x-1", True)]
+    assert restated[0].condition_results == '{"spend":40,"conditions":[false],"restated":true}'
+    assert parse_document(restated[1].condition_results).values == {"spend": 130}

@@ -224,3 +224,40 @@ def test_utc_is_stated_for_an_instant_given_in_utc_too():
     at_utc = RunNotice("alert", "r", 1, "id", "R", "info", EVALUATED_AT.astimezone(UTC))
 
     assert webhook_body(at_utc, [], "k")["evaluated_at"] == EVALUATED_TEXT
+
+
+# --- a recheck's notice --------------------------------------------------------------------------------------------
+
+
+def restated_notice(*matching_now: str) -> RunNotice:
+    return RunNotice("restated", "0b2e7c1a-run", 7, "9d4e0f3b-rule", "Overspend", "warning",
+                     EVALUATED_AT + timedelta(days=1, seconds=7), scheduled_for=EVALUATED_AT,
+                     matching_now=frozenset(("campaign", entity_id) for entity_id in matching_now))
+
+
+def test_a_recheck_email_lists_what_matches_now_then_what_no_longer_matches():
+    message = email_message(restated_notice("c2", "c3"), campaigns(3))
+
+    assert message["subject"] == (
+        "[restated] Overspend: 2 entities match now after restated data, 1 entity no longer matches")
+    text = message["text"]
+    assert "Evaluated at: 2026-11-26T09:00:07Z (a recheck of the run as of 2026-11-25T09:00:00Z, over its window)" in text
+    assert text.index("Matches now after restated data:") < text.index("- campaign Campaign 2 (c2)") \
+        < text.index("- campaign Campaign 3 (c3)") < text.index("No longer matches:") \
+        < text.index("- campaign Campaign 1 (c1)")
+
+
+def test_a_recheck_that_only_lost_matches_says_so_alone():
+    assert email_message(restated_notice(), campaigns(2))["subject"] == "[restated] Overspend: 2 entities no longer match"
+    assert "Matches now" not in slack_body(restated_notice(), campaigns(2))["text"]
+
+
+def test_a_recheck_webhook_body_names_its_fire_time_and_each_entitys_verdict_now():
+    body = webhook_body(restated_notice("c2"), campaigns(2), "key")
+
+    assert (body["event"], body["evaluated_at"], body["scheduled_for"]) == (
+        "restated", "2026-11-26T09:00:07Z", EVALUATED_TEXT)
+    assert [(record["entity_id"], record["matched"]) for record in body["entities"]] == [("c2", True), ("c1", False)]
+    assert [(r["entity_id"], r["matched"]) for r in in_app_entities(campaigns(2), restated_notice("c2"))] == [
+        ("c2", True), ("c1", False)]
+    assert "scheduled_for" not in webhook_body(notice(), campaigns(1), "key")

@@ -799,8 +799,10 @@ def test_the_schema_describes_the_document():
     assert schema["required"] == ["conditions"]
     assert schema["additionalProperties"] is False
     conditions = schema["$defs"]["Conditions"]
-    assert set(conditions["properties"]) == {"source", "window", "compare_to", "scope", "logic", "schedule"}
+    assert set(conditions["properties"]) == {"source", "window", "compare_to", "scope", "logic", "schedule",
+                                             "recheck_after"}
     assert conditions["required"] == ["logic"]
+    assert conditions["properties"]["recheck_after"]["pattern"] == r"^(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?$"
     assert conditions["properties"]["schedule"]["default"] == "0 * * * *"
     assert schema["$defs"]["Actions"]["properties"]["cooldown_minutes"]["maximum"] == 10_080
     channels = schema["$defs"]["Notify"]["properties"]["channels"]

@@ -19,7 +19,8 @@ def row(**changes) -> dict:
             "silenced": 1, "acknowledged": 0, "notified_users": [9, 4], "storm": False, "path": "sql", "error": None,
             "attempts": 1,
             "lease_expires_at": None, "transitions": [], "started_at": datetime(2026, 11, 25, 9, 0, 1),
-            "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, **changes}
+            "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, "evaluated_at": None, "restated": 0,
+            "recheck_due_at": None, "recheck_sent_at": None, "recheck_sends": 0, **changes}
 
 
 def test_a_row_becomes_a_typed_record():
@@ -31,10 +32,19 @@ def test_a_row_becomes_a_typed_record():
 def test_the_summary_says_the_fire_time_in_iso_utc_and_the_users_sorted():
     assert RunRecord.from_row(row()).summary() == {
         "run_id": str(RUN_ID), "rule_id": str(RULE_ID), "org_id": 7, "status": "succeeded", "trigger": "schedule",
-        "dry_run": False, "scheduled_for": "2026-11-25T09:00:00Z", "entities": 12, "matched": 3, "alerts": 2,
-        "silenced": 1, "acknowledged": 0, "notified_users": [4, 9], "storm": False, "duration_ms": 840, "error": None,
-        "path": "sql",
+        "dry_run": False, "scheduled_for": "2026-11-25T09:00:00Z", "evaluated_at": "2026-11-25T09:00:00Z",
+        "entities": 12, "matched": 3, "alerts": 2, "silenced": 1, "acknowledged": 0, "restated": 0,
+        "notified_users": [4, 9], "storm": False, "duration_ms": 840, "error": None, "path": "sql",
     }
+
+
+def test_a_recheck_evaluates_at_its_own_time_over_the_window_of_its_fire_time():
+    record = RunRecord.from_row(row(trigger="recheck", evaluated_at=datetime(2026, 11, 26, 9, 0, 7), restated=2))
+    summary = record.summary()
+    assert (summary["trigger"], summary["scheduled_for"], summary["evaluated_at"], summary["restated"]) == (
+        "recheck", "2026-11-25T09:00:00Z", "2026-11-26T09:00:07Z", 2)
+    assert (record.fire_time.isoformat(), record.eval_time.isoformat()) == (
+        "2026-11-25T09:00:00+00:00", "2026-11-26T09:00:07+00:00")
 
 
 def test_a_failed_run_summarises_its_error():

@@ -1,4 +1,4 @@
-"""engine.silences without servers: which entities silences and acknowledgements cover, what a run withholds and
+"""engine.silences (and worker.silencing's durations) without servers: which entities silences and acknowledgements cover, what a run withholds and
 which acknowledgements end, who may create them, and how their fields are checked."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine.silences import (OpenAcknowledgement, Quieting, SilenceScope, comment_problem, parse_duration,
-                             period_problem, refusal, scope_problem)
+from engine.silences import (OpenAcknowledgement, Quieting, SilenceScope, comment_problem, period_problem, refusal,
+                             scope_problem)
 from worker.audience import Entity
+from worker.silencing import BadSilenceRequest, parse_length
 
 RULE, OTHER_RULE = "0b5c5a9e-0000-4000-8000-000000000001", "0b5c5a9e-0000-4000-8000-000000000002"
 C1 = Entity("campaign", "c1", "Spring Sale", "{}", "DV360", "adv-1")
@@ -123,8 +124,12 @@ def test_a_silence_period_ends_after_it_starts_after_now_and_within_a_year(start
 
 @pytest.mark.parametrize(("text", "duration"), [
     ("30m", timedelta(minutes=30)), ("2h", timedelta(hours=2)), (" 1d ", timedelta(days=1)),
-    ("1w", timedelta(weeks=1)), ("0h", None), ("2", None), ("h", None), ("1.5h", None), ("-2h", None),
-    ("2 hours", None),
+    ("1w", timedelta(weeks=1)), ("1d12h", timedelta(hours=36)), ("0h", None), ("2", None), ("h", None),
+    ("1.5h", None), ("-2h", None), ("2 hours", None), (None, None),
 ])
-def test_durations_are_a_whole_number_and_a_unit(text, duration):
-    assert parse_duration(text) == duration
+def test_a_silence_lasts_a_duration_longer_than_zero(text, duration):
+    if duration is None:
+        with pytest.raises(BadSilenceRequest, match="--for: not a duration such as 30m, 2h, 1d or 1w"):
+            parse_length(text, "--for")
+    else:
+        assert parse_length(text, "--for") == duration
