@@ -1,11 +1,13 @@
-"""Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, and a
-batch task delivered again.
+"""Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, a
+batch task delivered again (sent again, and redelivered after its pool child was killed), ClickHouse killed with a
+batch's insert half-written, and one rule of a batch failing in ClickHouse.
 
 Each rule of a batch keeps its own run, so a worker killed in the middle of a batch leaves each run as it was;
-beat's sweeper sends each lost run again as a single rules.evaluate, which takes it over alone and finishes it
-once. The points are reached as in test_worker_beat.py, with no sleeps: an uncommitted rule_runs row holds a claim
-back, the test's own ClickHouse server is SIGSTOPped so that the batch blocks in its next statement, and a row
-lock on a run holds its 'evaluated' transition back until the batch's insert is written.
+beat's sweeper sends each lost run again as a single rules.evaluate, and a redelivered or retried batch task finds
+the runs held until their leases expire, then takes each over alone and finishes it once. The points are reached
+as in test_worker_beat.py, with no sleeps: an uncommitted rule_runs row holds a claim back, the test's own
+ClickHouse server is SIGSTOPped so that the batch blocks in its next statement, a row lock on a run holds its
+'evaluated' transition back until the batch's insert is written, and system.processes shows an insert in flight.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from psycopg.types.json import Jsonb
 
 from tests.conftest import start_clickhouse_local
 from tests.integration.celery_support import (NO_COOLDOWN, children_of, is_alive, iso, minute_floor, own_clickhouse,
-                                              own_redis, services_on, spend_rule, three_campaigns, utc_now,
-                                              wait_for_pending_requests, wait_for_runs, wait_until)
-from tests.integration.test_worker_beat import _blocks_someone, _gate, _pool_child, _run_row, _state_is
-from tests.integration.test_worker_faults import never_firing
+                                              own_redis, received_tasks, services_on, spend_rule, three_campaigns,
+                                              utc_now, wait_for_pending_requests, wait_for_runs, wait_until)
+from tests.integration.test_worker_beat import (LEASE_LEFT_AT_KILL, _blocks_someone, _gate, _lease_left, _pool_child,
+                                               _run_row, _state_is)
+from tests.integration.test_worker_faults import never_firing, queued_task_ids
 
 TAKEN_OVER = "taken over after the lease expired"
 
@@ -316,3 +319,71 @@ def test_a_rule_failing_in_clickhouse_fails_alone_and_the_rest_of_its_batch_succ
                 details[1]), details
             assert not any("batch" in detail for detail in details), details
             assert data.count("rule_evaluations", interpreted) == 4
+
+
+# --- the same batch task delivered again after its pool child was killed ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_batch_task_redelivered_after_its_pool_child_was_killed_writes_each_row_once(pg_url, tmp_path):
+    """A batch of three rules whose pool child is SIGKILLed right after the claims, its statement unread by the
+    stopped ClickHouse server (and carried out once the server resumes: a half-written stage). Tasks are acknowledged
+    late and rejected when their worker process is lost, so the worker hands the same task to its next child, which
+    finds the runs held, waits for their leases and takes each over alone: one rule_evaluations row per (rule, T,
+    entity), one alert per matched entity, and the task's result is the three runs' summaries. No beat runs, so
+    no sweeper sends anything: the redelivered task alone finishes the runs."""
+    with own_clickhouse(tmp_path, "rules_batch_redelivered") as (server, port, ch_url), \
+            own_redis(tmp_path) as broker:
+        with services_on(pg_url, ch_url, 0, tmp_path / "logs", time_limit=10, redis_server=broker.url) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            three_campaigns(data, org)
+            rules = [data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN, name=f"rule {n}")
+                     for n in range(3)]
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+            process = server["process"]
+
+            gate = _gate(services, rules[0], org, at)
+            task = services.send("rules.evaluate_batch", org, iso(at), rules)
+            child = _pool_child(services, task.id, worker)
+            wait_until(lambda: _blocks_someone(services, gate), 10, "the claims to wait", interval=0.05)
+            os.kill(process.pid, signal.SIGSTOP)
+            gate.rollback()
+            gate.close()
+            for rule in rules:
+                wait_until(lambda: _state_is(services, rule, at, "compiled"), 10, f"{rule} compiled", interval=0.05)
+            wait_for_pending_requests(port, 1)
+            os.kill(child, signal.SIGSTOP)
+            os.kill(process.pid, signal.SIGCONT)
+            wait_until(lambda: all(len(data.evaluations(rule, at)) == 3 for rule in rules), 10,
+                       "the stranded insert")
+
+            # Killed once the leases have little left, so that the take-over comes within the retries Celery makes.
+            wait_until(lambda: _lease_left(services, rules[0], at) < LEASE_LEFT_AT_KILL, services.lease_seconds,
+                       "the leases to run down", interval=0.2)
+            os.kill(child, signal.SIGKILL)
+            wait_until(lambda: not is_alive(child), 10, "the killed child to die")
+            frozen = {rule: _run_row(services, rule, at) for rule in rules}
+            assert [(row["status"], row["state"], row["attempts"]) for row in frozen.values()] == [
+                ("running", "compiled", 1)] * 3
+            assert all(data.alerts(rule, at) == [] for rule in rules)
+
+            summaries = task.get(timeout=services.lease_seconds + 120)
+
+            assert received_tasks(worker.log(), "rules.evaluate_batch") == [task.id]
+            assert worker.log().count(f"Task rules.evaluate_batch[{task.id}] received") >= 2, worker.log()[-3000:]
+            assert [(s["run_id"], s["status"]) for s in summaries] == [(str(frozen[rule]["id"]), "succeeded")
+                                                                       for rule in rules]
+            for rule in rules:
+                [row] = services.pg("SELECT * FROM rule_runs WHERE rule_id = %s", (rule,))
+                details = [entry["detail"] for entry in row["transitions"]]
+                assert (row["status"], row["attempts"], row["entities"], row["matched"], row["alerts"]) == (
+                    "succeeded", 2, 3, 2, 2), details
+                assert details.count(TAKEN_OVER) == 1, details
+                assert "compiled to SQL (in a batch of 3 rules)" in details, details
+                assert "rule_evaluations written (alone: the take-over of a run whose process was lost)" in details
+                assert [e["entity_id"] for e in data.evaluations(rule, at)] == ["c1", "c2", "c3"]
+                assert [a["entity_id"] for a in data.alerts(rule, at)] == ["c2", "c3"]
+                assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (3, 2)
+            assert queued_task_ids(services) == {"rules": [], "unacked": []}
