@@ -244,7 +244,7 @@ def test_clickhouse_killed_with_a_batch_insert_in_flight_finishes_every_run_once
                 assert data.count("alert_events", rule) == len(HOT)
 
 
-# --- one rule's part of a batch's statement fails in ClickHouse --------------------------------------------------------
+# --- one rule's part of a batch's statement fails in ClickHouse -------------------------------------------------------
 
 # A convention whose first token must be one of two values: a name whose first token is not is diagnosed with the
 # allowed value at the least edit distance, computed by ClickHouse's editDistanceUTF8, which refuses texts of over
@@ -321,7 +321,7 @@ def test_a_rule_failing_in_clickhouse_fails_alone_and_the_rest_of_its_batch_succ
             assert data.count("rule_evaluations", interpreted) == 4
 
 
-# --- the same batch task delivered again after its pool child was killed ------------------------------------------------
+# --- the same batch task delivered again after its pool child was killed ----------------------------------------------
 
 
 @pytest.mark.slow
