@@ -1,11 +1,13 @@
-"""Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, and a
-batch task delivered again.
+"""Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, a
+batch task delivered again (sent again, and redelivered after its pool child was killed), ClickHouse killed with a
+batch's insert half-written, and one rule of a batch failing in ClickHouse.
 
 Each rule of a batch keeps its own run, so a worker killed in the middle of a batch leaves each run as it was;
-beat's sweeper sends each lost run again as a single rules.evaluate, which takes it over alone and finishes it
-once. The points are reached as in test_worker_beat.py, with no sleeps: an uncommitted rule_runs row holds a claim
-back, the test's own ClickHouse server is SIGSTOPped so that the batch blocks in its next statement, and a row
-lock on a run holds its 'evaluated' transition back until the batch's insert is written.
+beat's sweeper sends each lost run again as a single rules.evaluate, and a redelivered or retried batch task finds
+the runs held until their leases expire, then takes each over alone and finishes it once. The points are reached
+as in test_worker_beat.py, with no sleeps: an uncommitted rule_runs row holds a claim back, the test's own
+ClickHouse server is SIGSTOPped so that the batch blocks in its next statement, a row lock on a run holds its
+'evaluated' transition back until the batch's insert is written, and system.processes shows an insert in flight.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from tests.conftest import start_clickhouse_local
 from tests.integration.celery_support import (NO_COOLDOWN, children_of, is_alive, iso, minute_floor, own_clickhouse,
-                                              own_redis, services_on, spend_rule, three_campaigns, utc_now,
-                                              wait_for_pending_requests, wait_for_runs, wait_until)
-from tests.integration.test_worker_beat import _blocks_someone, _gate, _pool_child, _run_row, _state_is
-from tests.integration.test_worker_faults import never_firing
+                                              own_redis, received_tasks, services_on, spend_rule, three_campaigns,
+                                              utc_now, wait_for_pending_requests, wait_for_runs, wait_until)
+from tests.integration.test_worker_beat import (LEASE_LEFT_AT_KILL, _blocks_someone, _gate, _lease_left, _pool_child,
+                                               _run_row, _state_is)
+from tests.integration.test_worker_faults import never_firing, queued_task_ids
 
 TAKEN_OVER = "taken over after the lease expired"
 
@@ -133,3 +138,252 @@ def test_a_worker_killed_mid_batch_leaves_each_rule_finished_once_by_take_over(p
                 assert [s["status"] for s in summaries] == ["succeeded"] * 3
                 assert [s["run_id"] for s in summaries] == [str(frozen[rule]["id"]) for rule in rules]
             assert written(services, everyone) == before
+
+
+# --- ClickHouse killed with a batch's INSERT ... SELECT in flight -----------------------------------------------------
+
+CAMPAIGNS = 300_000  # enough for the batch's insert to write several blocks of rows, one after another
+HOT = ("hot-1", "hot-2", "hot-3")  # the only campaigns over the rules' thresholds
+
+
+def many_campaigns(data, org: int) -> None:
+    """CAMPAIGNS campaigns with a spend of 1 three days ago, and the HOT ones with a spend of 100, written inside
+    ClickHouse (INSERT ... SELECT FROM numbers)."""
+    day = (utc_now() - timedelta(days=3)).date().isoformat()
+    data.ch_raw.command(
+        "INSERT INTO campaign_metrics_daily (org_id, date, campaign_id, campaign_name, dsp_type, advertiser_id, "
+        "impressions, clicks, spend) SELECT {org:UInt32}, toDate({day:String}), concat('c', toString(number)), "
+        "concat('name ', toString(number)), 'DV360', 'adv-1', 1000, 1, 1 FROM numbers({count:UInt64})",
+        parameters={"org": org, "day": day, "count": CAMPAIGNS - len(HOT)})
+    data.metrics(*({"org_id": org, "date": day, "campaign_id": campaign, "spend": "100", "impressions": 1000}
+                   for campaign in HOT))
+
+
+def half_written(data, at) -> int:
+    """The rows of rule_evaluations at T while an INSERT INTO rule_evaluations is still running (0 otherwise): the
+    insert writes its rows in blocks, each visible once written."""
+    [row] = data.ch_rows(
+        "SELECT (SELECT count() FROM system.processes WHERE query_id != queryID() "
+        "AND query LIKE 'INSERT INTO rule_evaluations%') AS running, "
+        "(SELECT count() FROM rule_evaluations WHERE eval_time = {at:DateTime('UTC')}) AS visible",
+        at=at.strftime("%Y-%m-%d %H:%M:%S"))
+    return int(row["visible"]) if row["running"] else 0
+
+
+def evaluation_counts(data, rules, at) -> dict[str, tuple[int, int, int]]:
+    """Each rule's (rows, distinct entities, matched) of rule_evaluations at T."""
+    counts = {rule: (0, 0, 0) for rule in rules}
+    for row in data.ch_rows(
+            "SELECT toString(rule_id) AS rule, count() AS n, uniqExact(entity_id) AS entities, sum(matched) AS "
+            "matched FROM rule_evaluations WHERE eval_time = {at:DateTime('UTC')} GROUP BY rule",
+            at=at.strftime("%Y-%m-%d %H:%M:%S")):
+        counts[row["rule"]] = (int(row["n"]), int(row["entities"]), int(row["matched"]))
+    return counts
+
+
+@pytest.mark.slow
+def test_clickhouse_killed_with_a_batch_insert_in_flight_finishes_every_run_once(pg_url, tmp_path):
+    """A batch of four rules over CAMPAIGNS campaigns: its one INSERT ... SELECT is seen in flight in
+    system.processes, having written some of its rows, when the test's own clickhouse-local is SIGKILLed; the server
+    is started again on the same port and data directory, holding the rows that the insert had written.
+
+    The batch's task is retried; once the leases expire each run is taken over alone (by the retried task or by
+    beat's sweeper), deletes what the killed insert left and finishes: one rule_evaluations row per (rule, T,
+    entity), one alert_events row per matched entity, one run per rule, nothing lost or doubled."""
+    with own_clickhouse(tmp_path, "rules_batch_ch_killed") as (server, port, ch_url), own_redis(tmp_path) as broker:
+        with services_on(pg_url, ch_url, 0, tmp_path / "logs", time_limit=20, redis_server=broker.url) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            many_campaigns(data, org)
+            rules = [data.rule(org, spend_rule(threshold, never_firing(utc_now())), NO_COOLDOWN,
+                               name=f"over {threshold}") for threshold in (50, 60, 70, 80)]
+            worker = services.start_worker()
+            services.start_beat()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+
+            task = services.send("rules.evaluate_batch", org, iso(at), rules)
+            seen = wait_until(lambda: half_written(data, at), 60, "the batch's insert to be half-written",
+                              interval=0.01)
+            os.kill(server["process"].pid, signal.SIGKILL)
+            server["process"].wait(timeout=15)
+            # What was in flight was the batch's statement: every run is compiled in the batch, none went on.
+            for rule in rules:
+                row = _run_row(services, rule, at)
+                assert (row["status"], row["state"], row["attempts"]) == ("running", "compiled", 1), row
+                assert row["transitions"][-1]["detail"] == "compiled to SQL (in a batch of 4 rules)", row
+
+            # The worker notices (its task is retried) before the server is back.
+            wait_until(lambda: f"Task rules.evaluate_batch[{task.id}] retry" in worker.log(), 30,
+                       "the batch's task to be retried")
+            server["process"] = start_clickhouse_local(server["path"], port, log=server["log"])
+            left_behind = evaluation_counts(data, rules, at)
+            written = sum(rows for rows, _, _ in left_behind.values())
+            assert seen <= written < len(rules) * CAMPAIGNS, (seen, left_behind)
+
+            wait_for_runs(services, lambda rows: len(rows) == 4 and all(r["status"] != "running" for r in rows),
+                          services.lease_seconds + 120, "every run to be finished",
+                          "SELECT * FROM rule_runs WHERE rule_id = ANY(%s)", (rules,))
+            # The batch's task, tried again until then, answers with those runs.
+            summaries = task.get(timeout=120)
+            runs = {rule: services.pg("SELECT * FROM rule_runs WHERE rule_id = %s", (rule,)) for rule in rules}
+            assert [(s["run_id"], s["status"]) for s in summaries] == [(str(runs[rule][0]["id"]), "succeeded")
+                                                                       for rule in rules]
+            assert evaluation_counts(data, rules, at) == {rule: (CAMPAIGNS, CAMPAIGNS, len(HOT)) for rule in rules}
+            for rule in rules:
+                [row] = runs[rule]
+                details = [entry["detail"] for entry in row["transitions"]]
+                assert (row["status"], row["attempts"], row["entities"], row["matched"], row["alerts"]) == (
+                    "succeeded", 2, CAMPAIGNS, len(HOT), len(HOT)), details
+                assert details.count(TAKEN_OVER) == 1, details
+                assert "compiled to SQL (in a batch of 4 rules)" in details, details
+                # Taken over by the retried batch (alone, saying why) or by the sweeper's rules.evaluate.
+                assert [d for d in details if d.startswith("rule_evaluations written")] in (
+                    ["rule_evaluations written (alone: the take-over of a run whose process was lost)"],
+                    ["rule_evaluations written"]), details
+                assert [a["entity_id"] for a in data.alerts(rule, at)] == list(HOT)
+                assert data.count("alert_events", rule) == len(HOT)
+
+
+# --- one rule's part of a batch's statement fails in ClickHouse -------------------------------------------------------
+
+# A convention whose first token must be one of two values: a name whose first token is not is diagnosed with the
+# allowed value at the least edit distance, computed by ClickHouse's editDistanceUTF8, which refuses texts of over
+# 65,536 bytes (TOO_LARGE_STRING_SIZE).
+CONVENTION = {"delimiter": "_", "tokens": [{"name": "market", "values": ["US", "EU"]}, {"name": "label", "free": True}]}
+HOSTILE_NAME = "X" * 70_000 + "_launch"
+TOO_LARGE = "The string size is too big for function editDistance"
+
+
+def test_a_rule_failing_in_clickhouse_fails_alone_and_the_rest_of_its_batch_succeeds(pg_url, migrated_ch_url,
+                                                                                     tmp_path):
+    """A batch of a naming rule and two spend rules, on a worker, over c1..c3 and a campaign whose name's first
+    token is 70,000 bytes long: the naming rule validates and compiles to SQL, but ClickHouse stops the batch's
+    statement on that campaign. Each rule of the batch then runs alone: the naming rule fails with ClickHouse's
+    error and writes nothing; the spend rules succeed with exactly their rows; a rule that runs on the interpreter,
+    alone from the start, is not affected. Every run's transitions say in which batch it was compiled and why it
+    ran alone."""
+    with own_redis(tmp_path) as broker:
+        with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", redis_server=broker.url) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
+            data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
+                    (Jsonb({"naming_conventions": {"campaign": CONVENTION}}), org))
+            three_campaigns(data, org)
+            day = (utc_now() - timedelta(days=3)).date().isoformat()
+            data.metrics({"org_id": org, "date": day, "campaign_id": "hostile", "campaign_name": HOSTILE_NAME})
+            schedule = never_firing(utc_now())
+            naming = data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"},
+                                                                                      "campaign"]}},
+                               NO_COOLDOWN, module="taxonomy", name="naming")
+            spend = [data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name=f"spend {n}") for n in (1, 2)]
+            interpreted = data.rule(org, {**spend_rule(0, schedule), "logic": {
+                "some": [{"merge": [{"var": "spend"}, {"var": "clicks"}]}, {">": [{"var": ""}, 100]}]}},
+                NO_COOLDOWN, name="on the interpreter")
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+
+            summaries = services.send("rules.evaluate_batch", org, iso(at), [naming, *spend, interpreted]).get(
+                timeout=90)
+
+            assert [s["status"] for s in summaries] == ["failed", "succeeded", "succeeded", "succeeded"], summaries
+            assert f"organization {org} failed; each runs alone" in worker.log()
+            runs = {rule: _run_row(services, rule, at) for rule in (naming, *spend, interpreted)}
+            for rule, summary in zip(runs, summaries):
+                assert summary["run_id"] == str(runs[rule]["id"])
+            batch_failed = "alone: the batch's statement failed: "
+
+            failed = runs[naming]
+            details = [entry["detail"] for entry in failed["transitions"]]
+            assert (failed["state"], failed["attempts"]) == ("failed", 1)
+            assert TOO_LARGE in failed["error"] and "TOO_LARGE_STRING_SIZE" in failed["error"], failed["error"]
+            assert len(details) == 3 and details[1] == "compiled to SQL (in a batch of 3 rules)", details
+            assert details[2].startswith(f"{failed['error']} ({batch_failed}"), details
+            assert TOO_LARGE in details[2][len(failed["error"]):], details
+            assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
+
+            for rule in spend:
+                row = runs[rule]
+                details = [entry["detail"] for entry in row["transitions"]]
+                assert (row["status"], row["attempts"], row["entities"], row["matched"], row["alerts"]) == (
+                    "succeeded", 1, 4, 2, 2), details
+                assert details[1] == "compiled to SQL (in a batch of 3 rules)", details
+                assert details[2].startswith(f"rule_evaluations written ({batch_failed}") and TOO_LARGE in details[2]
+                assert [e["entity_id"] for e in data.evaluations(rule, at)] == ["c1", "c2", "c3", "hostile"]
+                assert [a["entity_id"] for a in data.alerts(rule, at)] == ["c2", "c3"]
+                assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (4, 2)
+
+            row = runs[interpreted]
+            details = [entry["detail"] for entry in row["transitions"]]
+            assert (row["status"], row["path"], row["entities"], row["matched"]) == ("succeeded", "interpreter", 4, 0)
+            assert details[1].startswith("runs on the interpreter: ") and "(alone: it runs on the interpreter: " in (
+                details[1]), details
+            assert not any("batch" in detail for detail in details), details
+            assert data.count("rule_evaluations", interpreted) == 4
+
+
+# --- the same batch task delivered again after its pool child was killed ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_batch_task_redelivered_after_its_pool_child_was_killed_writes_each_row_once(pg_url, tmp_path):
+    """A batch of three rules whose pool child is SIGKILLed right after the claims, its statement unread by the
+    stopped ClickHouse server (and carried out once the server resumes: a half-written stage). Tasks are acknowledged
+    late and rejected when their worker process is lost, so the worker hands the same task to its next child, which
+    finds the runs held, waits for their leases and takes each over alone: one rule_evaluations row per (rule, T,
+    entity), one alert per matched entity, and the task's result is the three runs' summaries. No beat runs, so
+    no sweeper sends anything: the redelivered task alone finishes the runs."""
+    with own_clickhouse(tmp_path, "rules_batch_redelivered") as (server, port, ch_url), \
+            own_redis(tmp_path) as broker:
+        with services_on(pg_url, ch_url, 0, tmp_path / "logs", time_limit=10, redis_server=broker.url) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts"])
+            three_campaigns(data, org)
+            rules = [data.rule(org, spend_rule(15, never_firing(utc_now())), NO_COOLDOWN, name=f"rule {n}")
+                     for n in range(3)]
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+            process = server["process"]
+
+            gate = _gate(services, rules[0], org, at)
+            task = services.send("rules.evaluate_batch", org, iso(at), rules)
+            child = _pool_child(services, task.id, worker)
+            wait_until(lambda: _blocks_someone(services, gate), 10, "the claims to wait", interval=0.05)
+            os.kill(process.pid, signal.SIGSTOP)
+            gate.rollback()
+            gate.close()
+            for rule in rules:
+                wait_until(lambda: _state_is(services, rule, at, "compiled"), 10, f"{rule} compiled", interval=0.05)
+            wait_for_pending_requests(port, 1)
+            os.kill(child, signal.SIGSTOP)
+            os.kill(process.pid, signal.SIGCONT)
+            wait_until(lambda: all(len(data.evaluations(rule, at)) == 3 for rule in rules), 10,
+                       "the stranded insert")
+
+            # Killed once the leases have little left, so that the take-over comes within the retries Celery makes.
+            wait_until(lambda: _lease_left(services, rules[0], at) < LEASE_LEFT_AT_KILL, services.lease_seconds,
+                       "the leases to run down", interval=0.2)
+            os.kill(child, signal.SIGKILL)
+            wait_until(lambda: not is_alive(child), 10, "the killed child to die")
+            frozen = {rule: _run_row(services, rule, at) for rule in rules}
+            assert [(row["status"], row["state"], row["attempts"]) for row in frozen.values()] == [
+                ("running", "compiled", 1)] * 3
+            assert all(data.alerts(rule, at) == [] for rule in rules)
+
+            summaries = task.get(timeout=services.lease_seconds + 120)
+
+            assert received_tasks(worker.log(), "rules.evaluate_batch") == [task.id]
+            assert worker.log().count(f"Task rules.evaluate_batch[{task.id}] received") >= 2, worker.log()[-3000:]
+            assert [(s["run_id"], s["status"]) for s in summaries] == [(str(frozen[rule]["id"]), "succeeded")
+                                                                       for rule in rules]
+            for rule in rules:
+                [row] = services.pg("SELECT * FROM rule_runs WHERE rule_id = %s", (rule,))
+                details = [entry["detail"] for entry in row["transitions"]]
+                assert (row["status"], row["attempts"], row["entities"], row["matched"], row["alerts"]) == (
+                    "succeeded", 2, 3, 2, 2), details
+                assert details.count(TAKEN_OVER) == 1, details
+                assert "compiled to SQL (in a batch of 3 rules)" in details, details
+                assert "rule_evaluations written (alone: the take-over of a run whose process was lost)" in details
+                assert [e["entity_id"] for e in data.evaluations(rule, at)] == ["c1", "c2", "c3"]
+                assert [a["entity_id"] for a in data.alerts(rule, at)] == ["c2", "c3"]
+                assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (3, 2)
+            assert queued_task_ids(services) == {"rules": [], "unacked": []}
