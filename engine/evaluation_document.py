@@ -9,7 +9,8 @@ name breaks its convention, null when none does), then `conditions`, the outcome
      "reason":"does not equal the campaign's dsp_type","suggest":"DV360"},"conditions":[true]}
 
 ClickHouse builds it on the SQL path (document_sql) and Python on the interpreter path (document_json), byte for
-byte the same for the same values: numbers and text are written as ClickHouse's toJSONString writes them.
+byte the same for the same values: numbers, text and Booleans are written as ClickHouse's toJSONString writes them.
+An alert of a run evaluated on stale data carries `"stale":true` before `conditions` (with_stale_mark).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from engine.sql_text import quote_identifier, quote_string
 CONDITIONS_KEY = "conditions"
 ENTITY_TYPE_KEY = "entity_type"
 NAMING_KEY = "naming"
+STALE_KEY = "stale"
 
 # toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
 _JSON_ESCAPES = {
@@ -46,6 +48,7 @@ class EvaluationDocument:
     conditions: list[bool]
     entity_type: str | None
     naming: dict[str, Any] | None = None
+    stale: bool = False
 
 
 def holds_entity_type(source: str) -> bool:
@@ -97,9 +100,11 @@ def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_
 
 
 def _json_value(value: Any) -> str:
-    """A number or text as ClickHouse's toJSONString writes a Float64 or a String."""
+    """A number, text or Boolean as ClickHouse's toJSONString writes a Float64, a String or a Bool."""
     if isinstance(value, str):
         return '"' + value.translate(_JSON_ESCAPES) + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
     number = float(value)
     if math.isnan(number) or math.isinf(number):
         return "null"
@@ -131,10 +136,20 @@ def diagnosis_sql(head_sql: str, value_sql: str, reason_sql: str, suggest_sql: s
             f"',\"suggest\":', ifNull(toJSONString({suggest_sql}), 'null'), '}}')")
 
 
+def with_stale_mark(text: str) -> str:
+    """The document `text` of an alert whose run was evaluated on stale data: `"stale":true` added just before
+    `conditions` (its last key); empty text stays empty."""
+    if not text:
+        return text
+    at = text.rfind(f'"{CONDITIONS_KEY}":[')
+    return text[:at] + f'"{STALE_KEY}":true,' + text[at:]
+
+
 def parse_document(text: str) -> EvaluationDocument:
     """The document in `text`; empty text (an alert row written without one) is a document with nothing in it."""
     values = json.loads(text) if text else {}
     conditions = values.pop(CONDITIONS_KEY, [])
     entity_type = values.pop(ENTITY_TYPE_KEY, None)
     naming = values.pop(NAMING_KEY, None)
-    return EvaluationDocument(values, conditions, entity_type, naming)
+    stale = values.pop(STALE_KEY, False) is True
+    return EvaluationDocument(values, conditions, entity_type, naming, stale)

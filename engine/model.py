@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from engine.conventions import Convention, parse_convention, unknown_convention
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
+from engine.freshness import DEFAULT_DATA_DELAY, DEFAULT_MAX_WAIT, parse_duration
 from engine.interpreter import SCOPED_OPERATORS
 from engine.naming import NAMING_OPERATOR, bind_conventions
 from engine.problem_text import join_path as _join
@@ -101,7 +102,16 @@ def _check_cron(expression: str) -> str:
     return expression
 
 
+def _check_duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as error:
+        raise _rule_value_error(str(error)) from None
+    return text
+
+
 WindowName = Annotated[StrictStr, AfterValidator(_check_window)]
+Duration = Annotated[StrictStr, AfterValidator(_check_duration)]
 CronExpression = Annotated[StrictStr, AfterValidator(_check_cron)]
 ScopeValue = Annotated[StrictStr, Field(max_length=MAX_SCOPE_VALUE_LENGTH)]
 ScopeValues = Annotated[tuple[ScopeValue, ...], Field(min_length=1, max_length=MAX_SCOPE_VALUES)]
@@ -148,6 +158,18 @@ class Conditions(BaseModel):
     logic: Logic
     schedule: CronExpression = Field(
         default=DEFAULT_SCHEDULE, description="5-field cron in the organization's timezone."
+    )
+    data_delay: Duration = Field(
+        default=DEFAULT_DATA_DELAY,
+        description='How long after a window ends its data is complete once synced, as in "2h" (s, m, h, d).',
+        json_schema_extra={"pattern": "^(0|[1-9][0-9]*[smhd])$"},
+    )
+    max_wait: Duration = Field(
+        default=DEFAULT_MAX_WAIT, description="How long after its fire time a run waits for incomplete data.",
+        json_schema_extra={"pattern": "^(0|[1-9][0-9]*[smhd])$"},
+    )
+    on_stale: Literal["run", "skip"] = Field(
+        default="run", description="What a run does when its data is still incomplete after max_wait."
     )
 
     @model_validator(mode="before")

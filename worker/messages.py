@@ -8,6 +8,9 @@ The webhook body (also documented in the README):
      "entities": [{"entity_type": "campaign", "entity_id": "c-9", "entity_name": "...",
                    "values": {"spend": 1234.5, ...}, "conditions": [true, false]}]}
 
+A run evaluated on stale data (its window's data was still incomplete after its max_wait) says so: the webhook
+body (after `evaluated_at`) and each entity of it and of in-app notifications carry `"stale": true`, e-mail and Slack say "evaluated on stale data".
+
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
 e-mail and Slack write it in words after the values, in-app notifications carry it like the webhook.
@@ -27,6 +30,7 @@ from worker.audience import Entity
 
 # An e-mail or Slack message lists this many entities and says how many more there are.
 MAX_LISTED_ENTITIES = 50
+STALE_TEXT = "evaluated on stale data"
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,12 @@ class RunNotice:
     rule_name: str
     severity: str
     evaluated_at: datetime
+    stale: bool = False
 
     @property
     def time_text(self) -> str:
-        return utc_iso(self.evaluated_at)
+        """When the run evaluated, and whether on stale data: `2026-11-25T09:00:00Z (evaluated on stale data)`."""
+        return utc_iso(self.evaluated_at) + (f" ({STALE_TEXT})" if self.stale else "")
 
 
 def entity_record(entity: Entity) -> dict[str, Any]:
@@ -53,6 +59,8 @@ def entity_record(entity: Entity) -> dict[str, Any]:
               "values": document.values, "conditions": document.conditions}
     if document.naming is not None:
         record["naming"] = document.naming
+    if document.stale:
+        record["stale"] = True
     return record
 
 
@@ -120,7 +128,8 @@ def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str
     """The JSON body of the run's webhook post (the format in this module's docstring)."""
     return {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
             "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
-            "evaluated_at": notice.time_text, "entities": [entity_record(entity) for entity in entities]}
+            "evaluated_at": utc_iso(notice.evaluated_at), **({"stale": True} if notice.stale else {}),
+            "entities": [entity_record(entity) for entity in entities]}
 
 
 def in_app_entities(entities: Sequence[Entity]) -> list[dict[str, Any]]:

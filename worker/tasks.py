@@ -16,7 +16,7 @@ from worker.batch_runner import BatchRequest
 from worker.context import shared_batch_runner, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
-from worker.runner import BadRunRequest, RuleNotFound, RunRequest
+from worker.runner import BadRunRequest, RuleNotFound, RunRequest, RunWaiting
 from worker.schedule import MANUAL, FireTimeSender, load_rules
 from worker.settings import settings
 
@@ -41,7 +41,8 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
     `trigger` defaults to "schedule" for a fire time sent without a user (beat, dispatch), else "manual".
     A second task for the same (rule, T) returns the first run's summary. A deleted rule, or a scheduled run of a
     rule disabled since it was sent, does nothing (None). A server down or hung before the claim is retried
-    (RUN_RETRY); a run held by another worker is waited for (HELD_RUN_RETRY).
+    (RUN_RETRY); a run held by another worker is waited for (HELD_RUN_RETRY). A run waiting for its data is
+    retried at its next check, until it goes on or is skipped (README "Data freshness").
     """
     trigger = trigger or ("schedule" if scheduled_for and triggered_by is None and not dry_run else "manual")
     request = RunRequest(rule_id, _parse_time(scheduled_for), dry_run=dry_run, trigger=trigger,
@@ -54,6 +55,9 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
         return None
     except BadRunRequest as error:
         return {"rule_id": rule_id, "status": "failed", "error": str(error)}
+    except RunWaiting as waiting:
+        log.info("%s; checked again in %d s", waiting, waiting.check_in)
+        raise self.retry(countdown=waiting.check_in, max_retries=None) from None
     if result["status"] == "running" and (retry := retry_later(self, HELD_RUN_RETRY)) is not None:
         raise retry
     return result

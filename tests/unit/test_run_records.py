@@ -18,7 +18,8 @@ def row(**changes) -> dict:
             "status": "succeeded", "state": "succeeded", "entities": 12, "matched": 3, "alerts": 2,
             "notified_users": [9, 4], "path": "sql", "error": None, "attempts": 1,
             "lease_expires_at": None, "transitions": [], "started_at": datetime(2026, 11, 25, 9, 0, 1),
-            "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, **changes}
+            "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, "stale": False, "waiting_for": None,
+            "waiting_since": None, **changes}
 
 
 def test_a_row_becomes_a_typed_record():
@@ -31,8 +32,14 @@ def test_the_summary_says_the_fire_time_in_iso_utc_and_the_users_sorted():
     assert RunRecord.from_row(row()).summary() == {
         "run_id": str(RUN_ID), "rule_id": str(RULE_ID), "org_id": 7, "status": "succeeded", "trigger": "schedule",
         "dry_run": False, "scheduled_for": "2026-11-25T09:00:00Z", "entities": 12, "matched": 3, "alerts": 2,
-        "notified_users": [4, 9], "duration_ms": 840, "error": None, "path": "sql",
+        "notified_users": [4, 9], "duration_ms": 840, "error": None, "path": "sql", "stale": False,
+        "waiting_for": None,
     }
+
+
+def test_a_waiting_run_is_waiting_and_says_for_what():
+    summary = RunRecord.from_row(row(status="waiting", state="waiting", waiting_for="data incomplete: …")).summary()
+    assert (summary["status"], summary["waiting_for"], summary["stale"]) == ("waiting", "data incomplete: …", False)
 
 
 def test_a_failed_run_summarises_its_error():

@@ -1,0 +1,163 @@
+"""Whether a rule's window is complete, and what a run does when it is not (README "Data freshness").
+
+Pure: the organization's DSP accounts and pipelines come in as data, the decision goes out as data.
+
+A window is complete when every active DSP account the rule covers has synced after the end of the window's data
+plus `data_delay`, and no pipeline of the covered connector types has status `failed`. The end of a window's data
+is the end of its last local day, or T itself when that day has not ended yet at T (`today`, `month_to_date`,
+`lifetime`, and pacing windows that include today). A rule covers the accounts of its scope's `dsp_type` (all of
+them without one; pacing snapshots name no account, so a pacing rule covers them all); the covered connector types
+are the scope's DSP types, else the types of the organization's active accounts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from engine.timestamps import utc_iso
+from engine.windows import WindowBounds
+
+ACTIVE_ACCOUNT = "active"
+FAILED_PIPELINE = "failed"
+ON_STALE_RUN = "run"
+ON_STALE_SKIP = "skip"
+DEFAULT_DATA_DELAY = "0"
+DEFAULT_MAX_WAIT = "6h"
+MAX_DURATION = timedelta(days=7)
+
+_DURATION = re.compile(r"(0|[1-9][0-9]*)([smhd])?")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True)
+class Account:
+    """A `dsp_accounts` row: `last_sync_at` aware UTC, None when it never synced."""
+
+    id: int
+    dsp_type: str
+    external_id: str
+    name: str | None
+    status: str
+    last_sync_at: datetime | None
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `DV360 account adv-1 (Acme DV360)`."""
+        return f"{self.dsp_type} account {self.external_id}" + (f" ({self.name})" if self.name else "")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A `pipelines` row: its name, connector type and status."""
+
+    id: str
+    name: str
+    connector_type: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """The verdict on one window: the covered accounts that are behind (not synced after `needed_after`) and the
+    failed pipelines of the covered connector types; complete when there are neither."""
+
+    needed_after: datetime
+    behind: tuple[Account, ...]
+    failed_pipelines: tuple[Pipeline, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.behind and not self.failed_pipelines
+
+    @property
+    def behind_keys(self) -> list[tuple[str, str]]:
+        """(dsp_type, external_id) of each account behind: a campaign of one of them is not `fresh`."""
+        return [(account.dsp_type, account.external_id) for account in self.behind]
+
+    def reason(self) -> str:
+        """What is missing, in words (empty when complete): which accounts are behind and since when, which
+        pipelines failed."""
+        parts = []
+        for account in self.behind:
+            since = ("has never synced" if account.last_sync_at is None
+                     else f"last synced {utc_iso(account.last_sync_at)}")
+            parts.append(f"{account.label} {since}")
+        parts += [f"pipeline {pipeline.name!r} ({pipeline.connector_type}) has failed"
+                  for pipeline in self.failed_pipelines]
+        if not parts:
+            return ""
+        return f"data incomplete (needs a sync after {utc_iso(self.needed_after)}): " + "; ".join(parts)
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration written as a whole number and a unit, `30s`, `15m`, `2h`, `1d`, or `0`; at most 7 days.
+    Raises ValueError saying what is wrong."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None or (match.group(2) is None and match.group(1) != "0"):
+        raise ValueError(f"{text!r} is not a duration: write a whole number and a unit s, m, h or d, as in \"2h\"")
+    value = timedelta(**{_UNITS[match.group(2) or "s"]: int(match.group(1))})
+    if value > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than the 7 days allowed")
+    return value
+
+
+def data_end(bounds: WindowBounds) -> datetime:
+    """The end of the window's data: the end of its last local day, or T when that day has not ended at T."""
+    return min(bounds.utc_end, bounds.snapshot_cutoff)
+
+
+def completeness(accounts: Sequence[Account], pipelines: Sequence[Pipeline], dsp_types: Collection[str] | None,
+                 end: datetime, data_delay: timedelta) -> Completeness:
+    """The verdict on a window whose data ends at `end`, for a rule covering `dsp_types` (None: every type).
+
+    An account is covered when it is active and of a covered type; it is behind unless its `last_sync_at` is
+    after `end + data_delay`. A pipeline counts when its connector type is one of `dsp_types`, or, for None, the
+    type of an active account of the organization. An organization without (covered) accounts has nothing to wait
+    for: its windows are complete unless such a pipeline failed.
+    """
+    needed_after = end + data_delay
+    active = [account for account in accounts if account.status == ACTIVE_ACCOUNT]
+    covered = [account for account in active if dsp_types is None or account.dsp_type in dsp_types]
+    connector_types = set(dsp_types) if dsp_types is not None else {account.dsp_type for account in active}
+    behind = tuple(account for account in covered
+                   if account.last_sync_at is None or account.last_sync_at <= needed_after)
+    failed = tuple(pipeline for pipeline in pipelines
+                   if pipeline.status == FAILED_PIPELINE and pipeline.connector_type in connector_types)
+    return Completeness(needed_after, behind, failed)
+
+
+@dataclass(frozen=True)
+class WaitDecision:
+    """What a run does about its window: `go` (complete), `wait` (check again in `check_in` seconds), `run_stale`
+    or `skip_stale` (still incomplete at `deadline`, T + max_wait)."""
+
+    action: str
+    deadline: datetime
+    check_in: int = 0
+
+
+GO = "go"
+WAIT = "wait"
+RUN_STALE = "run_stale"
+SKIP_STALE = "skip_stale"
+
+
+def wait_decision(verdict: Completeness, at: datetime, max_wait: timedelta, on_stale: str, now: datetime,
+                  waited: timedelta, first_check: int) -> WaitDecision:
+    """The decision for a run at T = `at` as of `now`, having waited `waited` so far.
+
+    A run on an incomplete window waits until `at + max_wait`; it checks again after `first_check` seconds, then
+    after as long as it has waited so far (exponential backoff), at most 30 minutes and never past the deadline
+    (plus one second). Past the deadline `on_stale` decides: `run` or `skip`.
+    """
+    deadline = at + max_wait
+    if verdict.complete:
+        return WaitDecision(GO, deadline)
+    left = (deadline - now).total_seconds()
+    if left <= 0:
+        return WaitDecision(RUN_STALE if on_stale == ON_STALE_RUN else SKIP_STALE, deadline)
+    check_in = min(max(first_check, int(waited.total_seconds())), 30 * 60, int(left) + 1)
+    return WaitDecision(WAIT, deadline, max(1, check_in))

@@ -1,0 +1,149 @@
+"""The completeness of a window and what a run does about it (engine.freshness), without servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from engine.errors import RuleValidationError
+from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Account, Pipeline, completeness, data_end, parse_duration,
+                              wait_decision)
+from engine.model import parse_rule, validate_document
+from engine.run_states import IllegalTransition, RunState, check_transition
+from engine.windows import resolve_window
+
+T = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+# yesterday in New York ends at 2026-11-25 05:00 UTC.
+YESTERDAY_END = datetime(2026, 11, 25, 5, 0, tzinfo=UTC)
+
+
+def account(external_id: str, synced: datetime | None, dsp_type: str = "DV360", status: str = "active") -> Account:
+    return Account(hash(external_id) % 1000, dsp_type, external_id, f"Account {external_id}", status, synced)
+
+
+def pipeline(connector_type: str, status: str) -> Pipeline:
+    return Pipeline(f"p-{connector_type}-{status}", f"{connector_type} import", connector_type, status)
+
+
+def test_the_data_of_a_past_day_ends_with_that_local_day():
+    assert data_end(resolve_window(T, "America/New_York", "yesterday")) == YESTERDAY_END
+    assert data_end(resolve_window(T, "America/New_York", "last_7_days")) == YESTERDAY_END
+
+
+def test_the_data_of_a_window_that_includes_today_ends_at_t():
+    for window in ("today", "month_to_date", "lifetime"):
+        assert data_end(resolve_window(T, "America/New_York", window)) == T
+
+
+def test_a_window_is_complete_when_every_covered_account_synced_after_its_end_plus_the_delay():
+    accounts = [account("a", YESTERDAY_END + timedelta(hours=2, seconds=1)),
+                account("b", YESTERDAY_END + timedelta(hours=3))]
+    verdict = completeness(accounts, [], None, YESTERDAY_END, timedelta(hours=2))
+    assert verdict.complete and verdict.reason() == "" and verdict.behind_keys == []
+
+
+def test_an_account_synced_exactly_at_the_end_plus_delay_or_never_is_behind():
+    accounts = [account("on-the-dot", YESTERDAY_END + timedelta(hours=2)), account("never", None),
+                account("fine", YESTERDAY_END + timedelta(hours=5))]
+    verdict = completeness(accounts, [], None, YESTERDAY_END, timedelta(hours=2))
+    assert not verdict.complete
+    assert verdict.behind_keys == [("DV360", "on-the-dot"), ("DV360", "never")]
+    assert verdict.reason() == (
+        "data incomplete (needs a sync after 2026-11-25T07:00:00Z): DV360 account on-the-dot (Account on-the-dot) "
+        "last synced 2026-11-25T07:00:00Z; DV360 account never (Account never) has never synced")
+
+
+def test_only_active_accounts_of_the_scopes_dsp_types_are_covered():
+    stale = YESTERDAY_END - timedelta(days=1)
+    accounts = [account("ttd", stale, "TTD"), account("paused", stale, status="paused"),
+                account("dv", YESTERDAY_END + timedelta(minutes=1))]
+    assert completeness(accounts, [], ["DV360"], YESTERDAY_END, timedelta(0)).complete
+    assert completeness(accounts, [], None, YESTERDAY_END, timedelta(0)).behind_keys == [("TTD", "ttd")]
+
+
+def test_a_failed_pipeline_of_a_covered_connector_type_makes_the_window_incomplete():
+    fresh = [account("dv", YESTERDAY_END + timedelta(hours=1))]
+    failed_meta, failed_dv = pipeline("META", "failed"), pipeline("DV360", "failed")
+    assert completeness(fresh, [failed_meta, pipeline("DV360", "paused")], None, YESTERDAY_END, timedelta(0)).complete
+    verdict = completeness(fresh, [failed_meta, failed_dv], None, YESTERDAY_END, timedelta(0))
+    assert verdict.failed_pipelines == (failed_dv,) and verdict.behind == ()
+    assert verdict.reason().endswith("pipeline 'DV360 import' (DV360) has failed")
+    # A scoped rule counts the pipelines of its types even without an account of them.
+    assert not completeness([], [failed_meta], ["META"], YESTERDAY_END, timedelta(0)).complete
+
+
+def test_an_organization_without_accounts_has_nothing_to_wait_for():
+    assert completeness([], [], None, YESTERDAY_END, timedelta(hours=2)).complete
+    assert completeness([], [pipeline("CRM", "failed")], None, YESTERDAY_END, timedelta(0)).complete
+
+
+@pytest.mark.parametrize("text, expected", [("0", timedelta(0)), ("45s", timedelta(seconds=45)),
+                                            ("15m", timedelta(minutes=15)), ("2h", timedelta(hours=2)),
+                                            ("7d", timedelta(days=7))])
+def test_durations_are_a_number_and_a_unit(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "2x", "1.5h", "-1h", "02h", "h", "8d", " 2h", 2])
+def test_other_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def incomplete():
+    return completeness([account("late", None)], [], None, YESTERDAY_END, timedelta(0))
+
+
+def test_a_complete_window_goes_on_at_once():
+    verdict = completeness([], [], None, YESTERDAY_END, timedelta(0))
+    assert wait_decision(verdict, T, timedelta(hours=6), "run", T, timedelta(0), 60).action == "go"
+
+
+def test_an_incomplete_window_waits_with_backoff_and_never_past_its_deadline():
+    first = wait_decision(incomplete(), T, timedelta(hours=6), "run", T, timedelta(0), 60)
+    assert (first.action, first.check_in, first.deadline) == (WAIT, 60, T + timedelta(hours=6))
+    later = wait_decision(incomplete(), T, timedelta(hours=6), "run", T + timedelta(minutes=5),
+                          timedelta(minutes=5), 60)
+    assert later.check_in == 300
+    capped = wait_decision(incomplete(), T, timedelta(hours=6), "run", T + timedelta(hours=2), timedelta(hours=2), 60)
+    assert capped.check_in == 30 * 60
+    near_the_end = wait_decision(incomplete(), T, timedelta(hours=6), "run", T + timedelta(hours=6, seconds=-10),
+                                 timedelta(hours=5), 60)
+    assert near_the_end.check_in == 11
+
+
+def test_past_its_deadline_a_run_goes_on_stale_or_is_skipped_as_on_stale_says():
+    late = T + timedelta(hours=6)
+    assert wait_decision(incomplete(), T, timedelta(hours=6), "run", late, timedelta(hours=6), 60).action == RUN_STALE
+    assert wait_decision(incomplete(), T, timedelta(hours=6), "skip", late, timedelta(hours=6), 60).action == SKIP_STALE
+    # max_wait 0: no waiting at all.
+    assert wait_decision(incomplete(), T, timedelta(0), "skip", T, timedelta(0), 60).action == SKIP_STALE
+
+
+def test_the_rule_document_takes_data_delay_max_wait_and_on_stale_with_defaults():
+    rule = parse_rule({"logic": {"==": [{"var": "fresh"}, True]}}, {})
+    assert (rule.conditions.data_delay, rule.conditions.max_wait, rule.conditions.on_stale) == ("0", "6h", "run")
+    problems = validate_document({"conditions": {"logic": {">": [{"var": "spend"}, 1]}, "data_delay": "2 hours",
+                                                 "max_wait": "9d", "on_stale": "wait"}})
+    assert sorted(problem.path for problem in problems) == ["conditions.data_delay", "conditions.max_wait",
+                                                            "conditions.on_stale"]
+
+
+def test_fresh_is_a_field_of_campaigns_only():
+    with pytest.raises(RuleValidationError, match='unknown variable "fresh"'):
+        parse_rule({"source": "pacing_snapshots", "logic": {"var": "fresh"}}, {})
+    with pytest.raises(RuleValidationError, match='unknown variable "prev.fresh"'):
+        parse_rule({"compare_to": "previous_period", "logic": {"var": "prev.fresh"}}, {})
+
+
+def test_waiting_is_a_state_between_claimed_and_compiled():
+    check_transition(RunState.CLAIMED, RunState.WAITING)
+    for target in (RunState.WAITING, RunState.COMPILED, RunState.SKIPPED, RunState.FAILED):
+        check_transition(RunState.WAITING, target)
+    for target in (RunState.EVALUATED, RunState.SUCCEEDED):
+        with pytest.raises(IllegalTransition):
+            check_transition(RunState.WAITING, target)
+    with pytest.raises(IllegalTransition):
+        check_transition(RunState.COMPILED, RunState.WAITING)
+    assert (RunState.WAITING.status, RunState.CLAIMED.status) == ("waiting", "running")
