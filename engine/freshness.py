@@ -161,3 +161,40 @@ def wait_decision(verdict: Completeness, at: datetime, max_wait: timedelta, on_s
         return WaitDecision(RUN_STALE if on_stale == ON_STALE_RUN else SKIP_STALE, deadline)
     check_in = min(max(first_check, int(waited.total_seconds())), 30 * 60, int(left) + 1)
     return WaitDecision(WAIT, deadline, max(1, check_in))
+
+
+def duration_text(seconds: float) -> str:
+    """A lag in words, to the minute: `0m`, `45m`, `3h 5m`, `2d 4h`."""
+    minutes = max(0, int(seconds // 60))
+    days, hours, minutes = minutes // 1440, minutes % 1440 // 60, minutes % 60
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def freshness_report(org_id: int, accounts: Sequence[Account], pipelines: Sequence[Pipeline],
+                     now: datetime) -> list[dict[str, object]]:
+    """What `rulesctl freshness` shows of one organization: one entry per account, by source (DSP type) and
+    external id, with its last sync, how far behind `now` it is (`behind_seconds` None: never synced) and the
+    pipelines of its type; then one entry per connector type that has pipelines but no account (`account` None)."""
+    by_type: dict[str, list[Pipeline]] = {}
+    for pipeline in pipelines:
+        by_type.setdefault(pipeline.connector_type, []).append(pipeline)
+
+    def entry(source: str, account: Account | None) -> dict[str, object]:
+        synced = account.last_sync_at if account else None
+        behind = max(0.0, (now - synced).total_seconds()) if synced is not None else None
+        return {"org_id": org_id, "source": source,
+                "account": None if account is None else {
+                    "id": account.id, "external_id": account.external_id, "name": account.name,
+                    "status": account.status},
+                "last_sync_at": utc_iso(synced) if synced is not None else None,
+                "behind_seconds": None if behind is None else int(behind),
+                "behind": ("never synced" if account else "-") if behind is None else duration_text(behind),
+                "pipelines": [{"name": p.name, "status": p.status} for p in by_type.get(source, [])]}
+
+    entries = [entry(account.dsp_type, account)
+               for account in sorted(accounts, key=lambda a: (a.dsp_type, a.external_id))]
+    covered = {account.dsp_type for account in accounts}
+    entries += [entry(source, None) for source in sorted(by_type) if source not in covered]
+    return entries

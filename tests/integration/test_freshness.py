@@ -8,10 +8,13 @@ The accounts' `last_sync_at` are written with plain SQL, as the sync pipelines w
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.conftest import RULESCTL
 from tests.integration.celery_support import iso, own_redis, services_on, utc_now, wait_until
 from worker.batch_runner import BatchRequest, BatchRunner
 from worker.runner import RuleRunner, RunRequest, RunWaiting
@@ -267,3 +270,45 @@ def test_waiting_runs_on_a_worker_go_ahead_after_the_sync_or_time_out_as_on_stal
         wait_until(lambda: single_task.ready(), 30, "the single task to finish")
         assert single_task.get(timeout=5)["status"] == "succeeded"
         assert "Retry in" in worker.log()
+
+
+def rulesctl(env, *args: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, DATABASE_URL=env.pg_url, CLICKHOUSE_URL=env.ch_url)
+    return subprocess.run([RULESCTL, *args], env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_rulesctl_freshness_lists_each_source_and_account_with_how_far_behind_it_is(env):
+    org, _, _ = two_accounts_org(env)
+    other = env.org(timezone="UTC")
+    account(env, other, "META", "act-9", None)
+    env.pg("INSERT INTO pipelines (org_id, name, connector_type, status, schedule, config) VALUES "
+           "(%s, 'DV360 import', 'DV360', 'active', '{}', '{}'), (%s, 'CRM import', 'CRM', 'failed', '{}', '{}')",
+           (org, org))
+    process = rulesctl(env, "freshness", "--org", str(org), "--json")
+    assert process.returncode == 0, process.stderr
+    entries = [json.loads(line) for line in process.stdout.splitlines()]
+    assert [(entry["org_id"], entry["source"], entry["account"] and entry["account"]["external_id"])
+            for entry in entries] == [(org, "DV360", "adv-1"), (org, "TTD", "adv-2"), (org, "CRM", None)]
+    dv360, ttd, crm = entries
+    assert (dv360["last_sync_at"], dv360["pipelines"]) == (iso(LONG_AGO), [{"name": "DV360 import",
+                                                                           "status": "active"}])
+    assert 3 * 86400 <= dv360["behind_seconds"] < 3 * 86400 + 600 and dv360["behind"].startswith("3d ")
+    assert (ttd["behind_seconds"], ttd["behind"]) == (0, "0m")
+    assert (crm["last_sync_at"], crm["pipelines"]) == (None, [{"name": "CRM import", "status": "failed"}])
+
+    table = rulesctl(env, "freshness")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["org", "source", "account", "status", "last", "sync", "behind", "pipelines"]
+    assert any(line.split()[:3] == [str(other), "META", "act-9"] and "never synced" in line for line in lines)
+    assert any(line.split()[:2] == [str(org), "DV360"] and "DV360 import: active" in line for line in lines)
+
+
+def test_rulesctl_run_of_a_waiting_rule_prints_what_it_waits_for(env):
+    org, _, _ = two_accounts_org(env)
+    rule = env.rule(org, conditions(SPEND_OVER_5))
+    process = rulesctl(env, "run", rule)
+    assert process.returncode == 0, process.stderr
+    assert ": waiting" in process.stdout.splitlines()[0]
+    assert "waiting for: data incomplete" in process.stdout and "DV360 account adv-1" in process.stdout
+    assert rulesctl(env, "freshness", "--org", "999999").stdout == "no DSP accounts or pipelines in organization 999999\n"

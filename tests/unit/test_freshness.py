@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.errors import RuleValidationError
-from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Account, Pipeline, completeness, data_end, parse_duration,
-                              wait_decision)
+from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Account, Pipeline, completeness, data_end, duration_text,
+                              freshness_report, parse_duration, wait_decision)
 from engine.model import parse_rule, validate_document
 from engine.run_states import IllegalTransition, RunState, check_transition
 from engine.windows import resolve_window
@@ -147,3 +147,18 @@ def test_waiting_is_a_state_between_claimed_and_compiled():
     with pytest.raises(IllegalTransition):
         check_transition(RunState.COMPILED, RunState.WAITING)
     assert (RunState.WAITING.status, RunState.CLAIMED.status) == ("waiting", "running")
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0m"), (59, "0m"), (45 * 60, "45m"), (3 * 3600 + 300, "3h 5m"),
+                                           (2 * 86400 + 4 * 3600 + 59, "2d 4h"), (-30, "0m")])
+def test_a_lag_is_written_to_the_minute(seconds, text):
+    assert duration_text(seconds) == text
+
+
+def test_the_freshness_report_lists_accounts_by_source_then_pipeline_types_without_accounts():
+    accounts = [account("b", T - timedelta(hours=26), "TTD"), account("a", None)]
+    entries = freshness_report(3, accounts, [pipeline("TTD", "active"), pipeline("CRM", "failed")], T)
+    assert [(entry["source"], entry["account"] and entry["account"]["external_id"], entry["behind"])
+            for entry in entries] == [("DV360", "a", "never synced"), ("TTD", "b", "1d 2h"), ("CRM", None, "-")]
+    assert entries[1]["pipelines"] == [{"name": "TTD import", "status": "active"}]
+    assert (entries[1]["behind_seconds"], entries[1]["last_sync_at"]) == (26 * 3600, "2026-11-24T07:00:00Z")
