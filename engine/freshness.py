@@ -4,8 +4,9 @@ Pure: the organization's DSP accounts and pipelines come in as data, the decisio
 
 A window is complete when every active DSP account the rule covers has synced after the end of the window's data
 plus `data_delay`, and no pipeline of the covered connector types has status `failed`. The end of a window's data
-is the end of its last local day, or T itself when that day has not ended yet at T (`today`, `month_to_date`,
-`lifetime`, and pacing windows that include today). A rule covers the accounts of its scope's `dsp_type` (all of
+is the end of its last local day; for a window that includes today (`today`, `month_to_date`, `lifetime`), whose
+last day is still going on at T, it is the start of today: its days before today are complete, and today's data
+has begun to arrive. A rule covers the accounts of its scope's `dsp_type` (all of
 them without one; pacing snapshots name no account, so a pacing rule covers them all); the covered connector types
 are the scope's DSP types, else the types of the organization's active accounts.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from engine.timestamps import utc_iso
-from engine.windows import WindowBounds
+from engine.windows import WindowBounds, start_of_local_day
 
 ACTIVE_ACCOUNT = "active"
 FAILED_PIPELINE = "failed"
@@ -104,9 +105,9 @@ def parse_duration(text: str) -> timedelta:
     return value
 
 
-def data_end(bounds: WindowBounds) -> datetime:
-    """The end of the window's data: the end of its last local day, or T when that day has not ended at T."""
-    return min(bounds.utc_end, bounds.snapshot_cutoff)
+def data_end(bounds: WindowBounds, timezone: str) -> datetime:
+    """The end of the window's data (aware, UTC): the end of its last local day, at most the start of today."""
+    return min(bounds.utc_end, start_of_local_day(bounds.today, timezone))
 
 
 def completeness(accounts: Sequence[Account], pipelines: Sequence[Pipeline], dsp_types: Collection[str] | None,

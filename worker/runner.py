@@ -311,7 +311,7 @@ class RuleRunner:
             if run.signals is None:
                 run.signals = organization_signals(self._postgres, run.rule_row.org_id)
             dsp_types = (conditions.scope or {}).get("dsp_type") if conditions.source == CAMPAIGN_METRICS else None
-            run.verdict = completeness(run.signals.accounts, run.signals.pipelines, dsp_types, data_end(run.bounds),
+            run.verdict = completeness(run.signals.accounts, run.signals.pipelines, dsp_types, data_end(run.bounds, run.rule_row.timezone),
                                        parse_duration(conditions.data_delay))
         return run.verdict
 

@@ -27,13 +27,15 @@ def pipeline(connector_type: str, status: str) -> Pipeline:
 
 
 def test_the_data_of_a_past_day_ends_with_that_local_day():
-    assert data_end(resolve_window(T, "America/New_York", "yesterday")) == YESTERDAY_END
-    assert data_end(resolve_window(T, "America/New_York", "last_7_days")) == YESTERDAY_END
+    assert data_end(resolve_window(T, "America/New_York", "yesterday"), "America/New_York") == YESTERDAY_END
+    assert data_end(resolve_window(T, "America/New_York", "last_7_days"), "America/New_York") == YESTERDAY_END
+    assert data_end(resolve_window(T, "Asia/Tokyo", "yesterday"), "Asia/Tokyo") == \
+        datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 
 
-def test_the_data_of_a_window_that_includes_today_ends_at_t():
+def test_the_data_of_a_window_that_includes_today_ends_where_today_begins():
     for window in ("today", "month_to_date", "lifetime"):
-        assert data_end(resolve_window(T, "America/New_York", window)) == T
+        assert data_end(resolve_window(T, "America/New_York", window), "America/New_York") == YESTERDAY_END
 
 
 def test_a_window_is_complete_when_every_covered_account_synced_after_its_end_plus_the_delay():
