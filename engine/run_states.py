@@ -4,8 +4,9 @@
        │  ▲         │            │            │
        │  │         └────────────┴────────────┴──► failed
        ▼  │
-    waiting ◄┐ (again)        claimed, waiting ──► skipped | failed
-       └─────┘
+    waiting ◄──┐ (checked again)
+       └───────┘
+    claimed, waiting ──► skipped | failed
 
 A run that dies keeps its last state; whoever takes it over resumes from there. `waiting` means its window's data
 is incomplete (engine.freshness): it keeps its claim and is checked again later, until it goes on (`compiled`)

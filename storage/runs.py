@@ -57,7 +57,8 @@ class RunRecord:
         """The record of a row read by any `SELECT *` or `RETURNING *` of rule_runs."""
         return cls(
             id=str(row["id"]), rule_id=str(row["rule_id"]), org_id=row["org_id"], trigger=row["trigger"],
-            scheduled_for=row["scheduled_for"], triggered_by=row["triggered_by"], dry_run=row["dry_run"], state=RunState(row["state"]),
+            scheduled_for=row["scheduled_for"], triggered_by=row["triggered_by"], dry_run=row["dry_run"],
+            state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
             alerts=row["alerts"], notified_users=tuple(row["notified_users"] or ()), path=row["path"],
             error=row["error"], duration_ms=row["duration_ms"], stale=row["stale"], waiting_for=row["waiting_for"],

@@ -4,7 +4,8 @@ Each rule keeps its own run (claim, `rule_runs` row, transitions, summary, exact
 worker/runner.py). The rules left after the claims are evaluated by one engine.batch_query statement per source
 (cut by `split_batch`), and their alert stage reads and writes for all of them at once. A rule leaves the batch and
 runs alone when it fails validation, is skipped, compiles only for the interpreter, is a take-over of a dead
-run or must wait for its data (its next check is sent as rules.evaluate, alone); when a batch statement fails, each of its rules runs alone from where it is, so that only a faulty rule fails.
+run or must wait for its data (its next check is sent as rules.evaluate, alone); when a batch statement fails,
+each of its rules runs alone from where it is, so that only a faulty rule fails.
 Every run's transitions say which it was.
 """
 

@@ -147,7 +147,8 @@ def _cmd_freshness(args: argparse.Namespace) -> int:
     print(f"{'org':>5}  {'source':<10}  {'account':<32}  {'status':<8}  {'last sync':<20}  {'behind':<12}  pipelines")
     for entry in entries:
         account = entry["account"]
-        label = "-" if account is None else account["external_id"] + (f" ({account['name']})" if account["name"] else "")
+        label = "-" if account is None else (
+            account["external_id"] + (f" ({account['name']})" if account["name"] else ""))
         pipelines = ", ".join(f"{p['name']}: {p['status']}" for p in entry["pipelines"]) or "-"
         print(f"{entry['org_id']:>5}  {entry['source']:<10}  {label[:32]:<32}  "
               f"{account['status'] if account else '-':<8}  {entry['last_sync_at'] or 'never':<20}  "

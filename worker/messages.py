@@ -9,7 +9,8 @@ The webhook body (also documented in the README):
                    "values": {"spend": 1234.5, ...}, "conditions": [true, false]}]}
 
 A run evaluated on stale data (its window's data was still incomplete after its max_wait) says so: the webhook
-body (after `evaluated_at`) and each entity of it and of in-app notifications carry `"stale": true`, e-mail and Slack say "evaluated on stale data".
+body (after `evaluated_at`) and each entity of it and of in-app notifications carry `"stale": true`, e-mail and
+Slack say "evaluated on stale data".
 
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);

@@ -207,12 +207,14 @@ class RuleRunner:
 
     @contextmanager
     def _failing_on_error(self, runs: Sequence[RunInHand]) -> Iterator[None]:
-        """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable through."""
+        """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable and
+        RunMovedOn through."""
         try:
             yield
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, RunMovedOn):
             # The runs stay `running` as they are: once their leases expire, the retried task (or beat's sweeper)
-            # takes each over and finishes it, after deleting whatever its interrupted stage wrote.
+            # takes each over and finishes it, after deleting whatever its interrupted stage wrote. A run that moved
+            # on (superseded) is final already.
             raise
         except SoftTimeLimitExceeded:
             # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
@@ -311,7 +313,8 @@ class RuleRunner:
             if run.signals is None:
                 run.signals = organization_signals(self._postgres, run.rule_row.org_id)
             dsp_types = (conditions.scope or {}).get("dsp_type") if conditions.source == CAMPAIGN_METRICS else None
-            run.verdict = completeness(run.signals.accounts, run.signals.pipelines, dsp_types, data_end(run.bounds, run.rule_row.timezone),
+            run.verdict = completeness(run.signals.accounts, run.signals.pipelines, dsp_types,
+                                       data_end(run.bounds, run.rule_row.timezone),
                                        parse_duration(conditions.data_delay))
         return run.verdict
 

@@ -72,7 +72,8 @@ def evaluate_batch(self: Task, org_id: int, scheduled_for: str, rule_ids: list[s
 
     Each rule keeps its own claim: a redelivered task, or a rule another run owns, writes nothing twice. A server
     down or hung before the claims is retried (RUN_RETRY); a rule held by another worker is waited for
-    (HELD_RUN_RETRY).
+    (HELD_RUN_RETRY). A rule that must wait for its data leaves the batch: its summary says `waiting`, and its
+    next check is sent as rules.evaluate.
     """
     request = BatchRequest(org_id, _parse_time(scheduled_for), tuple(rule_ids), trigger)
     with retrying(self, RUN_RETRY):

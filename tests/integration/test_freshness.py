@@ -311,4 +311,5 @@ def test_rulesctl_run_of_a_waiting_rule_prints_what_it_waits_for(env):
     assert process.returncode == 0, process.stderr
     assert ": waiting" in process.stdout.splitlines()[0]
     assert "waiting for: data incomplete" in process.stdout and "DV360 account adv-1" in process.stdout
-    assert rulesctl(env, "freshness", "--org", "999999").stdout == "no DSP accounts or pipelines in organization 999999\n"
+    nothing = rulesctl(env, "freshness", "--org", "999999")
+    assert nothing.stdout == "no DSP accounts or pipelines in organization 999999\n"

@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.errors import RuleValidationError
+from engine.evaluation_document import parse_document, with_stale_mark
 from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Account, Pipeline, completeness, data_end, duration_text,
                               freshness_report, parse_duration, wait_decision)
 from engine.model import parse_rule, validate_document
 from engine.run_states import IllegalTransition, RunState, check_transition
 from engine.windows import resolve_window
+from worker.audience import Entity
+from worker.messages import RunNotice, email_message, slack_body, webhook_body
 
 T = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 # yesterday in New York ends at 2026-11-25 05:00 UTC.
@@ -164,3 +167,26 @@ def test_the_freshness_report_lists_accounts_by_source_then_pipeline_types_witho
             for entry in entries] == [("DV360", "a", "never synced"), ("TTD", "b", "1d 2h"), ("CRM", None, "-")]
     assert entries[1]["pipelines"] == [{"name": "TTD import", "status": "active"}]
     assert (entries[1]["behind_seconds"], entries[1]["last_sync_at"]) == (26 * 3600, "2026-11-24T07:00:00Z")
+
+
+def test_the_stale_mark_goes_just_before_conditions_and_is_read_back():
+    document = '{"spend":1200.5,"campaign_name":"a \\"conditions\\":[ b","conditions":[true]}'
+    marked = with_stale_mark(document)
+    assert marked == '{"spend":1200.5,"campaign_name":"a \\"conditions\\":[ b","stale":true,"conditions":[true]}'
+    parsed = parse_document(marked)
+    assert (parsed.stale, parsed.values, parsed.conditions) == (True, {"spend": 1200.5, "campaign_name":
+                                                                       'a "conditions":[ b'}, [True])
+    assert parse_document(document).stale is False and with_stale_mark("") == ""
+
+
+def test_messages_of_a_stale_run_say_so():
+    entity = Entity("campaign", "c1", "Spring Sale", with_stale_mark('{"spend":150.5,"conditions":[true]}'))
+    stale = RunNotice("alert", "run-1", 1, "rule-1", "Overspend", "warning", T, stale=True)
+    fresh = RunNotice("alert", "run-1", 1, "rule-1", "Overspend", "warning", T)
+    assert "Evaluated at: 2026-11-25T09:00:00Z (evaluated on stale data)" in email_message(stale, [entity])["text"]
+    assert "Evaluated at 2026-11-25T09:00:00Z (evaluated on stale data)" in slack_body(stale, [entity])["text"]
+    body = webhook_body(stale, [entity], "key-1")
+    assert (body["evaluated_at"], body["stale"], body["entities"][0]["stale"]) == ("2026-11-25T09:00:00Z", True, True)
+    assert body["entities"][0]["values"] == {"spend": 150.5}
+    assert "stale" not in webhook_body(fresh, [], "key-2")
+    assert "stale" not in email_message(fresh, [])["text"]

@@ -799,8 +799,8 @@ def test_the_schema_describes_the_document():
     assert schema["required"] == ["conditions"]
     assert schema["additionalProperties"] is False
     conditions = schema["$defs"]["Conditions"]
-    assert set(conditions["properties"]) == {"source", "window", "compare_to", "scope", "logic", "schedule", "data_delay",
-                                             "max_wait", "on_stale"}
+    assert set(conditions["properties"]) == {"source", "window", "compare_to", "scope", "logic", "schedule",
+                                             "data_delay", "max_wait", "on_stale"}
     assert conditions["required"] == ["logic"]
     assert conditions["properties"]["schedule"]["default"] == "0 * * * *"
     assert schema["$defs"]["Actions"]["properties"]["cooldown_minutes"]["maximum"] == 10_080
