@@ -7,6 +7,10 @@ the naming convention (`campaign`, in the organization's settings), which nine c
 way. One overspending campaign is silenced for the overspend rule. The numbers come from a fixed seed, so two
 loads on the same day are identical.
 
+The three accounts synced when the demo was loaded; a fourth, the search account, synced a day before, so the
+fifth rule, scoped to it, waits for its data (README "Data freshness"). The campaign rules are scoped to the three
+synced DSP types; the pacing rule covers every account, so it does not wait (max_wait 0) and runs on stale data.
+
 Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
 """
 
@@ -36,6 +40,10 @@ DAYS = 60
 CENT = Decimal("0.0001")
 
 ACCOUNTS = (("DV360", "adv-100", "Northwind DV360"), ("TTD", "adv-200", "Northwind TTD"), ("META", "adv-300", "Northwind Meta"))
+# A day behind the others, and without campaigns yet.
+LAGGING_ACCOUNT = ("GOOGLE_ADS", "adv-400", "Northwind Search")
+LAG = timedelta(days=1)
+SYNCED_TYPES = {"dsp_type": [dsp for dsp, _, _ in ACCOUNTS]}
 TACTICS = ("Prospecting", "Retargeting", "Brand", "Video")
 MARKETS = ("US", "CA", "GB")
 USERS = (
@@ -83,7 +91,7 @@ def demo_rules() -> list[dict]:
         # Every channel. example.com is reserved for examples, so its posts fail and show retries in `deliveries`;
         # `rulesctl up --demo` points them at the local inbox instead (point_demo_channels).
         {"name": "Overspend yesterday", "module": "alerts",
-         "conditions": {"window": "yesterday", "schedule": "* * * * *",
+         "conditions": {"window": "yesterday", "schedule": "* * * * *", "scope": SYNCED_TYPES,
                         "logic": {">": [{"var": "spend"}, 1000]}},
          "actions": {"severity": "critical", "cooldown_minutes": 60, "notify_on_resolve": True,
                      "notify": {**notify, "channels": ["in_app", "email", "slack", "webhook"],
@@ -91,18 +99,24 @@ def demo_rules() -> list[dict]:
                                 "webhook_url": "https://example.com/demo/webhook"}}},
         {"name": "CTR collapsed week over week", "module": "alerts",
          "conditions": {"window": "last_7_days", "compare_to": "previous_period", "schedule": "*/5 * * * *",
+                        "scope": SYNCED_TYPES,
                         "logic": {"and": [{">": [{"var": "impressions"}, 50000]},
                                           {"<": [{"var": "ctr"}, {"*": [{"var": "prev.ctr"}, 0.5]}]}]}},
          "actions": {"severity": "warning", "cooldown_minutes": 240, "notify": notify}},
         {"name": "Insertion orders under-pacing", "module": "qa",
          "conditions": {"source": "pacing_snapshots", "window": "today", "schedule": "* * * * *",
-                        "scope": {"entity_type": ["io"]},
+                        "scope": {"entity_type": ["io"]}, "max_wait": "0",
                         "logic": {"<": [{"var": "pacing_rate"}, 0.8]}},
          "actions": {"severity": "warning", "cooldown_minutes": 120, "notify": notify}},
         {"name": "Campaign names break the convention", "module": "taxonomy",
-         "conditions": {"window": "yesterday", "schedule": "*/5 * * * *",
+         "conditions": {"window": "yesterday", "schedule": "*/5 * * * *", "scope": SYNCED_TYPES,
                         "logic": {"naming": [{"var": "campaign_name"}, "campaign"]}},
          "actions": {"severity": "info", "cooldown_minutes": 1440, "notify": {"roles": ["owner", "admin"]}}},
+        {"name": "Search overspend yesterday", "module": "alerts",
+         "conditions": {"window": "yesterday", "schedule": "*/5 * * * *", "scope": {"dsp_type": [LAGGING_ACCOUNT[0]]},
+                        "data_delay": "1h", "max_wait": "6h", "on_stale": "run",
+                        "logic": {">": [{"var": "spend"}, 1000]}},
+         "actions": {"severity": "warning", "cooldown_minutes": 60, "notify": notify}},
     ]
 
 
@@ -233,8 +247,12 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
                         currency="USD", enabled_modules=json.dumps(["alerts", "qa", "taxonomy"]))["id"]
         tx.execute("set_organization_settings", org_id=org_id,
                    settings=json.dumps({"naming_conventions": {"campaign": NAMING_CONVENTION}}))
+        synced = now.replace(tzinfo=None)
         account_ids = {dsp: tx.one("insert_dsp_account", org_id=org_id, dsp_type=dsp, external_id=advertiser,
-                                   name=name)["id"] for dsp, advertiser, name in ACCOUNTS}
+                                   name=name, last_sync_at=synced)["id"] for dsp, advertiser, name in ACCOUNTS}
+        lagging_type, lagging_id, lagging_name = LAGGING_ACCOUNT
+        tx.one("insert_dsp_account", org_id=org_id, dsp_type=lagging_type, external_id=lagging_id,
+               name=lagging_name, last_sync_at=synced - LAG)
         users = _add_people(tx, org_id, campaigns, account_ids, now)
         rule_ids = [tx.one("insert_rule", org_id=org_id, name=rule["name"], module=rule["module"],
                            conditions=json.dumps(rule["conditions"]), actions=json.dumps(rule["actions"]),

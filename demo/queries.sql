@@ -18,8 +18,8 @@ VALUES (%(user_id)s, %(org_id)s, %(role)s, %(invited_by)s)
 ON CONFLICT (user_id, org_id) DO UPDATE SET role = EXCLUDED.role;
 
 -- name: insert_dsp_account
-INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name)
-VALUES (%(org_id)s, %(dsp_type)s, %(external_id)s, %(name)s)
+INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name, last_sync_at)
+VALUES (%(org_id)s, %(dsp_type)s, %(external_id)s, %(name)s, %(last_sync_at)s)
 RETURNING id;
 
 -- name: insert_grant

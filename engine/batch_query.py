@@ -37,8 +37,8 @@ from typing import Any, Callable
 
 from engine.compiler import CompiledLogic, compile_logic
 from engine.evaluation_document import document_sql, holds_entity_type
-from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, field_types
-from engine.query import ENTITY_ID, ENTITY_TYPE, Statement
+from engine.fields import CAMPAIGN_METRICS, FRESH, PACING_SNAPSHOTS, PREVIOUS_PREFIX, field_types
+from engine.query import ENTITY_ID, ENTITY_TYPE, Statement, fresh_sql
 from engine.sql_text import quote_identifier
 from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
@@ -78,7 +78,7 @@ _Interval = tuple[Any, Any]  # [start, end); a start of None is unbounded below
 @dataclass(frozen=True)
 class BatchMember:
     """One rule of a batch: its id (a UUID as text), its logic compiled by `batch_member` for its `position`, its
-    window and scope, and whether it compares to the previous period."""
+    window and scope, whether it compares to the previous period, and the accounts behind (its `fresh`)."""
 
     position: int
     rule_id: str
@@ -86,10 +86,12 @@ class BatchMember:
     bounds: WindowBounds
     scope: Mapping[str, Sequence[str]] | None
     with_previous: bool
+    behind: tuple[tuple[str, str], ...] = ()
 
 
 def batch_member(position: int, rule_id: str, source: str, logic: Any, bounds: WindowBounds,
-                 scope: Mapping[str, Sequence[str]] | None, with_previous: bool) -> BatchMember:
+                 scope: Mapping[str, Sequence[str]] | None, with_previous: bool,
+                 behind: Sequence[tuple[str, str]] = ()) -> BatchMember:
     """The member at `position` (a number no other member of its batch has) of a rule over `source`.
 
     Its logic is compiled as compile_logic would over that source's fields, but reading the member's own columns
@@ -100,7 +102,7 @@ def batch_member(position: int, rule_id: str, source: str, logic: Any, bounds: W
         raise ValueError(f"a member position is not negative, got {position}")
     compiled = compile_logic(logic, field_types(source, with_previous), column=_member_column(position),
                              parameter_prefix=f"r{position}_p")
-    return BatchMember(position, rule_id, compiled, bounds, scope, with_previous)
+    return BatchMember(position, rule_id, compiled, bounds, scope, with_previous, tuple(behind))
 
 
 def batch_evaluation(source: str, org_id: int, members: Sequence[BatchMember]) -> Statement:
@@ -281,7 +283,12 @@ class _Plan:
             for field in member.compiled.variables:
                 if field not in known:
                     raise ValueError(f"rule {member.rule_id} reads {field!r}, which is not a field of {source}")
-                columns.append(f"{assembled.field(field)} AS {column(field)}")
+                if field == FRESH:
+                    sql = fresh_sql(self.parameters, f"r{member.position}_behind", member.behind,
+                                    assembled.field("dsp_type"), assembled.field("advertiser_id"))
+                else:
+                    sql = assembled.field(field)
+                columns.append(f"{sql} AS {column(field)}")
             columns.append(f"{assembled.present()} AS {column(_PRESENT)}")
             tuples.append(self._outcome(member, column))
             rule_parameter = f"r{member.position}_rule"

@@ -9,7 +9,8 @@ name breaks its convention, null when none does), then `conditions`, the outcome
      "reason":"does not equal the campaign's dsp_type","suggest":"DV360"},"conditions":[true]}
 
 ClickHouse builds it on the SQL path (document_sql) and Python on the interpreter path (document_json), byte for
-byte the same for the same values: numbers and text are written as ClickHouse's toJSONString writes them.
+byte the same for the same values: numbers, text and Booleans are written as ClickHouse's toJSONString writes them.
+An alert of a run evaluated on stale data carries `"stale":true` before `conditions` (with_stale_mark).
 
 A recheck's document of an entity whose verdict differs from the first run's ends with `"restated":true`
 (restated_document, restated_document_sql).
@@ -33,6 +34,7 @@ ENTITY_TYPE_KEY = "entity_type"
 NAMING_KEY = "naming"
 RESTATED_KEY = "restated"
 _RESTATED_MEMBER = f',"{RESTATED_KEY}":true}}'
+STALE_KEY = "stale"
 
 # toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
 _JSON_ESCAPES = {
@@ -52,6 +54,7 @@ class EvaluationDocument:
     entity_type: str | None
     naming: dict[str, Any] | None = None
     restated: bool = False
+    stale: bool = False
 
 
 def holds_entity_type(source: str) -> bool:
@@ -103,9 +106,11 @@ def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_
 
 
 def _json_value(value: Any) -> str:
-    """A number or text as ClickHouse's toJSONString writes a Float64 or a String."""
+    """A number, text or Boolean as ClickHouse's toJSONString writes a Float64, a String or a Bool."""
     if isinstance(value, str):
         return '"' + value.translate(_JSON_ESCAPES) + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
     number = float(value)
     if math.isnan(number) or math.isinf(number):
         return "null"
@@ -137,6 +142,15 @@ def diagnosis_sql(head_sql: str, value_sql: str, reason_sql: str, suggest_sql: s
             f"',\"suggest\":', ifNull(toJSONString({suggest_sql}), 'null'), '}}')")
 
 
+def with_stale_mark(text: str) -> str:
+    """The document `text` of an alert whose run was evaluated on stale data: `"stale":true` added just before
+    `conditions` (its last key); empty text stays empty."""
+    if not text:
+        return text
+    at = text.rfind(f'"{CONDITIONS_KEY}":[')
+    return text[:at] + f'"{STALE_KEY}":true,' + text[at:]
+
+
 def parse_document(text: str) -> EvaluationDocument:
     """The document in `text`; empty text (an alert row written without one) is a document with nothing in it."""
     values = json.loads(text) if text else {}
@@ -144,7 +158,8 @@ def parse_document(text: str) -> EvaluationDocument:
     entity_type = values.pop(ENTITY_TYPE_KEY, None)
     naming = values.pop(NAMING_KEY, None)
     restated = values.pop(RESTATED_KEY, False) is True
-    return EvaluationDocument(values, conditions, entity_type, naming, restated)
+    stale = values.pop(STALE_KEY, False) is True
+    return EvaluationDocument(values, conditions, entity_type, naming, restated, stale)
 
 
 def restated_document(text: str) -> str:

@@ -4,16 +4,19 @@ from enum import Enum
 
 
 class FieldType(str, Enum):
-    """The JSON Logic type of a field's value: numbers arrive as floats, text as strings."""
+    """The JSON Logic type of a field's value: numbers arrive as floats, text as strings, Booleans as true/false."""
 
     NUMBER = "number"
     STRING = "string"
+    BOOLEAN = "boolean"
 
 
 CAMPAIGN_METRICS = "campaign_metrics_daily"
 PACING_SNAPSHOTS = "pacing_snapshots"
 
 PREVIOUS_PREFIX = "prev."
+# Whether the campaign's DSP account had synced the window's data at T (engine.freshness); it has no `prev.` twin.
+FRESH = "fresh"
 
 _CAMPAIGN_FIELDS: dict[str, FieldType] = {
     "campaign_id": FieldType.STRING,
@@ -44,6 +47,7 @@ _PACING_FIELDS: dict[str, FieldType] = {
 }
 
 _BASE_FIELDS = {CAMPAIGN_METRICS: _CAMPAIGN_FIELDS, PACING_SNAPSHOTS: _PACING_FIELDS}
+_RUN_FIELDS: dict[str, dict[str, FieldType]] = {CAMPAIGN_METRICS: {FRESH: FieldType.BOOLEAN}, PACING_SNAPSHOTS: {}}
 
 # Columns a rule's `scope` may filter on, per source.
 SCOPE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -55,10 +59,12 @@ SCOPE_COLUMNS: dict[str, tuple[str, ...]] = {
 def field_types(source: str, with_previous: bool) -> dict[str, FieldType]:
     """Every variable name a rule over `source` may read, mapped to its type.
 
-    With `with_previous` (a rule that has `compare_to`), each field also exists as `prev.<field>`.
+    With `with_previous` (a rule that has `compare_to`), each field of the data also exists as `prev.<field>`;
+    `fresh` (campaigns) describes the run's data, so it has no previous twin.
     """
     base = _BASE_FIELDS[source]
     fields = dict(base)
     if with_previous:
         fields.update({PREVIOUS_PREFIX + name: kind for name, kind in base.items()})
+    fields.update(_RUN_FIELDS[source])
     return fields

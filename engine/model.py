@@ -42,6 +42,7 @@ from engine.conventions import Convention, parse_convention, unknown_convention
 from engine.durations import DURATION_PATTERN, parse_duration
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX, SCOPE_COLUMNS, FieldType, field_types
+from engine.freshness import DEFAULT_DATA_DELAY, DEFAULT_MAX_WAIT, MAX_WAIT_SETTING
 from engine.interpreter import SCOPED_OPERATORS
 from engine.naming import NAMING_OPERATOR, bind_conventions
 from engine.problem_text import join_path as _join
@@ -120,8 +121,19 @@ def _check_recheck_after(text: str) -> str:
     return text
 
 
+def _check_wait_setting(text: str) -> str:
+    try:
+        delay = parse_duration(text)
+    except ValueError as error:
+        raise _rule_value_error(str(error)) from None
+    if delay > MAX_WAIT_SETTING:
+        raise _rule_value_error(f"{_shown(text)} is longer than the {MAX_WAIT_SETTING.days} days allowed")
+    return text
+
+
 WindowName = Annotated[StrictStr, AfterValidator(_check_window)]
 RecheckAfter = Annotated[StrictStr, AfterValidator(_check_recheck_after)]
+WaitSetting = Annotated[StrictStr, AfterValidator(_check_wait_setting)]
 CronExpression = Annotated[StrictStr, AfterValidator(_check_cron)]
 ScopeValue = Annotated[StrictStr, Field(max_length=MAX_SCOPE_VALUE_LENGTH)]
 ScopeValues = Annotated[tuple[ScopeValue, ...], Field(min_length=1, max_length=MAX_SCOPE_VALUES)]
@@ -178,10 +190,33 @@ class Conditions(BaseModel):
         json_schema_extra={"pattern": DURATION_PATTERN},
     )
 
+    data_delay: WaitSetting = Field(
+        default=DEFAULT_DATA_DELAY,
+        description='How long after a window ends its data is complete once synced, as in "2h" (up to 7d).',
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    )
+    max_wait: WaitSetting = Field(
+        default=DEFAULT_MAX_WAIT, description="How long after its fire time a run waits for incomplete data.",
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    )
+    on_stale: Literal["run", "skip"] = Field(
+        default="run", description="What a run does when its data is still incomplete after max_wait."
+    )
+
     @property
     def recheck_delay(self) -> timedelta | None:
         """How long after a fire time its recheck is due; None when the rule is not rechecked."""
         return parse_duration(self.recheck_after) if self.recheck_after is not None else None
+
+    @property
+    def data_delay_time(self) -> timedelta:
+        """How long after a window ends its synced data is complete."""
+        return parse_duration(self.data_delay)
+
+    @property
+    def max_wait_time(self) -> timedelta:
+        """How long after its fire time a run may wait for incomplete data."""
+        return parse_duration(self.max_wait)
 
     @model_validator(mode="before")
     @classmethod

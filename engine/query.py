@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.compiler import CompiledLogic
 from engine.evaluation_document import ENTITY_TYPE_KEY, document_sql, holds_entity_type, restated_document_sql
-from engine.fields import CAMPAIGN_METRICS, PACING_SNAPSHOTS, PREVIOUS_PREFIX
+from engine.fields import CAMPAIGN_METRICS, FRESH, PACING_SNAPSHOTS, PREVIOUS_PREFIX
 from engine.sql_text import quote_identifier, quote_string
 from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
@@ -36,12 +36,14 @@ class Statement:
 
 
 def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[str, Sequence[str]] | None,
-                with_previous: bool, fields: Collection[str] | None = None) -> Statement:
+                with_previous: bool, fields: Collection[str] | None = None,
+                behind: Sequence[tuple[str, str]] = ()) -> Statement:
     """One row per entity of the rule's organization with data in the window (or the previous period).
 
     Columns: `__entity_id`, `__entity_type`, then each field of engine.fields named in `fields` (None: every one,
-    with `prev.<field>` too when `with_previous`) under its own name, numbers as Float64 and text as String.
-    Leaving out the fields a rule does not read spares ClickHouse their aggregation.
+    with `prev.<field>` too when `with_previous`) under its own name, numbers as Float64, text as String and
+    Booleans as Bool. Leaving out the fields a rule does not read spares ClickHouse their aggregation. A
+    campaign is `fresh` unless its (dsp_type, advertiser_id) is one of `behind`, the accounts behind.
     """
     parameters: dict[str, Any] = {"r_org": org_id}
     filters = ["org_id = {r_org:UInt32}"]
@@ -55,9 +57,22 @@ def entity_rows(source: str, org_id: int, bounds: WindowBounds, scope: Mapping[s
     else:
         raise ValueError(f"unknown source {source!r}")
     key_columns, all_fields, inner, group_by = builder(parameters, filters, bounds, with_previous)
+    if source == CAMPAIGN_METRICS and (fields is None or FRESH in fields):
+        all_fields[FRESH] = fresh_sql(parameters, "r_behind", behind, all_fields["dsp_type"],
+                                      all_fields["advertiser_id"])
     wanted = all_fields if fields is None else {name: all_fields[name] for name in fields if name in all_fields}
     columns = [*key_columns, *(f"{expression} AS {quote_identifier(name)}" for name, expression in wanted.items())]
     return Statement(f"SELECT {', '.join(columns)} FROM ({inner}) GROUP BY {group_by}", parameters)
+
+
+def fresh_sql(parameters: dict[str, Any], name: str, behind: Sequence[tuple[str, str]], dsp_type_sql: str,
+              advertiser_id_sql: str) -> str:
+    """The Bool SQL of `fresh`: the campaign's account, (`dsp_type_sql`, `advertiser_id_sql`), is not one of
+    `behind`, which travel as the parameters `<name>_types` and `<name>_ids` (added to `parameters`)."""
+    parameters[f"{name}_types"] = [dsp_type for dsp_type, _ in behind]
+    parameters[f"{name}_ids"] = [account for _, account in behind]
+    return (f"toBool(NOT has(arrayZip({{{name}_types:Array(String)}}, {{{name}_ids:Array(String)}}), "
+            f"tuple({dsp_type_sql}, {advertiser_id_sql})))")
 
 
 def _sides(with_previous: bool) -> list[tuple[str, str | None]]:

@@ -1,12 +1,17 @@
 """The states of one rule run and the transitions allowed between them.
 
     claimed ──► compiled ──► evaluated ──► alerted ──► succeeded
-       │            │            │            │
-       ├──► skipped └────────────┴────────────┴──► failed
-       └──► failed
+       │  ▲         │            │            │
+       │  │         └────────────┴────────────┴──► failed
+       ▼  │
+    waiting ◄──┐ (checked again)
+       └───────┘
+    claimed, waiting ──► skipped | failed
 
-A run that dies keeps its last state; whoever takes it over resumes from there. `evaluated` means the
-`rule_evaluations` rows are all written, `alerted` that the `alert_events` rows are.
+A run that dies keeps its last state; whoever takes it over resumes from there. `waiting` means its window's data
+is incomplete (engine.freshness): it keeps its claim and is checked again later, until it goes on (`compiled`)
+or is skipped. `evaluated` means the `rule_evaluations` rows are all written, `alerted` that the `alert_events`
+rows are.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class RunState(str, Enum):
     """Where a run is; stored in `rule_runs.state`, each change appended to `rule_runs.transitions`."""
 
     CLAIMED = "claimed"
+    WAITING = "waiting"
     COMPILED = "compiled"
     EVALUATED = "evaluated"
     ALERTED = "alerted"
@@ -27,14 +33,15 @@ class RunState(str, Enum):
 
     @property
     def status(self) -> str:
-        """The run's `status`: running until a final state, then the final state's name."""
-        return self.value if self in FINAL_STATES else "running"
+        """The run's `status`: `waiting` while waiting, running until a final state, then the final state's name."""
+        return self.value if self in FINAL_STATES or self is RunState.WAITING else "running"
 
 
 FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.SKIPPED})
 
 ALLOWED = {
-    RunState.CLAIMED: frozenset({RunState.COMPILED, RunState.SKIPPED, RunState.FAILED}),
+    RunState.CLAIMED: frozenset({RunState.WAITING, RunState.COMPILED, RunState.SKIPPED, RunState.FAILED}),
+    RunState.WAITING: frozenset({RunState.WAITING, RunState.COMPILED, RunState.SKIPPED, RunState.FAILED}),
     RunState.COMPILED: frozenset({RunState.EVALUATED, RunState.FAILED}),
     RunState.EVALUATED: frozenset({RunState.ALERTED, RunState.SUCCEEDED, RunState.FAILED}),
     RunState.ALERTED: frozenset({RunState.SUCCEEDED, RunState.FAILED}),

@@ -122,6 +122,11 @@ def resolve_window(at: datetime, timezone: str, window: str | Window, compare_to
     )
 
 
+def start_of_local_day(day: date, timezone: str) -> datetime:
+    """The UTC instant the local `day` begins in `timezone` (a known IANA name; else RuleValidationError)."""
+    return _start_of_day(day, load_timezone(timezone))
+
+
 def _check_compare_to(window: Window, compare_to: object) -> None:
     """Accepts None or `previous_period` (not with `lifetime`); anything else raises RuleValidationError."""
     if compare_to is None:

@@ -3,7 +3,8 @@
 Exactly one non-dry run exists per (rule, T, trigger), where the triggers schedule, manual and backfill share the
 first run of (rule, T) and `recheck` is the one recheck of it: the claim is an INSERT that the unique index
 `rule_runs_one_per_fire_time` lets through once. A run holds a lease, renewed at each transition; a run whose
-lease expired may be taken over, by one claimant only, and goes on from its recorded state.
+lease expired may be taken over, by one claimant only, and goes on from its recorded state. A waiting run's lease
+ends when it is due to be checked again; a later fire time of the same rule, claimed, supersedes it.
 
 A recheck has an evaluation time of its own (`evaluated_at`, the moment of its claim), which its ClickHouse rows
 carry, while its window is that of T. No other run of the rule evaluates at that second: never a whole minute,
@@ -36,6 +37,10 @@ class NothingToRecheck(LookupError):
     """A recheck was asked for a (rule, T) that has no succeeded run; nothing was written."""
 
 
+class RunMovedOn(Exception):
+    """The run left the state its holder last recorded (a later fire time superseded it); nothing was written."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One `rule_runs` row: the run's state, its counters and how it ended."""
@@ -45,6 +50,7 @@ class RunRecord:
     org_id: int
     trigger: str
     scheduled_for: datetime  # naive, UTC
+    triggered_by: int | None
     dry_run: bool
     state: RunState
     status: str
@@ -61,6 +67,9 @@ class RunRecord:
     duration_ms: int | None
     evaluated_at: datetime | None = None  # naive, UTC; a recheck's own evaluation time
     restated: int = 0
+    stale: bool = False
+    waiting_for: str | None = None
+    waiting_since: datetime | None = None  # naive, UTC
 
     @property
     def fire_time(self) -> datetime:
@@ -77,12 +86,14 @@ class RunRecord:
         """The record of a row read by any `SELECT *` or `RETURNING *` of rule_runs."""
         return cls(
             id=str(row["id"]), rule_id=str(row["rule_id"]), org_id=row["org_id"], trigger=row["trigger"],
-            scheduled_for=row["scheduled_for"], dry_run=row["dry_run"], state=RunState(row["state"]),
+            scheduled_for=row["scheduled_for"], triggered_by=row["triggered_by"], dry_run=row["dry_run"],
+            state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
             alerts=row["alerts"], silenced=row["silenced"], acknowledged=row["acknowledged"],
             notified_users=tuple(row["notified_users"] or ()), storm=row["storm"], path=row["path"],
             error=row["error"], duration_ms=row["duration_ms"], evaluated_at=row["evaluated_at"],
-            restated=row["restated"],
+            restated=row["restated"], stale=row["stale"], waiting_for=row["waiting_for"],
+            waiting_since=row["waiting_since"],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -107,6 +118,8 @@ class RunRecord:
             "duration_ms": self.duration_ms,
             "error": self.error,
             "path": self.path,
+            "stale": self.stale,
+            "waiting_for": self.waiting_for,
         }
 
 
@@ -133,9 +146,10 @@ class RunStore:
         """A new run for (rule, T), or the run of (rule, T) taken over because its lease expired; None when
         another run owns (rule, T): finished, or running under a live lease.
 
-        A manual run by a user writes `audit_logs` in the claim's transaction. Raises UnknownUser, writing
-        nothing, when `triggered_by` names no user. A recheck (trigger `recheck`) is claimed by `claim_recheck`'s
-        rules.
+        A manual run by a user writes `audit_logs` in the claim's transaction, and a new non-dry run ends the
+        rule's runs still waiting for earlier fire times (skipped, "superseded by the run for T"). Raises
+        UnknownUser, writing nothing, when `triggered_by` names no user. A recheck (trigger `recheck`) is claimed
+        by `claim_recheck`'s rules.
         """
         if claim.trigger == RECHECK:
             return self._claim_recheck(claim)
@@ -149,6 +163,9 @@ class RunStore:
                          detail=f"{claim.trigger} run" + (" (dry run)" if claim.dry_run else ""))
             if row is None:
                 return self._taken_over(tx, claim.rule_id, scheduled_for, recheck=False)
+            if not claim.dry_run:
+                tx.execute("supersede_waiting_runs", rule_id=claim.rule_id, scheduled_for=scheduled_for,
+                           reason=f"superseded by the run for {utc_iso(scheduled_for)}")
             if claim.trigger == "manual" and claim.triggered_by is not None:
                 tx.execute("record_audit", org_id=claim.org_id, user_id=claim.triggered_by, action="rule.run",
                            resource_type="rule", resource_id=claim.rule_id,
@@ -191,7 +208,7 @@ class RunStore:
         """The existing run of (rule, T) (its recheck when `recheck`) taken over in `tx` if its lease expired;
         None when it is finished or held under a live lease."""
         existing = tx.one("run_for_fire_time", rule_id=rule_id, scheduled_for=scheduled_for, recheck=recheck)
-        if existing is None or existing["status"] != "running":
+        if existing is None or existing["status"] not in ("running", "waiting"):
             return None
         row = tx.one("take_over_run", run_id=existing["id"], lease_seconds=self._lease_seconds)
         return RunRecord.from_row(row) if row else None
@@ -211,20 +228,30 @@ class RunStore:
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
                    silenced: int | None = None, acknowledged: int | None = None,
                    notified_users: list[int] | None = None, storm: bool | None = None, error: str | None = None,
-                   restated: int | None = None, tx: Transaction | None = None) -> RunRecord:
+                   restated: int | None = None, stale: bool | None = None, waiting_for: str | None = None,
+                   lease_seconds: int | None = None, tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
-        counters given (the others keep their value), the lease renewed while running, the duration once final.
+        counters and freshness given (the others keep their value), the lease renewed while running or waiting
+        (for `lease_seconds` if given: a waiting run's lease ends at its next check), the duration once final.
 
-        Raises IllegalTransition, writing nothing, when engine.run_states does not allow the move.
+        Raises IllegalTransition, writing nothing, when engine.run_states does not allow the move, and RunMovedOn
+        when the stored run is no longer in `run.state` (superseded meanwhile).
         """
         check_transition(run.state, target)
         row = (tx or self._postgres).one(
-            "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
-            entities=entities, matched=matched, alerts=alerts, silenced=silenced, acknowledged=acknowledged,
-            notified_users=notified_users, storm=storm, error=error, restated=restated,
-            lease_seconds=self._lease_seconds,
+            "record_transition", run_id=run.id, from_state=run.state.value, state=target.value,
+            status=target.status, detail=detail, path=path, entities=entities, matched=matched, alerts=alerts,
+            silenced=silenced, acknowledged=acknowledged, notified_users=notified_users, storm=storm, error=error,
+            restated=restated, stale=stale, waiting_for=waiting_for,
+            lease_seconds=self._lease_seconds if lease_seconds is None else lease_seconds,
         )
+        if row is None:
+            raise RunMovedOn(f"run {run.id} is no longer {run.state.value}")
         return RunRecord.from_row(row)
+
+    def by_id(self, run_id: str) -> RunRecord:
+        """The run `run_id`, as stored now."""
+        return RunRecord.from_row(self._postgres.one("run_by_id", run_id=run_id))
 
     def renew_leases(self, run_ids: list[str]) -> None:
         """Renews the lease of each of the runs that is still running, in one statement."""

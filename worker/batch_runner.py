@@ -3,8 +3,9 @@
 Each rule keeps its own run (claim, `rule_runs` row, transitions, summary, exactly-once and take-over: see
 worker/runner.py). The rules left after the claims are evaluated by one engine.batch_query statement per source
 (cut by `split_batch`), and their alert stage reads and writes for all of them at once. A rule leaves the batch and
-runs alone when it fails validation, is skipped, compiles only for the interpreter or is a take-over of a dead
-run; when a batch statement fails, each of its rules runs alone from where it is, so that only a faulty rule fails.
+runs alone when it fails validation, is skipped, compiles only for the interpreter, is a take-over of a dead
+run or must wait for its data (its next check is sent as rules.evaluate, alone); when a batch statement fails,
+each of its rules runs alone from where it is, so that only a faulty rule fails.
 Every run's transitions say which it was.
 """
 
@@ -19,8 +20,10 @@ from typing import Any
 
 from engine.batch_query import BatchMember, batch_evaluation_insert, batch_member, split_batch
 from engine.errors import NotCompilable, RuleError
+from engine.freshness import RUN_STALE
 from engine.run_states import RunState
 from storage.errors import DatabaseUnavailable, StorageError
+from storage.freshness import organization_signals
 from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,11 @@ class BatchRunner(RuleRunner):
                 continue
             answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
         claimed = [answer for answer in answers if isinstance(answer, RunInHand)]
+        if claimed:
+            signals = organization_signals(self._postgres, request.org_id)
+            for run in claimed:
+                if run.rule_row.org_id == request.org_id:
+                    run.signals = signals
         alone: list[RunInHand] = []
         members_by_source: dict[str, list[tuple[BatchMember, RunInHand]]] = defaultdict(list)
         for position, run in enumerate(claimed):
@@ -89,7 +97,19 @@ class BatchRunner(RuleRunner):
         for run in alone:
             self._renew_leases(claimed)
             self._finish(run)
+            if run.state is RunState.WAITING:
+                self._hand_over_check(run)
         return [answer.record.summary() if isinstance(answer, RunInHand) else answer for answer in answers]
+
+    def _hand_over_check(self, run: RunInHand) -> None:
+        """Sends the waiting run's next check (rules.evaluate of its rule and T, after its countdown); if that
+        fails, or without a sender, beat's sweeper sends it once the check is overdue."""
+        if self._send_check is None:
+            return
+        try:
+            self._send_check(run.record, run.check_in)
+        except Exception as error:
+            log.warning("could not send the next check of waiting run %s; beat will: %s", run.record.id, error)
 
     def _renew_leases(self, runs: list[RunInHand]) -> None:
         """Renews the leases of the runs not finished yet, so that none expires while the others are worked on."""
@@ -110,10 +130,15 @@ class BatchRunner(RuleRunner):
             self._read_rule(run)
         except RuleError:
             return None, "the rule is not valid"
+        if not self._verdict(run).complete:
+            if self._decision(run).action != RUN_STALE:
+                return None, "its window's data is incomplete"
+            run.stale = True
         conditions = run.rule.conditions
         try:
             return batch_member(position, str(rule_row.rule_id), conditions.source, run.rule.logic, run.bounds,
-                                conditions.scope, conditions.compare_to is not None), ""
+                                conditions.scope, conditions.compare_to is not None,
+                                run.verdict.behind_keys), ""
         except NotCompilable as refusal:
             return None, f"it runs on the interpreter: {refusal}"
 
@@ -124,7 +149,8 @@ class BatchRunner(RuleRunner):
         with self._postgres.transaction() as tx:
             for run in runs:
                 run.note = f"in a batch of {len(runs)} rules"
-                self._transition(run, RunState.COMPILED, "compiled to SQL", path="sql", tx=tx)
+                detail = "compiled to SQL" + ("; evaluated on stale data" if run.stale else "")
+                self._transition(run, RunState.COMPILED, detail, path="sql", tx=tx, **self._freshness_columns(run))
         first = runs[0].scope
         statement = batch_evaluation_insert(
             source, first.org_id, members, eval_time=first.at,

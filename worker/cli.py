@@ -86,11 +86,13 @@ def _print_summary(result: dict, as_json: bool) -> None:
               else "  a storm: every alert written, one incident notice per recipient")
     if result["error"]:
         print(f"  error: {result['error']}")
+    if result.get("waiting_for"):
+        print(f"  {'evaluated on stale data' if result['stale'] else 'waiting for'}: {result['waiting_for']}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from worker.context import open_runner
-    from worker.runner import BadRunRequest, RuleNotFound, RunRequest
+    from worker.runner import BadRunRequest, RuleNotFound, RunRequest, RunWaiting
 
     request = RunRequest(rule_id=_parse_rule_id(args.rule_id), scheduled_for=_parse_at(args.at), dry_run=args.dry_run,
                          trigger="manual", triggered_by=args.user)
@@ -103,6 +105,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             result = runner.run(request)
         except (RuleNotFound, BadRunRequest) as error:
             raise UsageError(str(error)) from None
+        except RunWaiting as waiting:
+            # The run keeps its claim; beat's sweeper sends its next check once it is due.
+            result = waiting.summary
     _print_summary(result, args.json)
     return 1 if result["status"] == "failed" else 0
 
@@ -125,6 +130,35 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         duration = f"{r['duration_ms']} ms" if r["duration_ms"] is not None else "-"
         print(f"{r['rule_id']:<36}  {r['trigger']:<8}  {r['scheduled_for']:<20}  {r['status']:<9}  {r['entities']:>8}  "
               f"{r['matched']:>7}  {r['alerts']:>6}  {duration:>8}  {(r['error'] or '')[:80]}")
+    return 0
+
+
+def _cmd_freshness(args: argparse.Namespace) -> int:
+    from engine.freshness import freshness_report
+    from storage.freshness import freshness_signals
+    from worker.context import open_postgres
+
+    now = datetime.now(UTC)
+    with open_postgres() as postgres:
+        signals = freshness_signals(postgres, args.org)
+    entries = [entry for org_id, found in signals.items()
+               for entry in freshness_report(org_id, found.accounts, found.pipelines, now)]
+    if args.json:
+        for entry in entries:
+            print(json.dumps(entry, sort_keys=True))
+        return 0
+    if not entries:
+        print("no DSP accounts or pipelines" + (f" in organization {args.org}" if args.org is not None else ""))
+        return 0
+    print(f"{'org':>5}  {'source':<10}  {'account':<32}  {'status':<8}  {'last sync':<20}  {'behind':<12}  pipelines")
+    for entry in entries:
+        account = entry["account"]
+        label = "-" if account is None else (
+            account["external_id"] + (f" ({account['name']})" if account["name"] else ""))
+        pipelines = ", ".join(f"{p['name']}: {p['status']}" for p in entry["pipelines"]) or "-"
+        print(f"{entry['org_id']:>5}  {entry['source']:<10}  {label[:32]:<32}  "
+              f"{account['status'] if account else '-':<8}  {entry['last_sync_at'] or 'never':<20}  "
+              f"{entry['behind']:<12}  {pipelines}")
     return 0
 
 
@@ -432,6 +466,11 @@ def _build_parser() -> _Parser:
     runs.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="one run summary per line")
     runs.set_defaults(handler=_cmd_runs)
+
+    freshness = add_command("freshness", help="each DSP account and pipeline: its last sync and how far behind it is")
+    freshness.add_argument("--org", type=int, metavar="ID", help="only this organization")
+    freshness.add_argument("--json", action="store_true", help="one JSON object per account (or pipeline type)")
+    freshness.set_defaults(handler=_cmd_freshness)
 
     validate = add_command("validate", help="check a rule document {\"conditions\": ..., \"actions\": ...}")
     validate.add_argument("file", nargs="?", default="-", metavar="FILE", help="the document (default - : standard input)")

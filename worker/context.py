@@ -7,8 +7,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from engine.timestamps import utc_iso
 from storage.clickhouse import ClickHouse
 from storage.postgres import Postgres
+from storage.runs import RunRecord
 from worker.batch_runner import BatchRunner
 from worker.runner import RuleRunner
 from worker.settings import settings
@@ -25,6 +27,15 @@ def send_deliveries(delivery_ids: list[int]) -> None:
             app.send_task("notifications.deliver", args=(delivery_id,), ignore_result=True)
     except Exception as error:
         log.warning("could not queue %d deliveries now; beat will send them: %s", len(delivery_ids), error)
+
+
+def send_check(run: RunRecord, countdown: int) -> None:
+    """Queues the next check of a waiting run: rules.evaluate of its rule and T after `countdown` seconds."""
+    from worker.app import app
+
+    app.send_task("rules.evaluate", args=(run.rule_id,), countdown=countdown,
+                  kwargs={"scheduled_for": utc_iso(run.scheduled_for), "triggered_by": run.triggered_by,
+                          "trigger": run.trigger})
 
 
 @contextmanager
@@ -47,7 +58,8 @@ def _runner(postgres: Postgres, clickhouse: ClickHouse) -> BatchRunner:
     config = settings()
     return BatchRunner(postgres, clickhouse, allowed_hosts=config.notify_allowed_hosts,
                        send_deliveries=send_deliveries, lease_seconds=config.run_lease_seconds,
-                       time_limit_seconds=config.run_time_limit_seconds)
+                       time_limit_seconds=config.run_time_limit_seconds,
+                       wait_check_seconds=config.wait_check_seconds, send_check=send_check)
 
 
 @contextmanager

@@ -12,6 +12,10 @@ The webhook body (also documented in the README):
 (STORM_LISTED_ENTITIES in a storm, ordered by the rule's first variable, `ordered_by`), and fewer when they would
 take the body past MAX_POST_BYTES. E-mail and Slack list as many, each line cut at MAX_LINE_CHARS.
 
+A run evaluated on stale data (its window's data was still incomplete after its max_wait) says so: the webhook
+body (after `evaluated_at`) and each entity of it and of in-app notifications carry `"stale": true`, e-mail and
+Slack say "evaluated on stale data".
+
 An entity whose name broke a naming convention also carries `"naming"`, the diagnosis of its evaluation document
 (`{"token": "dsp", "position": 2, "value": "DV36O", "reason": "not an allowed value", "suggest": "DV360"}`);
 e-mail and Slack write it in words after the values, in-app notifications carry it like the webhook.
@@ -41,6 +45,7 @@ MAX_LINE_CHARS = 500
 # A webhook body lists only the entities that keep it within this size. (A Slack text, at most 50 lines of at
 # most 500 characters, stays within the 40,000 characters Slack takes.)
 MAX_POST_BYTES = 64 * 1024
+STALE_TEXT = "evaluated on stale data"
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,12 @@ class RunNotice:
     ordered_by: str | None = None
     scheduled_for: datetime | None = None
     matching_now: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    stale: bool = False
 
     @property
     def time_text(self) -> str:
-        return utc_iso(self.evaluated_at)
+        """When the run evaluated, and whether on stale data: `2026-11-25T09:00:00Z (evaluated on stale data)`."""
+        return utc_iso(self.evaluated_at) + (f" ({STALE_TEXT})" if self.stale else "")
 
     @property
     def restated(self) -> bool:
@@ -82,6 +89,8 @@ def entity_record(entity: Entity) -> dict[str, Any]:
               "values": document.values, "conditions": document.conditions}
     if document.naming is not None:
         record["naming"] = document.naming
+    if document.stale:
+        record["stale"] = True
     return record
 
 
@@ -228,7 +237,8 @@ def webhook_body(notice: RunNotice, entities: Sequence[Entity], delivery_id: str
     """The JSON body of the run's webhook post (the format in this module's docstring): at most MAX_POST_BYTES."""
     body = {"event": notice.kind, "delivery_id": delivery_id, "run_id": notice.run_id, "org_id": notice.org_id,
             "rule": {"id": notice.rule_id, "name": notice.rule_name, "severity": notice.severity},
-            "evaluated_at": notice.time_text, "storm": notice.storm is not None, "entity_count": len(entities),
+            "evaluated_at": utc_iso(notice.evaluated_at), **({"stale": True} if notice.stale else {}),
+            "storm": notice.storm is not None, "entity_count": len(entities),
             "ordered_by": notice.ordered_by if notice.storm is not None else None, "entities": []}
     if notice.restated and notice.scheduled_for is not None:
         body["scheduled_for"] = utc_iso(notice.scheduled_for)

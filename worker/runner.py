@@ -6,6 +6,10 @@ at a time of its own and tells the entities whose verdict flipped (`_alert_resta
 lease expired) is taken over and resumed from its last recorded state; before rewriting a stage it deletes whatever
 that stage may have half-written, so the rows for (rule, T) are never doubled.
 
+A run whose window's data is incomplete (engine.freshness) waits: it is recorded `waiting`, keeping its claim,
+and checked again later (its lease ends at that check), until the data is complete or its max_wait has passed;
+then it goes on, marked stale, or is skipped, as its `on_stale` says.
+
 The stages that read or write for the runs they are given (outcomes, alerts, success) take the runs of a batch as
 readily as one run; worker/batch_runner.py runs batches through them.
 """
@@ -16,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +28,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from engine.compiler import CompiledLogic, compile_logic, first_variable
 from engine.errors import NotCompilable, RuleError
+from engine.evaluation_document import with_stale_mark
+from engine.fields import CAMPAIGN_METRICS
+from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Completeness, WaitDecision, completeness, data_end,
+                              wait_decision)
 from engine.model import Rule, parse_rule
 from engine.query import Statement, entity_rows, evaluation, evaluation_insert
 from engine.run_states import RunState, reached
@@ -34,10 +42,11 @@ from engine.windows import WindowBounds, resolve_window
 from storage.alert_states import AlertStateStore
 from storage.clickhouse import ClickHouse
 from storage.errors import DatabaseUnavailable, StorageError
+from storage.freshness import FreshnessSignals, organization_signals
 from storage.postgres import Postgres
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
-from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunRecord, RunStore, UnknownUser
+from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunMovedOn, RunRecord, RunStore, UnknownUser
 from storage.silences import SilenceStore
 from worker.alert_state import AlertState
 from worker.audience import Entity, audiences
@@ -54,6 +63,8 @@ DEFAULT_LEASE_SECONDS = 180  # the default time limit (120 s) plus a margin past
 MAX_RUN_ATTEMPTS = 3
 # rule_evaluations has a TTL of 90 days: ClickHouse drops older rows as they are written.
 EVALUATION_RETENTION = timedelta(days=90)
+# A waiting run is first checked again after this many seconds (WAIT_CHECK_SECONDS), then with backoff.
+DEFAULT_WAIT_CHECK_SECONDS = 60
 
 
 class RuleNotFound(WorkerError):
@@ -66,6 +77,15 @@ class RuleNotScheduled(RuleNotFound):
 
 class BadRunRequest(WorkerError):
     """The request itself is wrong (unknown user, rule without organization); nothing was written."""
+
+
+class RunWaiting(WorkerError):
+    """The run is waiting for its data: `summary` is its summary, `check_in` the countdown of its next check."""
+
+    def __init__(self, summary: dict[str, Any], check_in: int) -> None:
+        super().__init__(f"run {summary['run_id']} waits for its data: {summary['waiting_for']}")
+        self.summary = summary
+        self.check_in = check_in
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,12 @@ class RunInHand:
     compiled: CompiledLogic | None = None
     matched: list[Evaluation] | None = None
     shared: SharedEvaluation | None = None
+    # The organization's accounts and pipelines (read once for a batch), the verdict on the window's data, and
+    # whether the run goes on without it; `check_in` is set while the run waits.
+    signals: FreshnessSignals | None = None
+    verdict: Completeness | None = None
+    stale: bool = False
+    check_in: int | None = None
     started: float = field(default_factory=time.monotonic)
     # How the run is evaluated (in a batch of N, or alone and why), said by its next transition.
     note: str | None = None
@@ -137,10 +163,13 @@ class RuleRunner:
     def __init__(self, postgres: Postgres, clickhouse: ClickHouse, *, allowed_hosts: frozenset[str] = frozenset(),
                  send_deliveries: Callable[[list[int]], None] | None = None,
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, time_limit_seconds: int | None = None,
-                 interpreter_only: bool = False) -> None:
+                 interpreter_only: bool = False, wait_check_seconds: int = DEFAULT_WAIT_CHECK_SECONDS,
+                 send_check: Callable[[RunRecord, int], None] | None = None) -> None:
         """`send_deliveries` hands a run's pending delivery ids to their sender (notifications.deliver); without
         it they stay pending in PostgreSQL until beat's sweeper sends them. With `time_limit_seconds`, the run's
-        evaluation statement may use only what is left of that limit, so ClickHouse stops it when the run stops."""
+        evaluation statement may use only what is left of that limit, so ClickHouse stops it when the run stops.
+        A waiting run is first checked again after `wait_check_seconds`; `send_check` sends the next check of a
+        waiting run that left a batch (rules.evaluate after a countdown); without it beat's sweeper sends it."""
         self._postgres = postgres
         self._runs = RunStore(postgres, lease_seconds=lease_seconds)
         self._results = ResultStore(clickhouse)
@@ -150,14 +179,16 @@ class RuleRunner:
         self._send_deliveries = send_deliveries
         self._time_limit_seconds = time_limit_seconds
         self._interpreter_only = interpreter_only
+        self._wait_check_seconds = wait_check_seconds
+        self._send_check = send_check
 
     def run(self, request: RunRequest) -> dict[str, Any]:
         """Runs `request` to a final state and returns its summary.
 
         Raises RuleNotFound (RuleNotScheduled for a scheduled run of a disabled rule) or BadRunRequest before
         writing anything when the request is wrong or moot. A repeated (rule, T) returns the existing run's summary
-        without writing; a rule that fails gives a `failed` summary. Raises DatabaseUnavailable when a server is
-        down mid-run: the run stays `running`, to be taken over.
+        without writing; a rule that fails gives a `failed` summary. Raises RunWaiting when the run now waits for
+        its data, and DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
         rule_row = self._runnable_rule(request, at)
@@ -165,6 +196,8 @@ class RuleRunner:
         if run is None:
             return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()
         self._finish(run)
+        if run.state is RunState.WAITING:
+            raise RunWaiting(run.record.summary(), run.check_in)
         return run.record.summary()
 
     def _finish(self, run: RunInHand) -> None:
@@ -175,17 +208,23 @@ class RuleRunner:
                       "stopped at the hard time limit")
             self._transition(run, RunState.FAILED, reason, error=reason)
             return
-        with self._failing_on_error([run]):
-            self._advance(run)
+        try:
+            with self._failing_on_error([run]):
+                self._advance(run)
+        except RunMovedOn:
+            # A later fire time superseded the run while it was checked: it is final as that left it.
+            run.record = self._runs.by_id(run.record.id)
 
     @contextmanager
     def _failing_on_error(self, runs: Sequence[RunInHand]) -> Iterator[None]:
-        """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable through."""
+        """Records each of `runs` as failed when the block raises, saying why; lets DatabaseUnavailable and
+        RunMovedOn through."""
         try:
             yield
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, RunMovedOn):
             # The runs stay `running` as they are: once their leases expire, the retried task (or beat's sweeper)
-            # takes each over and finishes it, after deleting whatever its interrupted stage wrote.
+            # takes each over and finishes it, after deleting whatever its interrupted stage wrote. A run that moved
+            # on (superseded) is final already.
             raise
         except SoftTimeLimitExceeded:
             # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
@@ -263,10 +302,14 @@ class RuleRunner:
     def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
         rule_row = run.rule_row
-        if run.state is RunState.CLAIMED and rule_row.module not in rule_row.enabled_modules:
+        if run.state in (RunState.CLAIMED, RunState.WAITING) and rule_row.module not in rule_row.enabled_modules:
             reason = f"module {rule_row.module!r} is not enabled for organization {rule_row.org_id}"
             self._transition(run, RunState.SKIPPED, reason, error=reason)
             return
+        if run.state in (RunState.CLAIMED, RunState.WAITING):
+            self._read_rule(run)
+            if not self._goes_on(run):
+                return
         entities = self._compile(run)
         if run.record.dry_run:
             self._evaluate_dry(run, entities)
@@ -279,6 +322,58 @@ class RuleRunner:
             else:
                 self._alert([run])
         self._succeed([run])
+
+    def _verdict(self, run: RunInHand) -> Completeness:
+        """The verdict on the run's window (engine.freshness), read once per run; `run.rule` must be read."""
+        if run.verdict is None:
+            conditions = run.rule.conditions
+            if run.signals is None:
+                run.signals = organization_signals(self._postgres, run.rule_row.org_id)
+            dsp_types = (conditions.scope or {}).get("dsp_type") if conditions.source == CAMPAIGN_METRICS else None
+            run.verdict = completeness(run.signals.accounts, run.signals.pipelines, dsp_types,
+                                       data_end(run.bounds, run.rule_row.timezone),
+                                       conditions.data_delay_time)
+        return run.verdict
+
+    def _decision(self, run: RunInHand) -> WaitDecision:
+        """Whether the run goes on, waits or, past its max_wait, goes on stale or is skipped. A backfill or a
+        recheck never waits: an incomplete window is at once as its on_stale says."""
+        conditions = run.rule.conditions
+        now = datetime.now(UTC)
+        waiting_since = run.record.waiting_since
+        waited = now - waiting_since.replace(tzinfo=UTC) if waiting_since is not None else timedelta(0)
+        max_wait = timedelta(0) if run.record.trigger in ("backfill", RECHECK) else conditions.max_wait_time
+        return wait_decision(self._verdict(run), run.scope.at, max_wait, conditions.on_stale, now, waited,
+                             self._wait_check_seconds)
+
+    def _goes_on(self, run: RunInHand) -> bool:
+        """Decides about the run's data before it is compiled: True when it goes on (complete, stale, or a dry
+        run, which never waits); otherwise records it `waiting` (its lease ending at the next check, `check_in`
+        set) or `skipped`, and returns False."""
+        if run.record.dry_run:
+            run.stale = not self._verdict(run).complete
+            return True
+        decision = self._decision(run)
+        reason = run.verdict.reason()
+        if decision.action == WAIT:
+            # The next check comes a second after the lease ends, so that it finds the run free to take.
+            run.check_in = decision.check_in + 1
+            detail = (f"{reason}; checked again in {decision.check_in} s, waiting until "
+                      f"{utc_iso(decision.deadline)} at most")
+            self._transition(run, RunState.WAITING, detail, waiting_for=reason, lease_seconds=decision.check_in)
+            return False
+        if decision.action == SKIP_STALE:
+            skipped = f"skipped (on_stale is skip): still {reason}"
+            self._transition(run, RunState.SKIPPED, skipped, error=skipped, waiting_for=reason)
+            return False
+        run.stale = decision.action == RUN_STALE
+        return True
+
+    def _freshness_columns(self, run: RunInHand) -> dict[str, Any]:
+        """What the run's `compiled` transition records of its data: whether it is stale and what was missing."""
+        if not run.stale:
+            return {}
+        return {"stale": True, "waiting_for": run.verdict.reason()}
 
     def _succeed(self, runs: Sequence[RunInHand]) -> None:
         """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction,
@@ -305,11 +400,14 @@ class RuleRunner:
             path, reason = "sql", "compiled to SQL"
         except NotCompilable as refusal:
             path, reason = "interpreter", f"runs on the interpreter: {refusal}"
-        if run.state is RunState.CLAIMED:
-            self._transition(run, RunState.COMPILED, reason, path=path)
+        if run.state in (RunState.CLAIMED, RunState.WAITING):
+            if run.stale and not run.record.dry_run:
+                reason += "; evaluated on stale data"
+            self._transition(run, RunState.COMPILED, reason, path=path, **self._freshness_columns(run))
         # The SQL path aggregates only the fields its logic reads; the interpreter may read any of them.
         return entity_rows(conditions.source, rule_row.org_id, run.bounds, conditions.scope,
-                           conditions.compare_to is not None, run.compiled.variables if run.compiled else None)
+                           conditions.compare_to is not None, run.compiled.variables if run.compiled else None,
+                           behind=self._verdict(run).behind_keys)
 
     def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
         """Evaluates every entity without writing (or takes the shared evaluation's counts), and records the run as
@@ -333,7 +431,11 @@ class RuleRunner:
                 hush = self._hush(quieting, run, named)
                 counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
         storm = _storm(run.rule, counts["entities"], counts["matched"])
-        detail = "evaluated without writing" + (f"; it would have been a storm: {storm.reason}" if storm else "")
+        detail = "evaluated without writing"
+        if run.stale:
+            detail += f"; a run would wait: {run.verdict.reason()}"
+        if storm:
+            detail += f"; it would have been a storm: {storm.reason}"
         self._transition(run, RunState.EVALUATED, detail, storm=storm is not None, **counts)
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
 
@@ -406,6 +508,9 @@ class RuleRunner:
         storms = [_storm(run.rule, run.record.entities, len(run.matched)) for run in runs]
         matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
                                                                       run.matched) for run in runs])
+        # The alerts of a run on stale data say so in their condition_details.
+        matched = [[replace(entity, condition_details=with_stale_mark(entity.condition_details)) for entity in entities]
+                   if run.record.stale else entities for run, entities in zip(runs, matched)]
         alerted = self._alert_state.alerting(org_id, at, [
             (run.scope.rule_id, run.rule.actions.cooldown_minutes, entities) for run, entities in zip(runs, matched)])
         # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
@@ -439,7 +544,8 @@ class RuleRunner:
                         storm = run_storm if kind == "alert" else None
                         notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
                                            actions.severity, scope.at, storm,
-                                           first_variable(run.rule.conditions.logic, run.rule.fields))
+                                           first_variable(run.rule.conditions.logic, run.rule.fields),
+                                           stale=run.record.stale)
                         record_deliveries(tx, notice, entities, run_recipients, actions.notify)
                     if actions.notify_on_resolve:
                         self._alert_state.record(tx, scope, run_stored, run_resolved)

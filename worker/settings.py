@@ -31,6 +31,7 @@ class Settings(BaseModel):
     worker_shutdown_seconds: float = Field(default=5, ge=0, le=600)
     delivery_max_attempts: int = Field(default=5, ge=1, le=20)
     delivery_backoff_seconds: float = Field(default=30, gt=0, le=300)
+    wait_check_seconds: int = Field(default=60, ge=1, le=3600)
 
     @property
     def run_lease_seconds(self) -> int:

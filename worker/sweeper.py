@@ -1,5 +1,5 @@
-"""Work that lost its process is sent again: runs past their lease, fire times never claimed, deliveries whose
-task never ran.
+"""Work that lost its process is sent again: runs past their lease (waiting runs whose check is overdue), fire
+times never claimed, deliveries whose task never ran.
 
 Beat calls `Sweeper.sweep()` every SWEEP_SECONDS. Sending twice is harmless, since a run is claimed once per
 (rule, T) and a delivery is claimed before it is sent; the sweeper only makes sure that nothing waits forever for a
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 30
 # How long past its lease a run is left to the task that may still be on its way.
 RUN_GRACE_SECONDS = 5
+# How long past its due check a waiting run is left to its retried task (which waits in the queue behind others).
+WAITING_GRACE_SECONDS = 60
 # How long past its due time a delivery is left to its (countdown) task.
 DELIVERY_GRACE_SECONDS = 60
 # How long a sent fire time may wait for its claim: longer than the retries of a run that cannot reach its
@@ -50,7 +52,8 @@ class Sweeper:
         for row in self._postgres.all("fail_abandoned_dry_runs", grace_seconds=RUN_GRACE_SECONDS):
             log.warning("dry run %s lost its process; marked failed", row["id"])
         wanted: set[tuple[str, str, int]] = set()
-        for run in self._postgres.all("abandoned_runs", grace_seconds=RUN_GRACE_SECONDS):
+        for run in self._postgres.all("abandoned_runs", grace_seconds=RUN_GRACE_SECONDS,
+                                      waiting_grace_seconds=WAITING_GRACE_SECONDS):
             key = ("run", run["run_id"], run["attempts"])
             wanted.add(key)
             if key not in self._sent:

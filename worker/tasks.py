@@ -17,7 +17,7 @@ from storage.results import ResultStore
 from worker.context import shared_batch_runner, shared_clickhouse, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
-from worker.runner import BadRunRequest, RuleNotFound, RunRequest
+from worker.runner import BadRunRequest, RuleNotFound, RunRequest, RunWaiting
 from worker.schedule import MANUAL, FireTimeSender, load_rules
 from worker.settings import settings
 from worker.silencing import acknowledge, add_silence, silence_request
@@ -43,7 +43,8 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
     `trigger` defaults to "schedule" for a fire time sent without a user (beat, dispatch), else "manual".
     A second task for the same (rule, T) returns the first run's summary. A deleted rule, or a scheduled run of a
     rule disabled since it was sent, does nothing (None). A server down or hung before the claim is retried
-    (RUN_RETRY); a run held by another worker is waited for (HELD_RUN_RETRY).
+    (RUN_RETRY); a run held by another worker is waited for (HELD_RUN_RETRY). A run waiting for its data is
+    retried at its next check, until it goes on or is skipped (README "Data freshness").
     """
     trigger = trigger or ("schedule" if scheduled_for and triggered_by is None and not dry_run else "manual")
     request = RunRequest(rule_id, _parse_time(scheduled_for), dry_run=dry_run, trigger=trigger,
@@ -56,6 +57,9 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
         return None
     except BadRunRequest as error:
         return {"rule_id": rule_id, "status": "failed", "error": str(error)}
+    except RunWaiting as waiting:
+        log.info("%s; checked again in %d s", waiting, waiting.check_in)
+        raise self.retry(countdown=waiting.check_in, max_retries=None) from None
     if result["status"] == "running" and (retry := retry_later(self, HELD_RUN_RETRY)) is not None:
         raise retry
     return result
@@ -70,7 +74,8 @@ def evaluate_batch(self: Task, org_id: int, scheduled_for: str, rule_ids: list[s
 
     Each rule keeps its own claim: a redelivered task, or a rule another run owns, writes nothing twice. A server
     down or hung before the claims is retried (RUN_RETRY); a rule held by another worker is waited for
-    (HELD_RUN_RETRY).
+    (HELD_RUN_RETRY). A rule that must wait for its data leaves the batch: its summary says `waiting`, and its
+    next check is sent as rules.evaluate.
     """
     request = BatchRequest(org_id, _parse_time(scheduled_for), tuple(rule_ids), trigger)
     with retrying(self, RUN_RETRY):

@@ -365,7 +365,7 @@ def _compile_var(compiler: Compilation, arguments: list[Any]) -> Typed:
     return compiler.argument(arguments, 1) if len(arguments) > 1 else constant(None)
 
 
-_FIELD_KINDS = {FieldType.NUMBER: Kind.NUMBER, FieldType.STRING: Kind.STRING}
+_FIELD_KINDS = {FieldType.NUMBER: Kind.NUMBER, FieldType.STRING: Kind.STRING, FieldType.BOOLEAN: Kind.BOOL}
 
 
 def _var_of_choice(arguments: list[Any]) -> Any:

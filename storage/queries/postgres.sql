@@ -88,16 +88,19 @@ WHERE rule_id = %(rule_id)s AND scheduled_for = %(scheduled_for)s AND NOT dry_ru
   AND (trigger = 'recheck') = %(recheck)s;
 
 -- name: take_over_run
--- Only a run whose lease has expired can be taken over, and only by one claimant.
+-- Only a run whose lease has expired can be taken over, and only by one claimant. A waiting run's lease ends when
+-- it is due to be checked again: taking it over is that check, not a lost attempt.
 UPDATE rule_runs
-SET attempts = attempts + 1,
+SET attempts = attempts + CASE WHEN state = 'waiting' THEN 0 ELSE 1 END,
     lease_expires_at = (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s),
     transitions = transitions || jsonb_build_array(jsonb_build_object(
-        'state', state, 'at', now() AT TIME ZONE 'UTC', 'detail', 'taken over after the lease expired'))
-WHERE id = %(run_id)s AND status = 'running' AND lease_expires_at < (now() AT TIME ZONE 'UTC')
+        'state', state, 'at', now() AT TIME ZONE 'UTC',
+        'detail', CASE WHEN state = 'waiting' THEN 'checked again' ELSE 'taken over after the lease expired' END))
+WHERE id = %(run_id)s AND status IN ('running', 'waiting') AND lease_expires_at < (now() AT TIME ZONE 'UTC')
 RETURNING *;
 
 -- name: record_transition
+-- Only from the state the holder last recorded: a run superseded meanwhile returns no row.
 UPDATE rule_runs
 SET state = %(state)s::text,
     status = %(status)s::text,
@@ -111,15 +114,33 @@ SET state = %(state)s::text,
     storm = COALESCE(%(storm)s::boolean, storm),
     error = COALESCE(%(error)s::text, error),
     restated = COALESCE(%(restated)s::int, restated),
-    lease_expires_at = CASE WHEN %(status)s::text = 'running'
+    stale = COALESCE(%(stale)s::boolean, stale),
+    waiting_for = COALESCE(%(waiting_for)s::text, waiting_for),
+    waiting_since = CASE WHEN %(status)s::text = 'waiting'
+                         THEN COALESCE(waiting_since, now() AT TIME ZONE 'UTC') ELSE waiting_since END,
+    lease_expires_at = CASE WHEN %(status)s::text IN ('running', 'waiting')
                             THEN (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s::int) END,
-    finished_at = CASE WHEN %(status)s::text = 'running' THEN NULL ELSE now() AT TIME ZONE 'UTC' END,
-    duration_ms = CASE WHEN %(status)s::text = 'running' THEN NULL
+    finished_at = CASE WHEN %(status)s::text IN ('running', 'waiting') THEN NULL ELSE now() AT TIME ZONE 'UTC' END,
+    duration_ms = CASE WHEN %(status)s::text IN ('running', 'waiting') THEN NULL
                        ELSE (EXTRACT(EPOCH FROM (now() AT TIME ZONE 'UTC') - started_at) * 1000)::int END,
     transitions = transitions || jsonb_build_array(jsonb_build_object(
         'state', %(state)s::text, 'at', now() AT TIME ZONE 'UTC', 'detail', %(detail)s::text))
-WHERE id = %(run_id)s
+WHERE id = %(run_id)s AND state = %(from_state)s::text
 RETURNING *;
+
+-- name: supersede_waiting_runs
+-- The waiting runs of a rule for fire times before %(scheduled_for)s, ended by the run just claimed for it.
+UPDATE rule_runs
+SET state = 'skipped', status = 'skipped', error = %(reason)s::text, lease_expires_at = NULL,
+    finished_at = now() AT TIME ZONE 'UTC',
+    duration_ms = (EXTRACT(EPOCH FROM (now() AT TIME ZONE 'UTC') - started_at) * 1000)::int,
+    transitions = transitions || jsonb_build_array(jsonb_build_object(
+        'state', 'skipped', 'at', now() AT TIME ZONE 'UTC', 'detail', %(reason)s::text))
+WHERE rule_id = %(rule_id)s AND status = 'waiting' AND NOT dry_run AND scheduled_for < %(scheduled_for)s
+RETURNING id;
+
+-- name: run_by_id
+SELECT * FROM rule_runs WHERE id = %(run_id)s;
 
 -- name: record_audit
 INSERT INTO audit_logs (org_id, user_id, action, resource_type, resource_id, details)
@@ -166,11 +187,15 @@ WHERE r.enabled AND (%(rule_ids)s::uuid[] IS NULL OR r.id = ANY(%(rule_ids)s::uu
 ORDER BY r.id;
 
 -- name: abandoned_runs
--- Non-dry runs whose holder stopped renewing the lease: sent again, they are taken over and finished.
+-- Non-dry runs whose holder stopped renewing the lease: sent again, they are taken over and finished. A waiting
+-- run whose check is overdue by more than %(waiting_grace_seconds)s (its retried task is lost) is sent again too.
 SELECT id::text AS run_id, rule_id::text AS rule_id, scheduled_for, trigger, triggered_by, attempts
 FROM rule_runs
-WHERE status = 'running' AND NOT dry_run
-  AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s)
+WHERE NOT dry_run
+  AND ((status = 'running'
+        AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(grace_seconds)s))
+       OR (status = 'waiting'
+           AND lease_expires_at < (now() AT TIME ZONE 'UTC') - make_interval(secs => %(waiting_grace_seconds)s)))
 ORDER BY lease_expires_at
 LIMIT 1000;
 
@@ -417,3 +442,17 @@ RETURNING *;
 -- The acknowledgements among ids still open end at the run's T.
 UPDATE acknowledgements SET ended_at = %(at)s, ended_by_run = %(run_id)s
 WHERE id = ANY(%(ids)s::bigint[]) AND ended_at IS NULL;
+
+-- name: dsp_accounts_of_organizations
+-- The DSP accounts of the organization %(org_id)s (of every organization when NULL); last_sync_at is UTC.
+SELECT id, org_id, dsp_type, external_id, name, status, last_sync_at
+FROM dsp_accounts
+WHERE %(org_id)s::int IS NULL OR org_id = %(org_id)s::int
+ORDER BY org_id, dsp_type, external_id;
+
+-- name: pipelines_of_organizations
+-- The pipelines of the organization %(org_id)s (of every organization when NULL).
+SELECT id::text AS id, org_id, name, connector_type, status
+FROM pipelines
+WHERE %(org_id)s::int IS NULL OR org_id = %(org_id)s::int
+ORDER BY org_id, connector_type, name;

@@ -72,8 +72,10 @@ def organization(env) -> tuple[int, dict[str, int]]:
         users[name] = env.user(f"{name}-{org}@example.com")
         env.member(users[name], org, role)
     env.pg("UPDATE users SET email_verified = TRUE WHERE id = ANY(%s)", (list(users.values()),))
-    account = env.pg("INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name) VALUES (%s, 'DV360', 'adv-1', "
-                     "'DV360 adv-1') RETURNING id", (org,))[0]["id"]
+    # Synced now: its windows are complete (README, Data freshness).
+    account = env.pg("INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name, last_sync_at) "
+                     "VALUES (%s, 'DV360', 'adv-1', 'DV360 adv-1', now() AT TIME ZONE 'UTC') RETURNING id",
+                     (org,))[0]["id"]
     for user, entity_type, entity_id in (("campaign_member", "campaign", "c3"),
                                          ("account_member", "dsp_account", str(account)),
                                          ("viewer", "campaign", "c2")):

@@ -75,7 +75,8 @@ def make_team(env) -> Team:
     for org_id in (org, other):
         for dsp, external in (("DV360", "adv-1"), ("TTD", "adv-2")):
             accounts[(org_id, external)] = env.pg(
-                "INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name) VALUES (%s, %s, %s, %s) RETURNING id",
+                "INSERT INTO dsp_accounts (org_id, dsp_type, external_id, name, last_sync_at) "
+                "VALUES (%s, %s, %s, %s, now() AT TIME ZONE 'UTC') RETURNING id",  # synced: complete windows
                 (org_id, dsp, external, f"{dsp} {external}"))[0]["id"]
 
     def grant(user: str, org_id: int, entity_type: str, entity_id: str, expires: datetime | None = None) -> None:

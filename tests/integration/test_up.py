@@ -242,7 +242,7 @@ def test_up_starts_clickhouse_migrates_loads_the_demo_and_says_it_is_up(up):
         [(org_id,)] = connection.execute("SELECT id FROM organizations WHERE slug = 'demo'").fetchall()
         rules = connection.execute("SELECT count(*) FROM rules WHERE org_id = %s", (org_id,)).fetchone()[0]
     assert list(metric_orgs[0]) == [org_id] and metric_orgs[1] > 0
-    assert snapshots > 0 and rules == 4
+    assert snapshots > 0 and rules == 5
     assert (up.data_dir / "clickhouse").is_dir()
 
 

@@ -800,9 +800,10 @@ def test_the_schema_describes_the_document():
     assert schema["additionalProperties"] is False
     conditions = schema["$defs"]["Conditions"]
     assert set(conditions["properties"]) == {"source", "window", "compare_to", "scope", "logic", "schedule",
-                                             "recheck_after"}
+                                             "recheck_after", "data_delay", "max_wait", "on_stale"}
     assert conditions["required"] == ["logic"]
-    assert conditions["properties"]["recheck_after"]["pattern"] == r"^(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?$"
+    assert conditions["properties"]["recheck_after"]["pattern"] == r"^(0|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?)$"
+    assert conditions["properties"]["max_wait"]["pattern"] == conditions["properties"]["recheck_after"]["pattern"]
     assert conditions["properties"]["schedule"]["default"] == "0 * * * *"
     assert schema["$defs"]["Actions"]["properties"]["cooldown_minutes"]["maximum"] == 10_080
     channels = schema["$defs"]["Notify"]["properties"]["channels"]
