@@ -289,8 +289,12 @@ def test_beat_sends_each_due_recheck_once_and_it_runs_once(pg_url, migrated_ch_u
 
         wait_for_runs(services, first_rechecked, 180, "the recheck of the first run", sql, params)
         # Another round of beat passes (every 30 s each) finds nothing more to send for that fire time.
-        wait_until(lambda: services.pg("SELECT count(*) AS n FROM rule_runs WHERE rule_id = %s AND trigger = "
-                                       "'recheck'", (rule,))[0]["n"] >= 2, 150, "a second recheck")
+        def second_recheck_finished() -> bool:
+            [count] = services.pg("SELECT count(*) AS n, bool_and(status <> 'running') AS finished FROM rule_runs "
+                                  "WHERE rule_id = %s AND trigger = 'recheck'", (rule,))
+            return count["n"] >= 2 and count["finished"]
+
+        wait_until(second_recheck_finished, 150, "a second recheck, finished")
         rows = services.pg(sql, params)
 
     rechecks = [r for r in rows if r["trigger"] == "recheck"]
