@@ -1,4 +1,5 @@
-"""How instants are written as text: ISO 8601 UTC for people and task arguments, SQL text for ClickHouse."""
+"""How instants are written as text (ISO 8601 UTC for people and task arguments, SQL text for ClickHouse) and read
+from people's text."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def utc_sql_milliseconds(moment: datetime) -> str:
     """`YYYY-MM-DD HH:MM:SS.mmm` of an instant in UTC (truncated to the millisecond), as DateTime64(3, 'UTC')
     parameters take it; naive means UTC."""
     return utc_sql(moment) + moment.strftime(".%f")[:4]
+
+
+def parse_instant(text: str) -> datetime:
+    """The instant an ISO 8601 time writes (without an offset: UTC), aware and in UTC; raises ValueError when
+    `text` is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except TypeError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)

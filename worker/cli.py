@@ -13,7 +13,7 @@ from typing import Any
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from engine.timestamps import utc_iso
+from engine.timestamps import parse_instant, utc_iso
 from storage.errors import StorageError
 from worker.errors import CommandFailed, WorkerError
 from worker.settings import ConfigurationError
@@ -56,10 +56,9 @@ def _parse_at(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError:
         raise UsageError(f"--at: not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse_rule_id(text: str, option: str = "RULE_ID") -> str:
@@ -374,7 +373,7 @@ def _print_silences(silences: list, as_json: bool) -> None:
 def _cmd_silence_add(args: argparse.Namespace) -> int:
     from engine.silences import SilenceScope
     from worker.context import open_postgres
-    from worker.silencing import SilenceRequest, add_silence, parse_instant, parse_length
+    from worker.silencing import SilenceRequest, add_silence, parse_length, parse_time
 
     if (args.entity_type is None) != (args.entity_id is None):
         raise UsageError("--entity-type and --entity-id go together: give both (one entity) or neither")
@@ -382,9 +381,9 @@ def _cmd_silence_add(args: argparse.Namespace) -> int:
         scope = SilenceScope(_parse_rule_id(args.rule, "--rule") if args.rule else None, args.entity_type,
                              args.entity_id, args.dsp_type, args.advertiser_id)
         request = SilenceRequest(
-            args.org, args.by, scope, ends_at=parse_instant(args.ends, "--ends") if args.ends else None,
+            args.org, args.by, scope, ends_at=parse_time(args.ends, "--ends") if args.ends else None,
             duration=parse_length(args.duration, "--for") if args.duration else None,
-            starts_at=parse_instant(args.starts, "--starts") if args.starts else None, comment=args.comment)
+            starts_at=parse_time(args.starts, "--starts") if args.starts else None, comment=args.comment)
         with open_postgres() as postgres:
             silence = add_silence(postgres, request)
     _print_silences([silence], args.json)

@@ -13,7 +13,7 @@ from typing import Any
 from engine.silences import (SilenceScope, TEXT_LIMITS, comment_problem, period_problem, refusal,
                              scope_problem, text_problem)
 from engine.durations import parse_duration
-from engine.timestamps import utc_iso
+from engine.timestamps import parse_instant, utc_iso
 from storage.postgres import Postgres, Transaction
 from storage.results import ResultStore
 from storage.rule_rows import rule_with_organization
@@ -51,14 +51,13 @@ def now_utc() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def parse_instant(text: str, label: str) -> datetime:
+def parse_time(text: str, label: str) -> datetime:
     """An ISO 8601 time (without an offset: UTC) as an aware instant; BadSilenceRequest names `label` if it is not
     one."""
     try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
+        return parse_instant(text)
+    except ValueError:
         raise BadSilenceRequest(f"{label}: not an ISO 8601 time: {text!r}") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def parse_length(text: str, label: str) -> timedelta:
@@ -98,9 +97,9 @@ def silence_request(org_id: Any, created_by: Any, *, rule_id: Any = None, entity
                          advertiser_id)
     return SilenceRequest(
         org_id, created_by, scope,
-        ends_at=parse_instant(ends_at, "ends_at") if ends_at is not None else None,
+        ends_at=parse_time(ends_at, "ends_at") if ends_at is not None else None,
         duration=parse_length(duration, "duration") if duration is not None else None,
-        starts_at=parse_instant(starts_at, "starts_at") if starts_at is not None else None,
+        starts_at=parse_time(starts_at, "starts_at") if starts_at is not None else None,
         comment=comment, request_id=request_id)
 
 
