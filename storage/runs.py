@@ -42,6 +42,7 @@ class RunRecord:
     path: str | None
     error: str | None
     duration_ms: int | None
+    lifecycle: dict[str, int] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
@@ -51,7 +52,7 @@ class RunRecord:
             scheduled_for=row["scheduled_for"], dry_run=row["dry_run"], state=RunState(row["state"]),
             status=row["status"], attempts=row["attempts"], entities=row["entities"], matched=row["matched"],
             alerts=row["alerts"], notified_users=tuple(row["notified_users"] or ()), path=row["path"],
-            error=row["error"], duration_ms=row["duration_ms"],
+            error=row["error"], duration_ms=row["duration_ms"], lifecycle=row.get("lifecycle"),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class RunRecord:
             "duration_ms": self.duration_ms,
             "error": self.error,
             "path": self.path,
+            "lifecycle": self.lifecycle,
         }
 
 
@@ -128,7 +130,7 @@ class RunStore:
     def transition(self, run: RunRecord, target: RunState, detail: str, *, path: str | None = None,
                    entities: int | None = None, matched: int | None = None, alerts: int | None = None,
                    notified_users: list[int] | None = None, error: str | None = None,
-                   tx: Transaction | None = None) -> RunRecord:
+                   lifecycle: dict[str, int] | None = None, tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters given (the others keep their value), the lease renewed while running, the duration once final.
 
@@ -138,7 +140,7 @@ class RunStore:
         row = (tx or self._postgres).one(
             "record_transition", run_id=run.id, state=target.value, status=target.status, detail=detail, path=path,
             entities=entities, matched=matched, alerts=alerts, notified_users=notified_users, error=error,
-            lease_seconds=self._lease_seconds,
+            lifecycle=None if lifecycle is None else json.dumps(lifecycle), lease_seconds=self._lease_seconds,
         )
         return RunRecord.from_row(row)
 

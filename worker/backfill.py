@@ -19,7 +19,8 @@ from engine.fields import CAMPAIGN_METRICS
 from engine.model import Rule
 from engine.windows import resolve_window
 from worker.progress import ProgressBar
-from worker.runner import RuleRunner, RunRequest, SharedEvaluation
+from worker.alert_state import SimulatedStates
+from worker.runner import RuleRunner, RunRequest, SharedEvaluation, evaluation_time
 from worker.schedule import fire_times_between
 
 
@@ -51,6 +52,7 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
     moments = list(fire_times_between(rule.conditions.schedule, timezone, first_day, last_day))
     bar = ProgressBar("backfill", len(moments))
     shared_by_window: dict[Hashable, SharedEvaluation] = {}
+    simulated = SimulatedStates()
     summaries = []
     evaluated = 0
     try:
@@ -58,11 +60,13 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
             key = window_key(rule, timezone, moment)
             shared = shared_by_window.get(key)
             fresh = shared is None and not (write and runner.has_run(rule_id, moment))
-            summary = runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill", shared=shared))
+            summary = runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill", shared=shared,
+                                            simulated=simulated))
             if fresh:
                 evaluated += 1
                 if summary["status"] == "succeeded":
-                    shared_by_window[key] = SharedEvaluation(moment, summary["entities"], summary["matched"])
+                    shared_by_window[key] = SharedEvaluation(moment, summary["entities"],
+                                                             simulated.matched_at(evaluation_time(moment)))
             summaries.append(summary)
             bar.advance()
     finally:

@@ -35,12 +35,12 @@ from storage.postgres import Postgres
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RunClaim, RunRecord, RunStore, UnknownUser
-from worker.alert_state import AlertState
+from worker.alert_state import AlertState, SimulatedStates, decide, lifecycle_policy, out_of_cooldown, state_writes
 from worker.audience import audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches
-from worker.matches import RunMatches, matched_entities
+from worker.matches import RunMatches, matched_entities, unnamed_entities
 from worker.messages import RunNotice
 
 log = logging.getLogger(__name__)
@@ -67,18 +67,19 @@ class BadRunRequest(WorkerError):
 @dataclass(frozen=True)
 class SharedEvaluation:
     """The evaluation an earlier run of the same rule did at `at`, with its window resolved to the same dates, for a
-    later run to reuse instead of evaluating again: its counts (what a dry run records) and, for a run that writes,
-    that run's `rule_evaluations` rows, which must exist as it wrote them."""
+    later run to reuse instead of evaluating again: its entity count and matched evaluations (what a dry run
+    uses) and, for a run that writes, that run's `rule_evaluations` rows, which must exist as it wrote them."""
 
     at: datetime
     entities: int
-    matched: int
+    matched: tuple[Evaluation, ...]
 
 
 @dataclass(frozen=True)
 class RunRequest:
     """What to run: a rule, as of `scheduled_for` (None: now), and who or what asked. With `shared`, the run
-    reuses that evaluation (copying its rows when it writes) and does every other stage as usual."""
+    reuses that evaluation (copying its rows when it writes) and does every other stage as usual. With `simulated`
+    (a backfill), the alert lifecycle reads and keeps its states there, never in the live ones."""
 
     rule_id: str
     scheduled_for: datetime | None = None
@@ -86,6 +87,7 @@ class RunRequest:
     trigger: str = "manual"
     triggered_by: int | None = None
     shared: SharedEvaluation | None = None
+    simulated: SimulatedStates | None = None
 
 
 @dataclass
@@ -100,6 +102,8 @@ class RunInHand:
     compiled: CompiledLogic | None = None
     matched: list[Evaluation] | None = None
     shared: SharedEvaluation | None = None
+    # A backfill's states, kept in memory instead of the live ones.
+    simulated: SimulatedStates | None = None
     started: float = field(default_factory=time.monotonic)
     # How the run is evaluated (in a batch of N, or alone and why), said by its next transition.
     note: str | None = None
@@ -244,7 +248,8 @@ class RuleRunner:
             raise BadRunRequest(str(error)) from None
         if record is None:
             return None
-        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at), shared=request.shared)
+        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, at), shared=request.shared,
+                         simulated=request.simulated)
 
     def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
@@ -291,18 +296,43 @@ class RuleRunner:
                            conditions.compare_to is not None, run.compiled.variables if run.compiled else None)
 
     def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
-        """Evaluates every entity without writing (or takes the shared evaluation's counts), and records the run as
-        succeeded with its counts."""
+        """Evaluates every entity without writing (or takes the shared evaluation's), and records the run as
+        succeeded with its counts and what the alert lifecycle would have done."""
         if run.shared is not None:
-            counts = {"entities": run.shared.entities, "matched": run.shared.matched}
+            counts = {"entities": run.shared.entities, "matched": len(run.shared.matched)}
+            matched = list(run.shared.matched)
         else:
             if run.compiled is not None:
                 evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
             else:
                 evaluated = self._interpreted(run, entities)
-            counts = {"entities": len(evaluated), "matched": sum(1 for result in evaluated if result.matched)}
+            matched = [result for result in evaluated if result.matched]
+            counts = {"entities": len(evaluated), "matched": len(matched)}
         self._transition(run, RunState.EVALUATED, "evaluated without writing", **counts)
-        self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
+        self._transition(run, RunState.SUCCEEDED, "dry run: nothing written",
+                         lifecycle=self._simulated_lifecycle(run, matched))
+
+    def _simulated_lifecycle(self, run: RunInHand, matched: Sequence[Evaluation]) -> dict[str, int]:
+        """What the alert lifecycle of a dry run would do: its counts per state and `would_alert`, the firing
+        entities out of cooldown. A backfill's runs go on from its simulated states and alerts; any other dry run
+        reads the live ones and changes nothing."""
+        scope, actions = run.scope, run.rule.actions
+        entities = unnamed_entities(run.rule.conditions.source, matched)
+        if run.simulated is not None:
+            run.simulated.evaluated(scope.at, matched)
+        keeper = run.simulated or self._alert_state.states
+        policy = lifecycle_policy(run.rule)
+        lifecycle = decide(keeper.not_normal([scope.rule_id])[scope.rule_id], entities, set(), scope.at, policy)
+        if run.simulated is None:
+            [alerting] = self._alert_state.alerting(scope.org_id, scope.at, [
+                (scope.rule_id, actions.cooldown_minutes, lifecycle.firing)])
+        else:
+            alerting = out_of_cooldown(lifecycle.firing,
+                                       run.simulated.cooling(scope.rule_id, scope.at, actions.cooldown_minutes))
+            run.simulated.alerted(scope.rule_id, scope.at, alerting)
+            run.simulated.write(None, scope.org_id, scope.at,
+                                state_writes(scope.rule_id, run.record.id, policy, lifecycle, alerting))
+        return {**lifecycle.counts, "would_alert": len(alerting)}
 
     def _evaluate(self, run: RunInHand, entities: Statement) -> None:
         """Writes every entity's `rule_evaluations` row once (a copy of the shared evaluation's rows, if any), keeps
@@ -348,9 +378,10 @@ class RuleRunner:
         return max(1, int(self._time_limit_seconds - (time.monotonic() - run.started)))
 
     def _alert(self, runs: Sequence[RunInHand]) -> None:
-        """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
-        cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed, the
-        firing state (rules with notify_on_resolve) and each run's `alerted`. The matches, names, cooldowns and
+        """For runs of one organization, T and trigger: moves each rule's entities one step through the alert
+        lifecycle (worker/alert_state.py), writes one `alert_events` row per firing matched entity out of cooldown
+        (one insert), then, in one PostgreSQL transaction, the states that changed with their history, the
+        notifications and deliveries owed and each run's `alerted`. The matches, names, states, cooldowns and
         audiences of all the runs are each read in one query; each run's rows are those it would write alone."""
         first = runs[0]
         org_id, at = first.scope.org_id, first.scope.at
@@ -365,38 +396,46 @@ class RuleRunner:
                 run.matched = outcomes[run.scope.rule_id].matched
         matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
                                                                       run.matched) for run in runs])
+        keeper = first.simulated or self._alert_state.states
+        if first.simulated is not None:
+            first.simulated.evaluated(at, first.matched)
+        stored = keeper.not_normal([run.scope.rule_id for run in runs])
+        policies = [lifecycle_policy(run.rule) for run in runs]
+        lifecycles = [decide(stored[run.scope.rule_id], entities, set(), at, policy)
+                      for run, entities, policy in zip(runs, matched, policies)]
         alerted = self._alert_state.alerting(org_id, at, [
-            (run.scope.rule_id, run.rule.actions.cooldown_minutes, entities) for run, entities in zip(runs, matched)])
-        # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
-        stored = [[entity.without_nul() for entity in entities] for entities in alerted]
-        resolved = [self._alert_state.resolving(run.scope, entities)
-                    if notifies and run.rule.actions.notify_on_resolve else []
-                    for run, entities in zip(runs, matched)]
+            (run.scope.rule_id, run.rule.actions.cooldown_minutes, lifecycle.firing)
+            for run, lifecycle in zip(runs, lifecycles)])
+        # What goes to PostgreSQL (audience, notifications, deliveries, states) is NUL-free.
+        stored_alerted = [[entity.without_nul() for entity in entities] for entities in alerted]
+        resolved = [lifecycle.resolved if notifies and run.rule.actions.notify_on_resolve else []
+                    for run, lifecycle in zip(runs, lifecycles)]
         recipients = (audiences(self._postgres, org_id, [
             (run.rule.actions.notify.roles, run_stored + run_resolved)
-            for run, run_stored, run_resolved in zip(runs, stored, resolved)], at)
+            for run, run_stored, run_resolved in zip(runs, stored_alerted, resolved)], at)
             if notifies else [{} for _ in runs])
         users = [[sorted(r.user_id for r in run_recipients.get(entity.key, [])) for entity in run_stored]
-                 for run_recipients, run_stored in zip(recipients, stored)]
+                 for run_recipients, run_stored in zip(recipients, stored_alerted)]
         self._results.insert_alerts_of_runs([
             (run.scope, run.rule_row.name, run.rule.actions.severity,
              [AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
                          entity_users) for entity, entity_users in zip(run_alerted, run_users)])
             for run, run_alerted, run_users in zip(runs, alerted, users)])
+        writes = [write for run, policy, lifecycle, run_stored in zip(runs, policies, lifecycles, stored_alerted)
+                  for write in state_writes(run.scope.rule_id, run.record.id, policy, lifecycle, run_stored)]
         with self._postgres.transaction() as tx:
-            for run, run_alerted, run_stored, run_resolved, run_recipients, run_users in zip(
-                    runs, alerted, stored, resolved, recipients, users):
+            keeper.write(tx, org_id, at, writes)
+            for run, run_alerted, run_stored, run_resolved, run_recipients, run_users, lifecycle in zip(
+                    runs, alerted, stored_alerted, resolved, recipients, users, lifecycles):
                 scope, actions = run.scope, run.rule.actions
                 if notifies:
                     for kind, entities in (("alert", run_stored), ("resolved", run_resolved)):
                         notice = RunNotice(kind, run.record.id, scope.org_id, scope.rule_id, run.rule_row.name,
                                            actions.severity, scope.at)
                         record_deliveries(tx, notice, entities, run_recipients, actions.notify)
-                    if actions.notify_on_resolve:
-                        self._alert_state.record(tx, scope, run_stored, run_resolved)
                 notified = sorted({user for entity_users in run_users for user in entity_users})
                 self._transition(run, RunState.ALERTED, "alert_events written", alerts=len(run_alerted),
-                                 notified_users=notified, tx=tx)
+                                 notified_users=notified, lifecycle=lifecycle.counts, tx=tx)
 
     def _hand_over_deliveries(self, run: RunInHand) -> None:
         """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""

@@ -15,7 +15,7 @@ from storage.errors import MigrationFailed
 from tests.conftest import RULESCTL, REPO, admin_sql, postgres_url
 
 SEED = (REPO / "tests" / "data" / "seed-database-schemas.md").read_text()
-OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications", "deliveries", "alert_states", "sent_fire_times"}
+OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications", "deliveries", "alert_states", "alert_state_history", "sent_fire_times"}
 
 
 def seed_blocks(section: str) -> list[str]:
