@@ -148,24 +148,33 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     return keys, fields, inner, "m_entity_type, m_entity_id"
 
 
-def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Statement:
-    """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity."""
+def read_fields(compiled: CompiledLogic, recover: CompiledLogic | None) -> tuple[str, ...]:
+    """The fields a rule's evaluation reads: those of its logic, then those only its recover_when reads."""
+    extra = () if recover is None else tuple(name for name in recover.variables if name not in compiled.variables)
+    return (*compiled.variables, *extra)
+
+
+def evaluation(entities: Statement, compiled: CompiledLogic, source: str,
+               recover: CompiledLogic | None = None) -> Statement:
+    """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity; `recover` is
+    the rule's recover_when compiled (with its own parameter prefix), whose outcome the document then holds."""
     document = document_sql(compiled.variables, compiled.conditions, ENTITY_TYPE if holds_entity_type(source) else None,
-                            compiled.naming)
+                            compiled.naming, recover_when_sql=None if recover is None else recover.matched)
     sql = (
         f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, toUInt8({compiled.matched}) AS matched, "
         f"{document} AS condition_results FROM ({entities.sql})"
     )
-    return Statement(sql, {**entities.parameters, **compiled.parameters})
+    return Statement(sql, {**entities.parameters, **compiled.parameters, **(recover.parameters if recover else {})})
 
 
 def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str, *,
-                      org_id: int, rule_id: str, eval_time: datetime, started_at: datetime) -> Statement:
+                      org_id: int, rule_id: str, eval_time: datetime, started_at: datetime,
+                      recover: CompiledLogic | None = None) -> Statement:
     """INSERT ... SELECT writing one `rule_evaluations` row per entity, evaluated by ClickHouse itself.
 
     `execution_time_ms` is the time from `started_at` (the run's start) until ClickHouse evaluates the rows.
     """
-    inner = evaluation(entities, compiled, source)
+    inner = evaluation(entities, compiled, source, recover)
     sql = (
         "INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, "
         "execution_time_ms) SELECT {r_org:UInt32}, {r_eval_time:DateTime('UTC')}, {r_rule:UUID}, entity_id, matched, "

@@ -74,7 +74,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
 
     Entities are compared as PostgreSQL stores them (NUL characters replaced). `unrecovered` are the keys of the
     entities for which the rule's recover_when does not hold. A state stored under other conditions (another hash)
-    counts as normal. A state written as of `at` or later is left as it is: the entity fires if it matched and that
+    counts as normal, and its row is written again with the rule's hash. A state written as of `at` or later is left as it is: the entity fires if it matched and that
     state is firing, and nothing of it is written.
     """
     moment = at.replace(tzinfo=None)
@@ -100,7 +100,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
             continue
         row, before = current.pop(key, (None, UNSEEN))
         after = next_state(before, True, True, policy.pending_runs, policy.recovery_runs)
-        if after != (row.state if row else UNSEEN):
+        if row is None or after != row.state or row.conditions_hash != policy.conditions_hash:
             changes.append((stored_entity, row.state.state if row else NORMAL, after))
         if after.state == FIRING:
             firing.append(entity)
@@ -111,7 +111,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
         after = next_state(before, False, key not in unrecovered, policy.pending_runs, policy.recovery_runs)
         entity = Entity(row.entity_type, row.entity_id, row.entity_name, row.condition_details, row.dsp_type,
                         row.advertiser_id)
-        if after != row.state:
+        if after != row.state or row.conditions_hash != policy.conditions_hash:
             changes.append((entity, row.state.state, after))
         if resolves(before, after):
             resolved.append(entity)
@@ -150,15 +150,16 @@ class SimulatedStates:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str], StoredState] = {}
         self._alerted_at: dict[tuple[str, str, str], datetime] = {}
-        self._matched_at: dict[datetime, tuple[Evaluation, ...]] = {}
+        self._found_at: dict[datetime, tuple[tuple[Evaluation, ...], tuple[Evaluation, ...]]] = {}
 
-    def evaluated(self, at: datetime, matched: Sequence[Evaluation]) -> None:
-        """Keeps the matched evaluations of the run as of `at`, for later fire times that share its evaluation."""
-        self._matched_at[at] = tuple(matched)
+    def evaluated(self, at: datetime, matched: Sequence[Evaluation], unrecovered: Sequence[Evaluation]) -> None:
+        """Keeps the matched and the unrecovered evaluations of the run as of `at`, for later fire times that share
+        its evaluation."""
+        self._found_at[at] = (tuple(matched), tuple(unrecovered))
 
-    def matched_at(self, at: datetime) -> tuple[Evaluation, ...]:
-        """The matched evaluations kept of the run as of `at` (none kept: none)."""
-        return self._matched_at.get(at, ())
+    def found_at(self, at: datetime) -> tuple[tuple[Evaluation, ...], tuple[Evaluation, ...]]:
+        """The matched and the unrecovered evaluations kept of the run as of `at` (none kept: none)."""
+        return self._found_at.get(at, ((), ()))
 
     def not_normal(self, rule_ids: Sequence[str]) -> dict[str, list[StoredState]]:
         """For each of the rules, its entities that are not normal."""

@@ -66,7 +66,7 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
                 evaluated += 1
                 if summary["status"] == "succeeded":
                     shared_by_window[key] = SharedEvaluation(moment, summary["entities"],
-                                                             simulated.matched_at(evaluation_time(moment)))
+                                                             *simulated.found_at(evaluation_time(moment)))
             summaries.append(summary)
             bar.advance()
     finally:
@@ -76,7 +76,7 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
 
 def format_days(result: BackfillResult, timezone: str) -> str:
     """The per-day table (local day, fire times, matched range, alerts, failures) with each day's errors below it,
-    and a total line."""
+    the simulated alert lifecycle (when the runs report it) and a total line."""
     zone = ZoneInfo(timezone)
     lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
 
@@ -96,7 +96,23 @@ def format_days(result: BackfillResult, timezone: str) -> str:
                 errors[s["error"]] = errors.get(s["error"], 0) + 1
         lines.extend(f"  {count} × {error}" for error, count in errors.items())
     summaries = result.summaries
+    lines.extend(_lifecycle_line(summaries))
     lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
                  f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "
                  f"{sum(1 for s in summaries if s['status'] == 'failed')} failed")
     return "\n".join(lines)
+
+
+def _lifecycle_line(summaries: list[dict]) -> list[str]:
+    """`lifecycle: …`: how many entities the fire times resolved (and, dry, would have alerted on), and how many
+    were pending, firing and recovering after the last fire time that reported its lifecycle; none reported: no
+    line."""
+    reported = [s["lifecycle"] for s in summaries if s.get("lifecycle")]
+    if not reported:
+        return []
+    last = reported[-1]
+    line = (f"lifecycle: {sum(counts['resolved'] for counts in reported)} resolved; after the last fire time "
+            f"{last['pending']} pending, {last['firing']} firing, {last['recovering']} recovering")
+    if all("would_alert" in counts for counts in reported):
+        line += f"; {sum(counts['would_alert'] for counts in reported)} would alert"
+    return [line]

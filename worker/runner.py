@@ -23,8 +23,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from engine.compiler import CompiledLogic, compile_logic
 from engine.errors import NotCompilable, RuleError
+from engine.evaluation_document import parse_document
 from engine.model import Rule, parse_rule
-from engine.query import Statement, entity_rows, evaluation, evaluation_insert
+from engine.query import Statement, entity_rows, evaluation, evaluation_insert, read_fields
 from engine.run_states import RunState, reached
 from engine.timestamps import utc_iso
 from engine.windows import WindowBounds, resolve_window
@@ -35,7 +36,8 @@ from storage.postgres import Postgres
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RunClaim, RunRecord, RunStore, UnknownUser
-from worker.alert_state import AlertState, SimulatedStates, decide, lifecycle_policy, out_of_cooldown, state_writes
+from worker.alert_state import AlertState, SimulatedStates, decide, keys_of, lifecycle_policy, out_of_cooldown, \
+    state_writes
 from worker.audience import audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
@@ -73,6 +75,7 @@ class SharedEvaluation:
     at: datetime
     entities: int
     matched: tuple[Evaluation, ...]
+    unrecovered: tuple[Evaluation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ class RunInHand:
     rule: Rule | None = None
     bounds: WindowBounds | None = None
     compiled: CompiledLogic | None = None
+    recover: CompiledLogic | None = None  # the rule's recover_when, compiled with the logic when it has one
     matched: list[Evaluation] | None = None
+    unrecovered: list[Evaluation] = field(default_factory=list)
     shared: SharedEvaluation | None = None
     # A backfill's states, kept in memory instead of the live ones.
     simulated: SimulatedStates | None = None
@@ -286,43 +291,53 @@ class RuleRunner:
             if self._interpreter_only:
                 raise NotCompilable("this runner evaluates every rule on the interpreter")
             run.compiled = compile_logic(run.rule.logic, run.rule.fields)
+            if run.rule.recover_when is not None:
+                run.recover = compile_logic(run.rule.recover_when, run.rule.fields, parameter_prefix="w")
             path, reason = "sql", "compiled to SQL"
         except NotCompilable as refusal:
+            run.compiled = run.recover = None
             path, reason = "interpreter", f"runs on the interpreter: {refusal}"
         if run.state is RunState.CLAIMED:
             self._transition(run, RunState.COMPILED, reason, path=path)
         # The SQL path aggregates only the fields its logic reads; the interpreter may read any of them.
         return entity_rows(conditions.source, rule_row.org_id, run.bounds, conditions.scope,
-                           conditions.compare_to is not None, run.compiled.variables if run.compiled else None)
+                           conditions.compare_to is not None,
+                           read_fields(run.compiled, run.recover) if run.compiled else None)
 
     def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
         """Evaluates every entity without writing (or takes the shared evaluation's), and records the run as
         succeeded with its counts and what the alert lifecycle would have done."""
         if run.shared is not None:
             counts = {"entities": run.shared.entities, "matched": len(run.shared.matched)}
-            matched = list(run.shared.matched)
+            matched, unrecovered = list(run.shared.matched), list(run.shared.unrecovered)
         else:
             if run.compiled is not None:
-                evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
+                evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source,
+                                                              run.recover))
             else:
                 evaluated = self._interpreted(run, entities)
             matched = [result for result in evaluated if result.matched]
+            unrecovered = ([result for result in evaluated if not result.matched
+                            and parse_document(result.condition_results).recover_when is False]
+                           if run.rule.recover_when is not None else [])
             counts = {"entities": len(evaluated), "matched": len(matched)}
         self._transition(run, RunState.EVALUATED, "evaluated without writing", **counts)
         self._transition(run, RunState.SUCCEEDED, "dry run: nothing written",
-                         lifecycle=self._simulated_lifecycle(run, matched))
+                         lifecycle=self._simulated_lifecycle(run, matched, unrecovered))
 
-    def _simulated_lifecycle(self, run: RunInHand, matched: Sequence[Evaluation]) -> dict[str, int]:
+    def _simulated_lifecycle(self, run: RunInHand, matched: Sequence[Evaluation],
+                             unrecovered: Sequence[Evaluation]) -> dict[str, int]:
         """What the alert lifecycle of a dry run would do: its counts per state and `would_alert`, the firing
         entities out of cooldown. A backfill's runs go on from its simulated states and alerts; any other dry run
         reads the live ones and changes nothing."""
         scope, actions = run.scope, run.rule.actions
-        entities = unnamed_entities(run.rule.conditions.source, matched)
+        source = run.rule.conditions.source
         if run.simulated is not None:
-            run.simulated.evaluated(scope.at, matched)
+            run.simulated.evaluated(scope.at, matched, unrecovered)
         keeper = run.simulated or self._alert_state.states
         policy = lifecycle_policy(run.rule)
-        lifecycle = decide(keeper.not_normal([scope.rule_id])[scope.rule_id], entities, set(), scope.at, policy)
+        lifecycle = decide(keeper.not_normal([scope.rule_id])[scope.rule_id], unnamed_entities(source, matched),
+                           keys_of(unnamed_entities(source, unrecovered)), scope.at, policy)
         if run.simulated is None:
             [alerting] = self._alert_state.alerting(scope.org_id, scope.at, [
                 (scope.rule_id, actions.cooldown_minutes, lifecycle.firing)])
@@ -346,7 +361,7 @@ class RuleRunner:
             started = datetime.now(UTC) - timedelta(seconds=time.monotonic() - run.started)
             statement = evaluation_insert(entities, run.compiled, run.rule.conditions.source,
                                           org_id=run.scope.org_id, rule_id=run.scope.rule_id, eval_time=run.scope.at,
-                                          started_at=started)
+                                          started_at=started, recover=run.recover)
             self._results.evaluate_into_table(statement, seconds_left=self._seconds_left(run))
         else:
             # Written after the rows have streamed in, since a chdb client can't insert mid-stream.
@@ -362,7 +377,7 @@ class RuleRunner:
         with self._postgres.transaction() as tx:
             for run in runs:
                 outcome = outcomes[run.scope.rule_id]
-                run.matched = outcome.matched
+                run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
                 self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
                                  matched=len(outcome.matched), tx=tx)
 
@@ -393,15 +408,17 @@ class RuleRunner:
         if unread:
             outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread])
             for run in unread:
-                run.matched = outcomes[run.scope.rule_id].matched
+                outcome = outcomes[run.scope.rule_id]
+                run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
         matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
                                                                       run.matched) for run in runs])
         keeper = first.simulated or self._alert_state.states
         if first.simulated is not None:
-            first.simulated.evaluated(at, first.matched)
+            first.simulated.evaluated(at, first.matched, first.unrecovered)
         stored = keeper.not_normal([run.scope.rule_id for run in runs])
         policies = [lifecycle_policy(run.rule) for run in runs]
-        lifecycles = [decide(stored[run.scope.rule_id], entities, set(), at, policy)
+        lifecycles = [decide(stored[run.scope.rule_id], entities,
+                             keys_of(unnamed_entities(run.rule.conditions.source, run.unrecovered)), at, policy)
                       for run, entities, policy in zip(runs, matched, policies)]
         alerted = self._alert_state.alerting(org_id, at, [
             (run.scope.rule_id, run.rule.actions.cooldown_minutes, lifecycle.firing)

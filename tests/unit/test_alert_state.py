@@ -88,10 +88,14 @@ def test_an_entity_whose_recover_when_fails_keeps_recovering_from_the_start():
 def test_a_state_reached_under_other_conditions_counts_as_normal():
     policy = LifecyclePolicy(pending_runs=2, recovery_runs=1, conditions_hash="new")
     lifecycle = decide([stored("c-1", EntityState(FIRING), conditions_hash="old"),
-                        stored("c-2", EntityState(FIRING), conditions_hash="old")], [campaign("c-1")], set(), T, policy)
+                        stored("c-2", EntityState(FIRING), conditions_hash="old"),
+                        stored("c-3", EntityState(PENDING, 1), conditions_hash="old")],
+                       [campaign("c-1"), campaign("c-3")], set(), T, policy)
     assert lifecycle.firing == [] and lifecycle.resolved == []
+    # c-3 stays pending at 1, now under the new hash, so that its next match counts as the second.
     assert [(entity.entity_id, before, after) for entity, before, after in lifecycle.changes] == [
-        ("c-1", FIRING, EntityState(PENDING, 1)), ("c-2", FIRING, EntityState(NORMAL))]
+        ("c-1", FIRING, EntityState(PENDING, 1)), ("c-3", PENDING, EntityState(PENDING, 1)),
+        ("c-2", FIRING, EntityState(NORMAL))]
 
 
 def test_a_state_written_at_t_or_later_is_left_alone():

@@ -31,7 +31,7 @@ def test_the_summary_says_the_fire_time_in_iso_utc_and_the_users_sorted():
     assert RunRecord.from_row(row()).summary() == {
         "run_id": str(RUN_ID), "rule_id": str(RULE_ID), "org_id": 7, "status": "succeeded", "trigger": "schedule",
         "dry_run": False, "scheduled_for": "2026-11-25T09:00:00Z", "entities": 12, "matched": 3, "alerts": 2,
-        "notified_users": [4, 9], "duration_ms": 840, "error": None, "path": "sql",
+        "notified_users": [4, 9], "duration_ms": 840, "error": None, "path": "sql", "lifecycle": None,
     }
 
 
