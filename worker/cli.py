@@ -78,6 +78,11 @@ def _print_summary(result: dict, as_json: bool) -> None:
           + (" (dry run)" if result["dry_run"] else ""))
     print(f"  entities {result['entities']}, matched {result['matched']}, alerts {result['alerts']}, "
           f"notified users {result['notified_users'] or 'none'}, {result['duration_ms']} ms")
+    lifecycle = result.get("lifecycle")
+    if lifecycle:
+        print("  lifecycle: " + ", ".join(f"{lifecycle[key]} {key.replace('_', ' ')}" for key in
+                                          ("pending", "firing", "recovering", "resolved", "would_alert")
+                                          if key in lifecycle))
     if result["error"]:
         print(f"  error: {result['error']}")
 

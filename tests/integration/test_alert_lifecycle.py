@@ -263,6 +263,9 @@ def test_a_dry_run_reports_what_the_lifecycle_would_do_and_writes_nothing(env):
     assert dry["lifecycle"] == {"pending": 0, "firing": 1, "recovering": 0, "resolved": 0, "would_alert": 1}
     assert (dry["alerts"], env.count("alert_events", rule)) == (0, 0)
     assert (states(env, rule), history(env, rule)) == before
+    printed = rulesctl("run", rule, "--at", fire_time(1).isoformat(), "--dry-run", pg=env.pg_url, ch=env.ch_url)
+    assert printed.stdout.splitlines()[2] == "  lifecycle: 0 pending, 1 firing, 0 recovering, 0 resolved, 1 would alert"
+    assert (states(env, rule), history(env, rule)) == before
 
 
 def test_a_backfill_replays_the_lifecycle_in_memory_and_leaves_the_live_states_alone(env):
