@@ -19,7 +19,6 @@ NORMAL = "normal"
 PENDING = "pending"
 FIRING = "firing"
 RECOVERING = "recovering"
-STATES = (NORMAL, PENDING, FIRING, RECOVERING)
 # The states in which an entity has alerted and not yet resolved.
 ALERTED_STATES = (FIRING, RECOVERING)
 

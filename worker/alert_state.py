@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from engine.alert_lifecycle import FIRING, NORMAL, PENDING, RECOVERING, UNSEEN, EntityState, conditions_hash, \
     next_state, resolves
@@ -135,17 +134,9 @@ def state_writes(rule_id: str, run_id: str, policy: LifecyclePolicy, lifecycle: 
     return writes
 
 
-class StateKeeper(Protocol):
-    """Where the states of a run's rules are read and written: PostgreSQL (AlertStateStore) or a backfill's
-    memory (SimulatedStates)."""
-
-    def not_normal(self, rule_ids: Sequence[str]) -> dict[str, list[StoredState]]: ...
-
-    def write(self, tx: Transaction | None, org_id: int, at: datetime, writes: Sequence[StateWrite]) -> None: ...
-
-
 class SimulatedStates:
-    """The states (and alerts) of a backfill's runs, kept in memory as PostgreSQL would keep them."""
+    """The states (and alerts) of a backfill's runs, kept in memory as PostgreSQL would keep them; it reads and
+    writes states as storage.alert_states.AlertStateStore does."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str], StoredState] = {}
