@@ -131,6 +131,11 @@ def summary(row: Mapping[str, Any]) -> dict[str, Any]:
     return RunRecord.from_row(row).summary()
 
 
+def _recovering_rule_ids(runs: Sequence[RunInHand]) -> list[str]:
+    """The rule ids of the runs whose rule has a recover_when."""
+    return [run.scope.rule_id for run in runs if run.rule.recover_when is not None]
+
+
 class RuleRunner:
     """Runs rules; one instance is shared by the runs of a process."""
 
@@ -373,7 +378,8 @@ class RuleRunner:
         """Reads the outcome of the runs' `rule_evaluations` rows (one organization and T) in one query, keeps
         their matches and records each `evaluated`, in one PostgreSQL transaction."""
         first = runs[0].scope
-        outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs])
+        outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs],
+                                          _recovering_rule_ids(runs))
         with self._postgres.transaction() as tx:
             for run in runs:
                 outcome = outcomes[run.scope.rule_id]
@@ -406,7 +412,8 @@ class RuleRunner:
                 self._results.delete_alerts(run.scope)
         unread = [run for run in runs if run.matched is None]
         if unread:
-            outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread])
+            outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread],
+                                              _recovering_rule_ids(unread))
             for run in unread:
                 outcome = outcomes[run.scope.rule_id]
                 run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
