@@ -38,7 +38,7 @@ from typing import Any, Callable
 from engine.compiler import CompiledLogic, compile_logic
 from engine.evaluation_document import document_sql, holds_entity_type
 from engine.fields import CAMPAIGN_METRICS, FRESH, PACING_SNAPSHOTS, PREVIOUS_PREFIX, field_types
-from engine.query import ENTITY_ID, ENTITY_TYPE, Statement, fresh_sql
+from engine.query import ENTITY_ID, ENTITY_TYPE, Statement, fresh_sql, read_fields
 from engine.sql_text import quote_identifier
 from engine.timestamps import utc_sql, utc_sql_milliseconds
 from engine.windows import WindowBounds
@@ -87,22 +87,26 @@ class BatchMember:
     scope: Mapping[str, Sequence[str]] | None
     with_previous: bool
     behind: tuple[tuple[str, str], ...] = ()
+    recover: CompiledLogic | None = None  # its recover_when, if any, compiled likewise
 
 
 def batch_member(position: int, rule_id: str, source: str, logic: Any, bounds: WindowBounds,
                  scope: Mapping[str, Sequence[str]] | None, with_previous: bool,
-                 behind: Sequence[tuple[str, str]] = ()) -> BatchMember:
+                 behind: Sequence[tuple[str, str]] = (), recover_when: Any = None) -> BatchMember:
     """The member at `position` (a number no other member of its batch has) of a rule over `source`.
 
-    Its logic is compiled as compile_logic would over that source's fields, but reading the member's own columns
-    and naming its parameters after its position. Raises NotCompilable as compile_logic does (also when only
-    these longer names take a logic past the compiler's size limit): such a rule runs alone.
+    Its logic (and its recover_when, if any) is compiled as compile_logic would over that source's fields, but
+    reading the member's own columns and naming its parameters after its position. Raises NotCompilable as
+    compile_logic does (also when only these longer names take a logic past the compiler's size limit): such a
+    rule runs alone.
     """
     if position < 0:
         raise ValueError(f"a member position is not negative, got {position}")
-    compiled = compile_logic(logic, field_types(source, with_previous), column=_member_column(position),
-                             parameter_prefix=f"r{position}_p")
-    return BatchMember(position, rule_id, compiled, bounds, scope, with_previous, tuple(behind))
+    fields = field_types(source, with_previous)
+    compiled = compile_logic(logic, fields, column=_member_column(position), parameter_prefix=f"r{position}_p")
+    recover = None if recover_when is None else compile_logic(
+        recover_when, fields, column=_member_column(position), parameter_prefix=f"r{position}_w")
+    return BatchMember(position, rule_id, compiled, bounds, scope, with_previous, tuple(behind), recover)
 
 
 def batch_evaluation(source: str, org_id: int, members: Sequence[BatchMember]) -> Statement:
@@ -280,7 +284,7 @@ class _Plan:
                                   self._slicing.within(previous) if previous else ())
             column = _member_column(member.position)
             known = field_types(source, member.with_previous)
-            for field in member.compiled.variables:
+            for field in read_fields(member.compiled, member.recover):
                 if field not in known:
                     raise ValueError(f"rule {member.rule_id} reads {field!r}, which is not a field of {source}")
                 if field == FRESH:
@@ -294,6 +298,8 @@ class _Plan:
             rule_parameter = f"r{member.position}_rule"
             self.parameters[rule_parameter] = member.rule_id
             self.parameters.update(member.compiled.parameters)
+            if member.recover is not None:
+                self.parameters.update(member.recover.parameters)
         self.aggregate_count = len(self._aggregates)
         keys = f"{quote_identifier(ENTITY_ID)}, {quote_identifier(ENTITY_TYPE)}"
         evaluated = (
@@ -309,7 +315,8 @@ class _Plan:
     def _outcome(self, member: BatchMember, column: Callable[[str], str]) -> str:
         compiled = member.compiled
         entity_type = ENTITY_TYPE if holds_entity_type(self.source) else None
-        document = document_sql(compiled.variables, compiled.conditions, entity_type, compiled.naming, column=column)
+        document = document_sql(compiled.variables, compiled.conditions, entity_type, compiled.naming, column=column,
+                                recover_when_sql=None if member.recover is None else member.recover.matched)
         return (f"tuple({{r{member.position}_rule:UUID}}, {column(_PRESENT)}, toUInt8({compiled.matched}), "
                 f"{document})")
 

@@ -2,7 +2,8 @@
 
 A compact JSON object: each field the logic reads with its value, for pacing snapshots `entity_type` (which tells
 apart entities that share an id), for a logic with `naming` checks `naming` (the diagnosis of the first check whose
-name breaks its convention, null when none does), then `conditions`, the outcome of each top-level condition:
+name breaks its convention, null when none does), for a rule with `actions.recover_when` `recover_when` (whether it
+holds), then `conditions`, the outcome of each top-level condition:
 
     {"delivered_amount":0,"prev.delivered_amount":1200.5,"entity_type":"line_item","conditions":[true,true]}
     {"campaign_name":"US_DV36O_Brand_Q1","dsp_type":"DV360","naming":{"token":"dsp","position":2,"value":"DV36O",
@@ -35,6 +36,7 @@ NAMING_KEY = "naming"
 RESTATED_KEY = "restated"
 _RESTATED_MEMBER = f',"{RESTATED_KEY}":true}}'
 STALE_KEY = "stale"
+RECOVER_WHEN_KEY = "recover_when"
 
 # toJSONString's escapes: the JSON ones, "/" and the JavaScript line terminators; other text is written as is.
 _JSON_ESCAPES = {
@@ -47,7 +49,8 @@ _JSON_ESCAPES = {
 
 @dataclass(frozen=True)
 class EvaluationDocument:
-    """A parsed evaluation document: the values the logic read, the condition outcomes, the entity type if held."""
+    """A parsed evaluation document: the values the logic read, the condition outcomes, the entity type if held,
+    the naming diagnosis and the outcome of recover_when if held."""
 
     values: dict[str, Any]
     conditions: list[bool]
@@ -55,6 +58,7 @@ class EvaluationDocument:
     naming: dict[str, Any] | None = None
     restated: bool = False
     stale: bool = False
+    recover_when: bool | None = None
 
 
 def holds_entity_type(source: str) -> bool:
@@ -63,13 +67,15 @@ def holds_entity_type(source: str) -> bool:
 
 
 def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_type_column: str | None,
-                 naming_sql: str | None = None, *, column: Callable[[str], str] = quote_identifier) -> str:
+                 naming_sql: str | None = None, *, column: Callable[[str], str] = quote_identifier,
+                 recover_when_sql: str | None = None) -> str:
     """A ClickHouse expression building the document of the current row.
 
     `variables` are the fields the logic reads, each in the column `column` names (by default the column of the
     field's own name), `conditions` UInt8 0/1 expressions, `entity_type_column` the column holding the entity's
-    type (None: the document holds no type) and `naming_sql` the JSON text of the naming diagnosis (None: the
-    logic has no naming check).
+    type (None: the document holds no type), `naming_sql` the JSON text of the naming diagnosis (None: the
+    logic has no naming check) and `recover_when_sql` the UInt8 0/1 outcome of the rule's recover_when (None: the
+    rule has none).
     """
     columns = {name: column(name) for name in variables}
     if entity_type_column is not None:
@@ -80,6 +86,8 @@ def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_typ
         parts += [quote_string(f'"{key}":'), f"toJSONString({column_sql})", "','"]
     if naming_sql is not None:
         parts += [quote_string(f'"{NAMING_KEY}":'), naming_sql, "','"]
+    if recover_when_sql is not None:
+        parts += [quote_string(f'"{RECOVER_WHEN_KEY}":'), f"if({recover_when_sql}, 'true', 'false')", "','"]
     parts.append(quote_string(f'"{CONDITIONS_KEY}":['))
     if conditions:
         parts.append(", ',', ".join(f"if({condition}, 'true', 'false')" for condition in conditions))
@@ -88,18 +96,21 @@ def document_sql(variables: Sequence[str], conditions: Sequence[str], entity_typ
 
 
 def document_json(values: Mapping[str, Any], conditions: Sequence[bool], entity_type: str | None,
-                  has_naming: bool = False, naming: Diagnosis | None = None) -> str:
+                  has_naming: bool = False, naming: Diagnosis | None = None, recover_when: bool | None = None) -> str:
     """The document of one entity, as document_sql would build it for a row with these values.
 
     `values` maps each field the logic reads (in the logic's order) to its number or text, `conditions` are the
     outcomes of the top-level conditions, `entity_type` the entity's type (None: the document holds no type);
-    with `has_naming` (the logic has naming checks) it holds `naming`, the diagnosis (None: the name is fine).
+    with `has_naming` (the logic has naming checks) it holds `naming`, the diagnosis (None: the name is fine);
+    `recover_when` is the outcome of the rule's recover_when (None: the rule has none, nor has the document).
     """
     written = {key: _json_value(values[key]) for key in values}
     if entity_type is not None:
         written[ENTITY_TYPE_KEY] = _json_value(entity_type)
     if has_naming:
         written[NAMING_KEY] = diagnosis_json(naming)
+    if recover_when is not None:
+        written[RECOVER_WHEN_KEY] = "true" if recover_when else "false"
     members = [f'"{key}":{value}' for key, value in written.items()]
     members.append(f'"{CONDITIONS_KEY}":[' + ",".join("true" if outcome else "false" for outcome in conditions) + "]")
     return "{" + ",".join(members) + "}"
@@ -159,7 +170,8 @@ def parse_document(text: str) -> EvaluationDocument:
     naming = values.pop(NAMING_KEY, None)
     restated = values.pop(RESTATED_KEY, False) is True
     stale = values.pop(STALE_KEY, False) is True
-    return EvaluationDocument(values, conditions, entity_type, naming, restated, stale)
+    recover_when = values.pop(RECOVER_WHEN_KEY, None)
+    return EvaluationDocument(values, conditions, entity_type, naming, restated, stale, recover_when)
 
 
 def restated_document(text: str) -> str:

@@ -61,6 +61,7 @@ DEFAULT_MAX_ALERT_SHARE = 0.5
 # A recheck reads the first run's rule_evaluations rows, which ClickHouse keeps 90 days.
 MIN_RECHECK_AFTER = timedelta(minutes=1)
 MAX_RECHECK_AFTER = timedelta(days=30)
+MAX_LIFECYCLE_RUNS = 1000
 MAX_SCOPE_VALUES = 1000
 MAX_SCOPE_VALUE_LENGTH = 255
 DEFAULT_SCHEDULE = "0 * * * *"
@@ -275,6 +276,16 @@ class Actions(BaseModel):
         description=f"A run matching more than this share of the entities it evaluated (once over {SHARE_FLOOR} "
                     "match) is a storm.",
     )
+    pending_runs: StrictInt = Field(
+        default=1, ge=1, le=MAX_LIFECYCLE_RUNS, description="Alert only after this many matching runs in a row."
+    )
+    recovery_runs: StrictInt = Field(
+        default=1, ge=1, le=MAX_LIFECYCLE_RUNS,
+        description="Resolve only after this many runs in a row that do not match (and where recover_when holds).",
+    )
+    recover_when: Logic | None = Field(
+        default=None, description="JSON Logic that must also hold, over the same fields, before an entity resolves."
+    )
     notify: Notify = Field(default_factory=Notify)
 
 
@@ -297,6 +308,7 @@ class Rule:
     actions: Actions
     fields: Mapping[str, FieldType]
     logic: Any
+    recover_when: Any = None  # actions.recover_when, its naming conventions bound as in `logic`
 
 
 # --- public functions ---------------------------------------------------------------------------------------------
@@ -404,20 +416,27 @@ def _check_rule(
 ) -> tuple[list[ValidationProblem], Rule | None]:
     condition_problems, conditions_model = _check_conditions(conditions)
     action_problems, actions_model = _check_actions(actions, allowed_hosts)
-    problems = condition_problems + action_problems
+    problems = condition_problems + action_problems + _recover_when_problems(conditions, actions)
     if timezone is not None and not is_known_timezone(timezone):
         problems.append(ValidationProblem("timezone", f"unknown timezone {_shown(timezone)}"))
     if problems:
         return problems, None
     logic = conditions_model.logic
+    recover_when = actions_model.recover_when
     bound: dict[str, Convention] = {}
     if conventions is not None:
         logic_path = "conditions" if _is_bare_logic(conditions) else "conditions.logic"
         problems, bound = _convention_problems(logic, logic_path, conditions_model.source, conventions)
+        if recover_when is not None:
+            recover_problems, recover_bound = _convention_problems(recover_when, "actions.recover_when",
+                                                                   conditions_model.source, conventions)
+            problems += recover_problems
+            bound = {**bound, **recover_bound}
         if problems:
             return problems, None
     fields = field_types(conditions_model.source, conditions_model.compare_to is not None)
-    return [], Rule(conditions_model, actions_model, MappingProxyType(fields), bind_conventions(logic, bound))
+    return [], Rule(conditions_model, actions_model, MappingProxyType(fields), bind_conventions(logic, bound),
+                    None if recover_when is None else bind_conventions(recover_when, bound))
 
 
 def _check_conditions(raw: Any) -> tuple[list[ValidationProblem], Conditions | None]:
@@ -437,6 +456,21 @@ def _check_conditions(raw: Any) -> tuple[list[ValidationProblem], Conditions | N
     if known_source and isinstance(raw.get("scope"), dict):
         problems += _scope_key_problems(raw["scope"], known_source)
     return problems, model
+
+
+def _recover_when_problems(conditions: Any, actions: Any) -> list[ValidationProblem]:
+    """Problems of `actions.recover_when`, checked as the logic is, over the fields of the rule's source."""
+    if not isinstance(actions, dict) or actions.get("recover_when") is None:
+        return []
+    if _is_bare_logic(conditions):
+        fields = field_types(CAMPAIGN_METRICS, False)
+    elif isinstance(conditions, dict):
+        source = conditions.get("source", CAMPAIGN_METRICS)
+        known = isinstance(source, str) and source in SCOPE_COLUMNS
+        fields = field_types(source, conditions.get("compare_to") is not None) if known else None
+    else:
+        fields = None
+    return _logic_problems(actions["recover_when"], "actions.recover_when", fields)
 
 
 def _scope_key_problems(scope: dict, source: str) -> list[ValidationProblem]:

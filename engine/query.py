@@ -163,27 +163,35 @@ def _pacing_rows(parameters: dict[str, Any], filters: list[str], bounds: WindowB
     return keys, fields, inner, "m_entity_type, m_entity_id"
 
 
-def evaluation(entities: Statement, compiled: CompiledLogic, source: str) -> Statement:
-    """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity."""
+def read_fields(compiled: CompiledLogic, recover: CompiledLogic | None) -> tuple[str, ...]:
+    """The fields a rule's evaluation reads: those of its logic, then those only its recover_when reads."""
+    extra = () if recover is None else tuple(name for name in recover.variables if name not in compiled.variables)
+    return (*compiled.variables, *extra)
+
+
+def evaluation(entities: Statement, compiled: CompiledLogic, source: str,
+               recover: CompiledLogic | None = None) -> Statement:
+    """SELECT of `__entity_id`, `matched` (0/1) and `condition_results` (JSON text) for every entity; `recover` is
+    the rule's recover_when compiled (with its own parameter prefix), whose outcome the document then holds."""
     document = document_sql(compiled.variables, compiled.conditions, ENTITY_TYPE if holds_entity_type(source) else None,
-                            compiled.naming)
+                            compiled.naming, recover_when_sql=None if recover is None else recover.matched)
     sql = (
         f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, toUInt8({compiled.matched}) AS matched, "
         f"{document} AS condition_results FROM ({entities.sql})"
     )
-    return Statement(sql, {**entities.parameters, **compiled.parameters})
+    return Statement(sql, {**entities.parameters, **compiled.parameters, **(recover.parameters if recover else {})})
 
 
 def evaluation_insert(entities: Statement, compiled: CompiledLogic, source: str, *,
                       org_id: int, rule_id: str, eval_time: datetime, started_at: datetime,
-                      restating: datetime | None = None) -> Statement:
+                      recover: CompiledLogic | None = None, restating: datetime | None = None) -> Statement:
     """INSERT ... SELECT writing one `rule_evaluations` row per entity, evaluated by ClickHouse itself.
 
     `execution_time_ms` is the time from `started_at` (the run's start) until ClickHouse evaluates the rows.
     With `restating` (a recheck: the eval_time of the first run's rows), the document of each entity whose
     verdict differs from the first run's is marked restated; an entity the first run did not evaluate did not match.
     """
-    inner = evaluation(entities, compiled, source)
+    inner = evaluation(entities, compiled, source, recover)
     if restating is not None:
         inner = Statement(_restated_rows(inner.sql), {**inner.parameters, "r_first_eval_time": utc_sql(restating)})
     sql = (

@@ -3,7 +3,7 @@ create them, and how their fields are checked (README "Silences and acknowledgem
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -88,12 +88,13 @@ class Quieting:
         return (any(silence.rule_id in (None, rule_id) for silence in self.silences)
                 or any(ack.rule_id == rule_id for ack in self.acknowledgements))
 
-    def hush(self, rule_id: str, matched: Iterable[Quietable], resolved: Iterable[Quietable] = ()) -> Hush:
+    def hush(self, rule_id: str, matched: Iterable[Quietable], resolved: Iterable[Quietable] = (),
+             ongoing: Collection[tuple[str, str]] = frozenset()) -> Hush:
         """What this does to a run of the rule that matched `matched` and resolves `resolved`: a matched entity a
         silence covers is counted as silenced, else one with an open acknowledgement as acknowledged; the notices
         of both are withheld, as are the resolved notices of entities a silence covers (a resolved entity's
-        acknowledgement lets its notice through, and ends). Every acknowledgement whose entity is not matched
-        ends."""
+        acknowledgement lets its notice through, and ends). Every acknowledgement whose entity is neither matched
+        nor among the `ongoing` keys (the entities that stay firing or recovering without matching) ends."""
         if not self.concerns(rule_id):
             return Hush()
         silences = [silence for silence in self.silences if silence.rule_id in (None, rule_id)]
@@ -115,7 +116,7 @@ class Quieting:
             if any(silence.covers(rule_id, entity) for silence in silences):
                 withheld.add((entity.entity_type, entity.entity_id))
         ending = tuple(ack.id for ack in self.acknowledgements
-                       if ack.rule_id == rule_id and ack.key not in matched_keys)
+                       if ack.rule_id == rule_id and ack.key not in matched_keys and ack.key not in ongoing)
         return Hush(frozenset(withheld), silenced, acknowledged, ending)
 
 

@@ -1,6 +1,8 @@
-"""`alert_states`: whether each (rule, entity) is firing, so that a rule with notify_on_resolve can say when an
-entity stops matching. A row only moves forward in time: a fire time earlier than the one it records leaves it
-alone, so runs finishing out of order never undo a later state.
+"""`alert_states` and `alert_state_history`: the lifecycle state of each (rule, entity) and every change of it.
+
+A state row only moves forward in time: a run as of a fire time at or before the one that last wrote the row
+leaves it alone, so runs finishing out of order never undo a later state. A history row is written exactly when
+a state row is written with another state, in the same statement, one per (rule, entity, T).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from engine.alert_lifecycle import EntityState
 from storage.postgres import Postgres, Transaction
 
 
@@ -25,8 +28,9 @@ class StatedEntity(Protocol):
 
 
 @dataclass(frozen=True)
-class FiringEntity:
-    """An entity firing for a rule: as it was when last alerted, and the fire time (naive, UTC) that said so."""
+class StoredState:
+    """An entity's state row: the entity as last written (its name, details, …), its state and streak, the hash of
+    the conditions they were reached under, and the fire time (naive, UTC) that last wrote it."""
 
     entity_type: str
     entity_id: str
@@ -34,35 +38,54 @@ class FiringEntity:
     condition_details: str
     dsp_type: str
     advertiser_id: str
+    state: EntityState
+    conditions_hash: str
     evaluated_at: datetime
 
 
+@dataclass(frozen=True)
+class StateWrite:
+    """What one run writes of one entity of its rule: the entity (as PostgreSQL stores it), the state it was in
+    (as the run read it) and the state it is in now."""
+
+    rule_id: str
+    run_id: str
+    conditions_hash: str
+    entity: StatedEntity
+    before: str
+    after: EntityState
+
+
 class AlertStateStore:
-    """Reads and moves the firing state of a rule's entities."""
+    """Reads and writes the lifecycle states of rules' entities."""
 
     def __init__(self, postgres: Postgres) -> None:
         self._postgres = postgres
 
-    def firing(self, rule_id: str) -> list[FiringEntity]:
-        """Every entity firing for the rule, whatever fire time set it."""
-        return [FiringEntity(row["entity_type"], row["entity_id"], row["entity_name"], row["condition_details"] or "",
-                             row["dsp_type"], row["advertiser_id"], row["evaluated_at"])
-                for row in self._postgres.all("firing_entities", rule_id=rule_id)]
+    def not_normal(self, rule_ids: Sequence[str]) -> dict[str, list[StoredState]]:
+        """For each of the rules, every entity whose row is not normal, in one query."""
+        found: dict[str, list[StoredState]] = {rule_id: [] for rule_id in rule_ids}
+        if not rule_ids:
+            return found
+        for row in self._postgres.all("alert_states_not_normal", rule_ids=list(rule_ids)):
+            found[str(row["rule_id"])].append(StoredState(
+                row["entity_type"], row["entity_id"], row["entity_name"], row["condition_details"] or "",
+                row["dsp_type"], row["advertiser_id"], EntityState(row["state"], row["streak"]),
+                row["conditions_hash"], row["evaluated_at"]))
+        return found
 
-    def mark_firing(self, tx: Transaction, rule_id: str, org_id: int, at: datetime,
-                    entities: Sequence[StatedEntity]) -> None:
-        """Records in `tx` that `entities` fire as of `at` (aware, UTC), with their names and details."""
-        if not entities:
+    def write(self, tx: Transaction, org_id: int, at: datetime, writes: Sequence[StateWrite]) -> None:
+        """Writes in `tx` the rows of `writes` as of `at` (aware, UTC), each with a history row when its state
+        changed; a row last written as of `at` or later is left alone, and gets no history row."""
+        if not writes:
             return
-        tx.execute("mark_firing", rule_id=rule_id, org_id=org_id, at=at.replace(tzinfo=None),
-                   entity_types=[e.entity_type for e in entities], entity_ids=[e.entity_id for e in entities],
-                   names=[e.entity_name for e in entities], dsp_types=[e.dsp_type for e in entities],
-                   advertiser_ids=[e.advertiser_id for e in entities],
-                   details=[e.condition_details for e in entities])
-
-    def mark_resolved(self, tx: Transaction, rule_id: str, at: datetime, entities: Sequence[StatedEntity]) -> None:
-        """Records in `tx` that `entities`, firing before `at` (aware, UTC), no longer do."""
-        if not entities:
-            return
-        tx.execute("mark_resolved", rule_id=rule_id, at=at.replace(tzinfo=None),
-                   entity_types=[e.entity_type for e in entities], entity_ids=[e.entity_id for e in entities])
+        tx.execute("write_alert_states", org_id=org_id, at=at.replace(tzinfo=None),
+                   rule_ids=[w.rule_id for w in writes], run_ids=[w.run_id for w in writes],
+                   hashes=[w.conditions_hash for w in writes],
+                   entity_types=[w.entity.entity_type for w in writes],
+                   entity_ids=[w.entity.entity_id for w in writes],
+                   names=[w.entity.entity_name for w in writes], dsp_types=[w.entity.dsp_type for w in writes],
+                   advertiser_ids=[w.entity.advertiser_id for w in writes],
+                   details=[w.entity.condition_details or None for w in writes],
+                   befores=[w.before for w in writes], afters=[w.after.state for w in writes],
+                   streaks=[w.after.streak for w in writes])

@@ -7,7 +7,7 @@ also what a stage deletes before it is written again.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -43,10 +43,12 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run's `rule_evaluations` rows say: how many entities, and the matched ones ordered by entity id."""
+    """What a run's `rule_evaluations` rows say: how many entities, the matched ones ordered by entity id, and the
+    unmatched ones whose recover_when does not hold (README, Alert lifecycle)."""
 
     entities: int
     matched: list[Evaluation]
+    unrecovered: list[Evaluation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,18 @@ class ResultStore:
         """The entity count and the matched entities of the run's `rule_evaluations` rows, in one read."""
         return self.outcomes(scope.org_id, scope.at, [scope.rule_id])[scope.rule_id]
 
-    def outcomes(self, org_id: int, at: datetime, rule_ids: Sequence[str]) -> dict[str, Outcome]:
-        """The outcome of each rule's run of (org, T), keyed by rule id, in one read of all their rows."""
-        found = {str(row["rule_id"]): Outcome(int(row["entities"]), [Evaluation(entity_id, True, results)
-                                                                  for entity_id, results in row["matched"]])
+    def outcomes(self, org_id: int, at: datetime, rule_ids: Sequence[str],
+                 recovering_rule_ids: Sequence[str] = ()) -> dict[str, Outcome]:
+        """The outcome of each rule's run of (org, T), keyed by rule id, in one read of all their rows; only the
+        rules of `recovering_rule_ids` (those with a recover_when) are looked at for unrecovered entities."""
+        found = {str(row["rule_id"]): Outcome(int(row["entities"]),
+                                              [Evaluation(entity_id, True, results)
+                                               for entity_id, results in row["matched"]],
+                                              [Evaluation(entity_id, False, results)
+                                               for entity_id, results in row["unrecovered"]])
                  for row in self._clickhouse.rows("evaluation_outcomes", org_id=org_id, eval_time=utc_sql(at),
-                                                  rule_ids=[str(rule_id) for rule_id in rule_ids])}
+                                                  rule_ids=[str(rule_id) for rule_id in rule_ids],
+                                                  recovering_rule_ids=[str(rule_id) for rule_id in recovering_rule_ids])}
         return {rule_id: found.get(str(rule_id), Outcome(0, [])) for rule_id in rule_ids}
 
     def restated(self, scope: RunScope) -> list[Evaluation]:

@@ -70,6 +70,7 @@ class RunRecord:
     stale: bool = False
     waiting_for: str | None = None
     waiting_since: datetime | None = None  # naive, UTC
+    lifecycle: dict[str, int] | None = None
 
     @property
     def fire_time(self) -> datetime:
@@ -93,7 +94,7 @@ class RunRecord:
             notified_users=tuple(row["notified_users"] or ()), storm=row["storm"], path=row["path"],
             error=row["error"], duration_ms=row["duration_ms"], evaluated_at=row["evaluated_at"],
             restated=row["restated"], stale=row["stale"], waiting_for=row["waiting_for"],
-            waiting_since=row["waiting_since"],
+            waiting_since=row["waiting_since"], lifecycle=row["lifecycle"],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -120,6 +121,7 @@ class RunRecord:
             "path": self.path,
             "stale": self.stale,
             "waiting_for": self.waiting_for,
+            "lifecycle": self.lifecycle,
         }
 
 
@@ -229,7 +231,8 @@ class RunStore:
                    silenced: int | None = None, acknowledged: int | None = None,
                    notified_users: list[int] | None = None, storm: bool | None = None, error: str | None = None,
                    restated: int | None = None, stale: bool | None = None, waiting_for: str | None = None,
-                   lease_seconds: int | None = None, tx: Transaction | None = None) -> RunRecord:
+                   lifecycle: dict[str, int] | None = None, lease_seconds: int | None = None,
+                   tx: Transaction | None = None) -> RunRecord:
         """Records `run` moving to `target` (in `tx` if given): the state, a transition entry with `detail`, the
         counters and freshness given (the others keep their value), the lease renewed while running or waiting
         (for `lease_seconds` if given: a waiting run's lease ends at its next check), the duration once final.
@@ -243,6 +246,7 @@ class RunStore:
             status=target.status, detail=detail, path=path, entities=entities, matched=matched, alerts=alerts,
             silenced=silenced, acknowledged=acknowledged, notified_users=notified_users, storm=storm, error=error,
             restated=restated, stale=stale, waiting_for=waiting_for,
+            lifecycle=None if lifecycle is None else json.dumps(lifecycle),
             lease_seconds=self._lease_seconds if lease_seconds is None else lease_seconds,
         )
         if row is None:

@@ -19,7 +19,8 @@ from engine.fields import CAMPAIGN_METRICS
 from engine.model import Rule
 from engine.windows import resolve_window
 from worker.progress import ProgressBar
-from worker.runner import RuleRunner, RunRequest, SharedEvaluation
+from worker.alert_state import SimulatedStates
+from worker.runner import RuleRunner, RunRequest, SharedEvaluation, evaluation_time
 from worker.schedule import fire_times_between
 
 
@@ -51,6 +52,7 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
     moments = list(fire_times_between(rule.conditions.schedule, timezone, first_day, last_day))
     bar = ProgressBar("backfill", len(moments))
     shared_by_window: dict[Hashable, SharedEvaluation] = {}
+    simulated = SimulatedStates()
     summaries = []
     evaluated = 0
     try:
@@ -58,11 +60,13 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
             key = window_key(rule, timezone, moment)
             shared = shared_by_window.get(key)
             fresh = shared is None and not (write and runner.has_run(rule_id, moment))
-            summary = runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill", shared=shared))
+            summary = runner.run(RunRequest(rule_id, moment, dry_run=not write, trigger="backfill", shared=shared,
+                                            simulated=simulated))
             if fresh:
                 evaluated += 1
                 if summary["status"] == "succeeded":
-                    shared_by_window[key] = SharedEvaluation(moment, summary["entities"], summary["matched"])
+                    shared_by_window[key] = SharedEvaluation(moment, summary["entities"],
+                                                             *simulated.found_at(evaluation_time(moment)))
             summaries.append(summary)
             bar.advance()
     finally:
@@ -73,7 +77,8 @@ def backfill(runner: RuleRunner, rule_id: str, rule: Rule, timezone: str, first_
 def format_days(result: BackfillResult, timezone: str) -> str:
     """The per-day table (local day, fire times, matched range, alerts, failures) with, below each day, how many of
     its fire times were (or would have been) storms, its errors and, when there are any, the matches silences and
-    acknowledgements withheld that day; then a total line."""
+    acknowledgements withheld that day; then the simulated alert lifecycle (when the runs report it) and a total
+    line."""
     zone = ZoneInfo(timezone)
     lines = [f"{'local day':<10} {'fire times':>10} {'matched':>9} {'alerts':>7} {'failed':>6}"]
 
@@ -99,9 +104,25 @@ def format_days(result: BackfillResult, timezone: str) -> str:
         if silenced or acknowledged:
             lines.append(f"  notices withheld: {silenced} silenced, {acknowledged} acknowledged")
     summaries = result.summaries
+    lines.extend(_lifecycle_line(summaries))
     storms = sum(1 for s in summaries if s["storm"])
     lines.append(f"{len(summaries)} fire times ({result.evaluated} evaluated), "
                  f"{sum(s['matched'] for s in summaries)} matches, {sum(s['alerts'] for s in summaries)} alerts, "
                  f"{sum(1 for s in summaries if s['status'] == 'failed')} failed"
                  + (f", {storms} storms" if storms else ""))
     return "\n".join(lines)
+
+
+def _lifecycle_line(summaries: list[dict]) -> list[str]:
+    """`lifecycle: …`: how many entities the fire times resolved (and, dry, would have alerted on), and how many
+    were pending, firing and recovering after the last fire time that reported its lifecycle; none reported: no
+    line."""
+    reported = [s["lifecycle"] for s in summaries if s.get("lifecycle")]
+    if not reported:
+        return []
+    last = reported[-1]
+    line = (f"lifecycle: {sum(counts['resolved'] for counts in reported)} resolved; after the last fire time "
+            f"{last['pending']} pending, {last['firing']} firing, {last['recovering']} recovering")
+    if all("would_alert" in counts for counts in reported):
+        line += f"; {sum(counts['would_alert'] for counts in reported)} would alert"
+    return [line]

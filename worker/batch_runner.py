@@ -138,7 +138,7 @@ class BatchRunner(RuleRunner):
         try:
             return batch_member(position, str(rule_row.rule_id), conditions.source, run.rule.logic, run.bounds,
                                 conditions.scope, conditions.compare_to is not None,
-                                run.verdict.behind_keys), ""
+                                run.verdict.behind_keys, run.rule.recover_when), ""
         except NotCompilable as refusal:
             return None, f"it runs on the interpreter: {refusal}"
 

@@ -83,6 +83,11 @@ def _print_summary(result: dict, as_json: bool) -> None:
     if result["storm"]:
         print("  it would have been a storm (see rule_runs.transitions)" if result["dry_run"]
               else "  a storm: every alert written, one incident notice per recipient")
+    lifecycle = result.get("lifecycle")
+    if lifecycle:
+        print("  lifecycle: " + ", ".join(f"{lifecycle[key]} {key.replace('_', ' ')}" for key in
+                                          ("pending", "firing", "recovering", "resolved", "would_alert")
+                                          if key in lifecycle))
     if result["error"]:
         print(f"  error: {result['error']}")
     if result.get("waiting_for"):
@@ -425,7 +430,7 @@ def _cmd_ack(args: argparse.Namespace) -> int:
         print(json.dumps(acknowledgement.to_dict(), sort_keys=True))
     else:
         print(f"acknowledgement {acknowledgement.id}: {args.entity_type} {args.entity_id} of rule {rule_id}, by user "
-              f"{args.by}; not notified again until a run finds it no longer matching")
+              f"{args.by}; not notified again until it resolves")
     return 0
 
 

@@ -16,7 +16,8 @@ from storage.results import Evaluation
 
 
 def evaluate_batches(rule: Rule, batches: Iterable[Iterable[Mapping[str, Any]]]) -> Iterator[list[Evaluation]]:
-    """Evaluates the entity rows of engine.query.entity_rows (every field of the rule's source) batch by batch."""
+    """Evaluates the entity rows of engine.query.entity_rows (every field of the rule's source) batch by batch, the
+    rule's recover_when too when it has one."""
     logic = rule.logic
     conditions = top_level_conditions(logic)
     variables = logic_variables(logic, rule.fields)
@@ -26,10 +27,11 @@ def evaluate_batches(rule: Rule, batches: Iterable[Iterable[Mapping[str, Any]]])
         batch = []
         for row in rows:
             data = {name: row[name] for name in rule.fields}
+            recovered = None if rule.recover_when is None else truthy(evaluate_row(rule.recover_when, data))
             document = document_json({name: data[name] for name in variables},
                                      [truthy(evaluate_row(condition, data)) for condition in conditions],
                                      row[ENTITY_TYPE] if with_type else None,
-                                     bool(checks), first_naming_diagnosis(checks, data))
+                                     bool(checks), first_naming_diagnosis(checks, data), recovered)
             batch.append(Evaluation(row[ENTITY_ID], truthy(evaluate_row(logic, data)), document))
         yield batch
 

@@ -36,8 +36,7 @@ def matched_entities(results: ResultStore, org_id: int, runs: Sequence[RunMatche
     named = []
     for run in runs:
         if run.source != CAMPAIGN_METRICS:
-            named.append([Entity(parse_document(evaluation.condition_results).entity_type or "", evaluation.entity_id,
-                                 evaluation.entity_id, evaluation.condition_results) for evaluation in run.matched])
+            named.append(unnamed_entities(run.source, run.matched))
             continue
         found = identities.get((run.bounds.previous_first or run.bounds.first, run.bounds.last), {})
         entities = []
@@ -51,3 +50,13 @@ def matched_entities(results: ResultStore, org_id: int, runs: Sequence[RunMatche
                                        evaluation.condition_results, identity.dsp_type, identity.advertiser_id))
         named.append(entities)
     return named
+
+
+def unnamed_entities(source: str, evaluations: Sequence[Evaluation]) -> list[Entity]:
+    """The evaluated entities of a rule over `source`, each named by its id: what a pacing entity is named by, and
+    all a dry run needs to know of a campaign."""
+    if source == CAMPAIGN_METRICS:
+        return [Entity("campaign", evaluation.entity_id, evaluation.entity_id, evaluation.condition_results)
+                for evaluation in evaluations]
+    return [Entity(parse_document(evaluation.condition_results).entity_type or "", evaluation.entity_id,
+                   evaluation.entity_id, evaluation.condition_results) for evaluation in evaluations]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -28,12 +28,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from engine.compiler import CompiledLogic, compile_logic, first_variable
 from engine.errors import NotCompilable, RuleError
-from engine.evaluation_document import with_stale_mark
+from engine.evaluation_document import parse_document, with_stale_mark
 from engine.fields import CAMPAIGN_METRICS
 from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Completeness, WaitDecision, completeness, data_end,
                               wait_decision)
 from engine.model import Rule, parse_rule
-from engine.query import Statement, entity_rows, evaluation, evaluation_insert
+from engine.query import Statement, entity_rows, evaluation, evaluation_insert, read_fields
 from engine.run_states import RunState, reached
 from engine.silences import Hush, Quieting
 from engine.storms import Storm, storm_of
@@ -48,12 +48,13 @@ from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunMovedOn, RunRecord, RunStore, UnknownUser
 from storage.silences import SilenceStore
-from worker.alert_state import AlertState
+from worker.alert_state import AlertState, SimulatedStates, decide, keys_of, lifecycle_policy, out_of_cooldown, \
+    state_writes
 from worker.audience import Entity, audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches, evaluation_key, restate
-from worker.matches import RunMatches, matched_entities
+from worker.matches import RunMatches, matched_entities, unnamed_entities
 from worker.messages import RunNotice
 
 log = logging.getLogger(__name__)
@@ -91,18 +92,20 @@ class RunWaiting(WorkerError):
 @dataclass(frozen=True)
 class SharedEvaluation:
     """The evaluation an earlier run of the same rule did at `at`, with its window resolved to the same dates, for a
-    later run to reuse instead of evaluating again: its counts (what a dry run records) and, for a run that writes,
-    that run's `rule_evaluations` rows, which must exist as it wrote them."""
+    later run to reuse instead of evaluating again: its entity count and matched evaluations (what a dry run
+    uses) and, for a run that writes, that run's `rule_evaluations` rows, which must exist as it wrote them."""
 
     at: datetime
     entities: int
-    matched: int
+    matched: tuple[Evaluation, ...]
+    unrecovered: tuple[Evaluation, ...] = ()
 
 
 @dataclass(frozen=True)
 class RunRequest:
     """What to run: a rule, as of `scheduled_for` (None: now), and who or what asked. With `shared`, the run
-    reuses that evaluation (copying its rows when it writes) and does every other stage as usual."""
+    reuses that evaluation (copying its rows when it writes) and does every other stage as usual. With `simulated`
+    (a backfill), the alert lifecycle reads and keeps its states there, never in the live ones."""
 
     rule_id: str
     scheduled_for: datetime | None = None
@@ -110,6 +113,7 @@ class RunRequest:
     trigger: str = "manual"
     triggered_by: int | None = None
     shared: SharedEvaluation | None = None
+    simulated: SimulatedStates | None = None
 
 
 @dataclass
@@ -122,7 +126,9 @@ class RunInHand:
     rule: Rule | None = None
     bounds: WindowBounds | None = None
     compiled: CompiledLogic | None = None
+    recover: CompiledLogic | None = None  # the rule's recover_when, compiled with the logic when it has one
     matched: list[Evaluation] | None = None
+    unrecovered: list[Evaluation] = field(default_factory=list)
     shared: SharedEvaluation | None = None
     # The organization's accounts and pipelines (read once for a batch), the verdict on the window's data, and
     # whether the run goes on without it; `check_in` is set while the run waits.
@@ -130,6 +136,8 @@ class RunInHand:
     verdict: Completeness | None = None
     stale: bool = False
     check_in: int | None = None
+    # A backfill's states, kept in memory instead of the live ones.
+    simulated: SimulatedStates | None = None
     started: float = field(default_factory=time.monotonic)
     # How the run is evaluated (in a batch of N, or alone and why), said by its next transition.
     note: str | None = None
@@ -155,6 +163,11 @@ def _storm(rule: Rule, entities: int, matched: int) -> Storm | None:
 def summary(row: Mapping[str, Any]) -> dict[str, Any]:
     """The run summary (see the README) of a row read by any `SELECT *` of rule_runs."""
     return RunRecord.from_row(row).summary()
+
+
+def _recovering_rule_ids(runs: Sequence[RunInHand]) -> list[str]:
+    """The rule ids of the runs whose rule has a recover_when."""
+    return [run.scope.rule_id for run in runs if run.rule.recover_when is not None]
 
 
 class RuleRunner:
@@ -297,7 +310,7 @@ class RuleRunner:
         if record is None:
             return None
         return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, record.eval_time),
-                         shared=request.shared)
+                         shared=request.shared, simulated=request.simulated)
 
     def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""
@@ -397,8 +410,11 @@ class RuleRunner:
             if self._interpreter_only:
                 raise NotCompilable("this runner evaluates every rule on the interpreter")
             run.compiled = compile_logic(run.rule.logic, run.rule.fields)
+            if run.rule.recover_when is not None:
+                run.recover = compile_logic(run.rule.recover_when, run.rule.fields, parameter_prefix="w")
             path, reason = "sql", "compiled to SQL"
         except NotCompilable as refusal:
+            run.compiled = run.recover = None
             path, reason = "interpreter", f"runs on the interpreter: {refusal}"
         if run.state in (RunState.CLAIMED, RunState.WAITING):
             if run.stale and not run.record.dry_run:
@@ -406,30 +422,35 @@ class RuleRunner:
             self._transition(run, RunState.COMPILED, reason, path=path, **self._freshness_columns(run))
         # The SQL path aggregates only the fields its logic reads; the interpreter may read any of them.
         return entity_rows(conditions.source, rule_row.org_id, run.bounds, conditions.scope,
-                           conditions.compare_to is not None, run.compiled.variables if run.compiled else None,
+                           conditions.compare_to is not None,
+                           read_fields(run.compiled, run.recover) if run.compiled else None,
                            behind=self._verdict(run).behind_keys)
 
     def _evaluate_dry(self, run: RunInHand, entities: Statement) -> None:
-        """Evaluates every entity without writing (or takes the shared evaluation's counts), and records the run as
-        succeeded with its counts, silenced and acknowledged included (what the silences and acknowledgements in
-        force at T would have withheld)."""
+        """Evaluates every entity without writing (or takes the shared evaluation's), and records the run as
+        succeeded with its counts and what the alert lifecycle, silences, acknowledgements and storm protection
+        would have done."""
         scope = run.scope
         quieting = self._silences.quieting(scope.org_id, scope.at, [scope.rule_id])
-        # A shared evaluation has counts only; which entities a silence covers is known from an evaluation.
-        if run.shared is not None and not quieting.concerns(scope.rule_id):
-            counts = {"entities": run.shared.entities, "matched": run.shared.matched}
+        if run.shared is not None:
+            counts = {"entities": run.shared.entities, "matched": len(run.shared.matched)}
+            matched, unrecovered = list(run.shared.matched), list(run.shared.unrecovered)
         else:
             if run.compiled is not None:
-                evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source))
+                evaluated = self._results.evaluate(evaluation(entities, run.compiled, run.rule.conditions.source,
+                                                              run.recover))
             else:
                 evaluated = self._interpreted(run, entities)
-            matches = [result for result in evaluated if result.matched]
-            counts = {"entities": len(evaluated), "matched": len(matches)}
-            if quieting.concerns(scope.rule_id):
-                [named] = matched_entities(self._results, scope.org_id,
-                                           [RunMatches(run.rule.conditions.source, run.bounds, matches)])
-                hush = self._hush(quieting, run, named)
-                counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
+            matched = [result for result in evaluated if result.matched]
+            unrecovered = ([result for result in evaluated if not result.matched
+                            and parse_document(result.condition_results).recover_when is False]
+                           if run.rule.recover_when is not None else [])
+            counts = {"entities": len(evaluated), "matched": len(matched)}
+        if quieting.concerns(scope.rule_id):
+            [named] = matched_entities(self._results, scope.org_id,
+                                       [RunMatches(run.rule.conditions.source, run.bounds, matched)])
+            hush = self._hush(quieting, run, named)
+            counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
         storm = _storm(run.rule, counts["entities"], counts["matched"])
         detail = "evaluated without writing"
         if run.stale:
@@ -437,7 +458,32 @@ class RuleRunner:
         if storm:
             detail += f"; it would have been a storm: {storm.reason}"
         self._transition(run, RunState.EVALUATED, detail, storm=storm is not None, **counts)
-        self._transition(run, RunState.SUCCEEDED, "dry run: nothing written")
+        self._transition(run, RunState.SUCCEEDED, "dry run: nothing written",
+                         lifecycle=self._simulated_lifecycle(run, matched, unrecovered))
+
+    def _simulated_lifecycle(self, run: RunInHand, matched: Sequence[Evaluation],
+                             unrecovered: Sequence[Evaluation]) -> dict[str, int]:
+        """What the alert lifecycle of a dry run would do: its counts per state and `would_alert`, the firing
+        entities out of cooldown. A backfill's runs go on from its simulated states and alerts; any other dry run
+        reads the live ones and changes nothing."""
+        scope, actions = run.scope, run.rule.actions
+        source = run.rule.conditions.source
+        if run.simulated is not None:
+            run.simulated.evaluated(scope.at, matched, unrecovered)
+        keeper = run.simulated or self._alert_state.states
+        policy = lifecycle_policy(run.rule)
+        lifecycle = decide(keeper.not_normal([scope.rule_id])[scope.rule_id], unnamed_entities(source, matched),
+                           keys_of(unnamed_entities(source, unrecovered)), scope.at, policy)
+        if run.simulated is None:
+            [alerting] = self._alert_state.alerting(scope.org_id, scope.at, [
+                (scope.rule_id, actions.cooldown_minutes, lifecycle.firing)])
+        else:
+            alerting = out_of_cooldown(lifecycle.firing,
+                                       run.simulated.cooling(scope.rule_id, scope.at, actions.cooldown_minutes))
+            run.simulated.alerted(scope.rule_id, scope.at, alerting)
+            run.simulated.write(None, scope.org_id, scope.at,
+                                state_writes(scope.rule_id, run.record.id, policy, lifecycle, alerting))
+        return {**lifecycle.counts, "would_alert": len(alerting)}
 
     def _evaluate(self, run: RunInHand, entities: Statement) -> None:
         """Writes every entity's `rule_evaluations` row once (a copy of the shared evaluation's rows, if any), keeps
@@ -452,7 +498,7 @@ class RuleRunner:
             restating = run.record.fire_time if run.record.trigger == RECHECK else None
             statement = evaluation_insert(entities, run.compiled, run.rule.conditions.source,
                                           org_id=run.scope.org_id, rule_id=run.scope.rule_id, eval_time=run.scope.at,
-                                          started_at=started, restating=restating)
+                                          started_at=started, recover=run.recover, restating=restating)
             self._results.evaluate_into_table(statement, seconds_left=self._seconds_left(run))
         else:
             # Written after the rows have streamed in, since a chdb client can't insert mid-stream.
@@ -467,11 +513,12 @@ class RuleRunner:
         """Reads the outcome of the runs' `rule_evaluations` rows (one organization and T) in one query, keeps
         their matches and records each `evaluated`, in one PostgreSQL transaction."""
         first = runs[0].scope
-        outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs])
+        outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs],
+                                          _recovering_rule_ids(runs))
         with self._postgres.transaction() as tx:
             for run in runs:
                 outcome = outcomes[run.scope.rule_id]
-                run.matched = outcome.matched
+                run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
                 self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
                                  matched=len(outcome.matched), tx=tx)
 
@@ -487,13 +534,14 @@ class RuleRunner:
         return max(1, int(self._time_limit_seconds - (time.monotonic() - run.started)))
 
     def _alert(self, runs: Sequence[RunInHand]) -> None:
-        """For runs of one organization, T and trigger: writes one `alert_events` row per matched entity out of
-        cooldown (one insert), then, in one PostgreSQL transaction, the notifications and deliveries owed (none for
-        the entities a silence or an acknowledgement covers), the firing state (rules with notify_on_resolve), the
-        end of acknowledgements whose entity no longer matches, and each run's `alerted`. A run that is a storm
-        (engine/storms.py) still writes every alert, but owes each recipient one incident notice. The matches,
-        names, cooldowns, silences and audiences of all the runs are each read in one query; each run's rows are
-        those it would write alone."""
+        """For runs of one organization, T and trigger: moves each rule's entities one step through the alert
+        lifecycle (worker/alert_state.py), writes one `alert_events` row per firing matched entity out of cooldown
+        (one insert), then, in one PostgreSQL transaction, the states that changed with their history, the
+        notifications and deliveries owed (none for the entities a silence or an acknowledgement covers), the end of
+        acknowledgements whose entity resolved, and each run's `alerted`. A run that is a storm (engine/storms.py)
+        still writes every alert, but owes each recipient one incident notice. The matches, names, states,
+        cooldowns, silences and audiences of all the runs are each read in one query; each run's rows are those it
+        would write alone."""
         first = runs[0]
         org_id, at = first.scope.org_id, first.scope.at
         notifies = first.record.trigger != "backfill"
@@ -502,42 +550,58 @@ class RuleRunner:
                 self._results.delete_alerts(run.scope)
         unread = [run for run in runs if run.matched is None]
         if unread:
-            outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread])
+            outcomes = self._results.outcomes(org_id, at, [run.scope.rule_id for run in unread],
+                                              _recovering_rule_ids(unread))
             for run in unread:
-                run.matched = outcomes[run.scope.rule_id].matched
+                outcome = outcomes[run.scope.rule_id]
+                run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
         storms = [_storm(run.rule, run.record.entities, len(run.matched)) for run in runs]
         matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
                                                                       run.matched) for run in runs])
         # The alerts of a run on stale data say so in their condition_details.
         matched = [[replace(entity, condition_details=with_stale_mark(entity.condition_details)) for entity in entities]
                    if run.record.stale else entities for run, entities in zip(runs, matched)]
+        keeper = first.simulated or self._alert_state.states
+        if first.simulated is not None:
+            first.simulated.evaluated(at, first.matched, first.unrecovered)
+        stored = keeper.not_normal([run.scope.rule_id for run in runs])
+        policies = [lifecycle_policy(run.rule) for run in runs]
+        lifecycles = [decide(stored[run.scope.rule_id], entities,
+                             keys_of(unnamed_entities(run.rule.conditions.source, run.unrecovered)), at, policy)
+                      for run, entities, policy in zip(runs, matched, policies)]
         alerted = self._alert_state.alerting(org_id, at, [
-            (run.scope.rule_id, run.rule.actions.cooldown_minutes, entities) for run, entities in zip(runs, matched)])
-        # What goes to PostgreSQL (audience, notifications, deliveries, firing state) is NUL-free.
-        stored = [[entity.without_nul() for entity in entities] for entities in alerted]
-        resolved = [self._alert_state.resolving(run.scope, entities)
-                    if notifies and run.rule.actions.notify_on_resolve else []
-                    for run, entities in zip(runs, matched)]
+            (run.scope.rule_id, run.rule.actions.cooldown_minutes, lifecycle.firing)
+            for run, lifecycle in zip(runs, lifecycles)])
+        # What goes to PostgreSQL (audience, notifications, deliveries, states) is NUL-free.
+        stored_alerted = [[entity.without_nul() for entity in entities] for entities in alerted]
+        resolved = [lifecycle.resolved if notifies and run.rule.actions.notify_on_resolve else []
+                    for run, lifecycle in zip(runs, lifecycles)]
         quieting = self._silences.quieting(org_id, at, [run.scope.rule_id for run in runs])
-        hushes = [self._hush(quieting, run, run_matched, run_resolved)
-                  for run, run_matched, run_resolved in zip(runs, matched, resolved)]
-        # Silenced and acknowledged entities keep their alerts and firing state; only their notices are withheld.
+        # An acknowledgement lasts while its entity is not normal: matched, or firing or recovering still.
+        hushes = [self._hush(quieting, run, run_matched, run_resolved,
+                             ongoing={(state.entity_type, state.entity_id) for state in stored[run.scope.rule_id]}
+                             - keys_of(lifecycle.resolved))
+                  for run, run_matched, run_resolved, lifecycle in zip(runs, matched, resolved, lifecycles)]
+        # Silenced and acknowledged entities keep their alerts and states; only their notices are withheld.
         told = [(hush.told(run_stored), hush.told(run_resolved))
-                for hush, run_stored, run_resolved in zip(hushes, stored, resolved)]
+                for hush, run_stored, run_resolved in zip(hushes, stored_alerted, resolved)]
         recipients = (audiences(self._postgres, org_id, [
             (run.rule.actions.notify.roles, told_alerted + told_resolved)
             for run, (told_alerted, told_resolved) in zip(runs, told)], at)
             if notifies else [{} for _ in runs])
         users = [[sorted(r.user_id for r in run_recipients.get(entity.key, [])) for entity in run_stored]
-                 for run_recipients, run_stored in zip(recipients, stored)]
+                 for run_recipients, run_stored in zip(recipients, stored_alerted)]
         self._results.insert_alerts_of_runs([
             (run.scope, run.rule_row.name, run.rule.actions.severity,
              [AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
                          entity_users) for entity, entity_users in zip(run_alerted, run_users)])
             for run, run_alerted, run_users in zip(runs, alerted, users)])
+        writes = [write for run, policy, lifecycle, run_stored in zip(runs, policies, lifecycles, stored_alerted)
+                  for write in state_writes(run.scope.rule_id, run.record.id, policy, lifecycle, run_stored)]
         with self._postgres.transaction() as tx:
-            for run, run_storm, run_alerted, run_stored, run_resolved, run_told, hush, run_recipients, run_users in zip(
-                    runs, storms, alerted, stored, resolved, told, hushes, recipients, users):
+            keeper.write(tx, org_id, at, writes)
+            for run, run_storm, run_alerted, run_resolved, run_told, hush, run_recipients, run_users, lifecycle in zip(
+                    runs, storms, alerted, resolved, told, hushes, recipients, users, lifecycles):
                 scope, actions = run.scope, run.rule.actions
                 if notifies:
                     for kind, entities in zip(("alert", "resolved"), run_told):
@@ -547,20 +611,20 @@ class RuleRunner:
                                            first_variable(run.rule.conditions.logic, run.rule.fields),
                                            stale=run.record.stale)
                         record_deliveries(tx, notice, entities, run_recipients, actions.notify)
-                    if actions.notify_on_resolve:
-                        self._alert_state.record(tx, scope, run_stored, run_resolved)
                     self._silences.end_acknowledgements(tx, hush.ending, scope.at, run.record.id)
                 notified = sorted({user for entity_users in run_users for user in entity_users})
                 detail = "alert_events written" + (f"; a storm: {run_storm.reason}" if run_storm else "")
                 self._transition(run, RunState.ALERTED, detail, alerts=len(run_alerted), silenced=hush.silenced,
                                  acknowledged=hush.acknowledged, notified_users=notified, storm=run_storm is not None,
-                                 tx=tx)
+                                 lifecycle=lifecycle.counts, tx=tx)
 
     @staticmethod
-    def _hush(quieting: Quieting, run: RunInHand, matched: Iterable[Entity], resolved: Sequence[Entity] = ()) -> Hush:
-        """What `quieting` does to the run, given its matched and resolving entities."""
+    def _hush(quieting: Quieting, run: RunInHand, matched: Iterable[Entity], resolved: Sequence[Entity] = (),
+              ongoing: Collection[tuple[str, str]] = frozenset()) -> Hush:
+        """What `quieting` does to the run, given its matched and resolving entities and the keys of the others
+        that stay firing or recovering."""
         # Silences and acknowledgements hold entities as PostgreSQL stores them (NUL-free), so they are compared so.
-        return quieting.hush(run.scope.rule_id, (entity.without_nul() for entity in matched), resolved)
+        return quieting.hush(run.scope.rule_id, (entity.without_nul() for entity in matched), resolved, ongoing)
 
     def _alert_restated(self, run: RunInHand) -> None:
         """The alert stage of a recheck: its restated entities (read in one query) are named and told, in one

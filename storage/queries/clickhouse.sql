@@ -11,10 +11,15 @@ ORDER BY name;
 SELECT DISTINCT name FROM schema_migrations ORDER BY name;
 
 -- name: evaluation_outcomes
--- The entity count and the matched entities of each run of one organization and T, in one read of their rows;
--- a rule without rows is absent.
+-- The entity count, the matched entities and (for the rules of recovering_rule_ids) the unmatched ones whose
+-- recover_when does not hold of each run of one organization and T, in one read of their rows; a rule without
+-- rows is absent. The key can only be written by the document itself: a quote inside a JSON text is escaped.
+-- (`matched` there is the column, not the alias.)
 SELECT rule_id, count() AS entities,
-       arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched
+       arraySort(groupArrayIf((entity_id, condition_results), matched = 1)) AS matched,
+       arraySort(groupArrayIf((entity_id, condition_results),
+                              has({recovering_rule_ids:Array(UUID)}, rule_id) AND rule_evaluations.matched = 0
+                              AND position(condition_results, '"recover_when":false') > 0)) AS unrecovered
 FROM rule_evaluations
 WHERE org_id = {org_id:UInt32} AND eval_time = {eval_time:DateTime('UTC')} AND rule_id IN {rule_ids:Array(UUID)}
 GROUP BY rule_id;

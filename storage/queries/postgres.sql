@@ -113,6 +113,7 @@ SET state = %(state)s::text,
     notified_users = COALESCE(%(notified_users)s::int[], notified_users),
     storm = COALESCE(%(storm)s::boolean, storm),
     error = COALESCE(%(error)s::text, error),
+    lifecycle = COALESCE(%(lifecycle)s::jsonb, lifecycle),
     restated = COALESCE(%(restated)s::int, restated),
     stale = COALESCE(%(stale)s::boolean, stale),
     waiting_for = COALESCE(%(waiting_for)s::text, waiting_for),
@@ -292,29 +293,41 @@ SELECT a.entity_type, a.entity_id, a.dsp_type, a.advertiser_id, m.user_id, m.ema
 FROM allowed a JOIN member m ON m.user_id = a.user_id
 ORDER BY a.entity_type, a.entity_id, a.dsp_type, a.advertiser_id, m.user_id;
 
--- name: firing_entities
-SELECT entity_type, entity_id, entity_name, dsp_type, advertiser_id, condition_details::text AS condition_details,
-       evaluated_at
-FROM alert_states WHERE rule_id = %(rule_id)s AND firing;
+-- name: alert_states_not_normal
+SELECT rule_id, entity_type, entity_id, entity_name, dsp_type, advertiser_id,
+       condition_details::text AS condition_details, state, streak, conditions_hash, evaluated_at
+FROM alert_states WHERE rule_id = ANY(%(rule_ids)s::uuid[]) AND state <> 'normal';
 
--- name: mark_firing
--- Alerted entities are firing as of T; a row set by a later fire time is left alone.
-INSERT INTO alert_states (rule_id, entity_type, entity_id, org_id, firing, entity_name, dsp_type, advertiser_id,
-                          condition_details, changed_at, evaluated_at)
-SELECT %(rule_id)s, t, i, %(org_id)s, TRUE, n, d, a, c::jsonb, %(at)s, %(at)s
-FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(names)s::text[], %(dsp_types)s::text[],
-            %(advertiser_ids)s::text[], %(details)s::text[]) AS x(t, i, n, d, a, c)
-ON CONFLICT (rule_id, entity_type, entity_id) DO UPDATE
-SET firing = TRUE, entity_name = EXCLUDED.entity_name, dsp_type = EXCLUDED.dsp_type,
-    advertiser_id = EXCLUDED.advertiser_id, condition_details = EXCLUDED.condition_details,
-    changed_at = CASE WHEN alert_states.firing THEN alert_states.changed_at ELSE EXCLUDED.changed_at END,
-    evaluated_at = EXCLUDED.evaluated_at
-WHERE alert_states.evaluated_at < EXCLUDED.evaluated_at;
-
--- name: mark_resolved
-UPDATE alert_states SET firing = FALSE, changed_at = %(at)s, evaluated_at = %(at)s
-FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[]) AS x(t, i)
-WHERE rule_id = %(rule_id)s AND entity_type = x.t AND entity_id = x.i AND firing AND evaluated_at < %(at)s;
+-- name: write_alert_states
+-- A row last written as of T or later is left alone; a history row follows each row written with a new state.
+WITH x AS (
+    SELECT * FROM unnest(%(rule_ids)s::uuid[], %(run_ids)s::uuid[], %(hashes)s::text[], %(entity_types)s::text[],
+                         %(entity_ids)s::text[], %(names)s::text[], %(dsp_types)s::text[],
+                         %(advertiser_ids)s::text[], %(details)s::text[], %(befores)s::text[], %(afters)s::text[],
+                         %(streaks)s::int[])
+        AS x(rule_id, run_id, conditions_hash, entity_type, entity_id, entity_name, dsp_type, advertiser_id,
+             details, before, after, streak)
+), written AS (
+    INSERT INTO alert_states (rule_id, entity_type, entity_id, org_id, state, streak, conditions_hash, entity_name,
+                              dsp_type, advertiser_id, condition_details, changed_at, evaluated_at)
+    SELECT rule_id, entity_type, entity_id, %(org_id)s, after, streak, conditions_hash, entity_name, dsp_type,
+           advertiser_id, details::jsonb, %(at)s, %(at)s
+    FROM x
+    ON CONFLICT (rule_id, entity_type, entity_id) DO UPDATE
+    SET state = EXCLUDED.state, streak = EXCLUDED.streak, conditions_hash = EXCLUDED.conditions_hash,
+        entity_name = EXCLUDED.entity_name, dsp_type = EXCLUDED.dsp_type, advertiser_id = EXCLUDED.advertiser_id,
+        condition_details = COALESCE(EXCLUDED.condition_details, alert_states.condition_details),
+        changed_at = CASE WHEN alert_states.state = EXCLUDED.state THEN alert_states.changed_at
+                          ELSE EXCLUDED.changed_at END,
+        evaluated_at = EXCLUDED.evaluated_at
+    WHERE alert_states.evaluated_at < EXCLUDED.evaluated_at
+    RETURNING rule_id, entity_type, entity_id
+)
+INSERT INTO alert_state_history (rule_id, entity_type, entity_id, org_id, from_state, to_state, run_id, at)
+SELECT x.rule_id, x.entity_type, x.entity_id, %(org_id)s, x.before, x.after, x.run_id, %(at)s
+FROM x JOIN written USING (rule_id, entity_type, entity_id)
+WHERE x.before <> x.after
+ON CONFLICT DO NOTHING;
 
 -- name: insert_notification
 INSERT INTO notifications (org_id, user_id, rule_id, run_id, severity, entities, kind, storm, entity_count)

@@ -161,7 +161,7 @@ def ch_text(moment: datetime) -> str:
 
 
 # Every table a test may write, children before parents; emptied before each test of a module.
-_PG_DATA_TABLES = ("audit_logs", "acknowledgements", "silences", "alert_states", "deliveries", "notifications", "rule_runs", "entity_permissions", "rules", "dsp_accounts",
+_PG_DATA_TABLES = ("audit_logs", "acknowledgements", "silences", "alert_states", "alert_state_history", "deliveries", "notifications", "rule_runs", "entity_permissions", "rules", "dsp_accounts",
                    "pipelines", "sessions", "org_memberships", "organizations", "users")
 
 

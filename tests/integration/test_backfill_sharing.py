@@ -65,8 +65,8 @@ def _summaries(process) -> list[dict]:
     return [json.loads(line) for line in process.stdout.splitlines()]
 
 
-def _without_run_itself(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key not in _SUMMARY_OF_THE_RUN_ITSELF}
+def _without_run_itself(summary: dict, *also: str) -> dict:
+    return {key: value for key, value in summary.items() if key not in (*_SUMMARY_OF_THE_RUN_ITSELF, *also)}
 
 
 def _runs(env, rule: str, dry_run: bool) -> list[tuple]:
@@ -105,7 +105,10 @@ def test_shared_backfill_equals_separate_runs(env, conditions):
                         for at in fire_times]
 
     assert len(fire_times) == 6 and [summary["scheduled_for"] for summary in dry] == fire_times
-    assert [_without_run_itself(s) for s in dry] == [_without_run_itself(s) for s in separate_dry]
+    # A dry backfill carries its simulated alert lifecycle from one fire time to the next; separate dry runs
+    # change no state, so only the written ones are compared on it.
+    assert ([_without_run_itself(s, "lifecycle") for s in dry]
+            == [_without_run_itself(s, "lifecycle") for s in separate_dry])
     assert [_without_run_itself(s) for s in written] == [_without_run_itself(s) for s in separate_written]
     assert {s["status"] for s in written} == {"succeeded"}
     for dry_run in (True, False):

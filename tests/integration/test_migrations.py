@@ -15,8 +15,8 @@ from storage.errors import MigrationFailed
 from tests.conftest import RULESCTL, REPO, admin_sql, postgres_url
 
 SEED = (REPO / "tests" / "data" / "seed-database-schemas.md").read_text()
-OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications", "deliveries", "alert_states", "sent_fire_times",
-                 "silences", "acknowledgements"}
+OUR_PG_TABLES = {"schema_migrations", "rule_runs", "notifications", "deliveries", "alert_states", "alert_state_history",
+                 "sent_fire_times", "silences", "acknowledgements"}
 
 
 def seed_blocks(section: str) -> list[str]:

@@ -10,7 +10,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from engine.run_states import IllegalTransition, RunState
-from storage.alert_states import AlertStateStore
+from engine.alert_lifecycle import EntityState
+from storage.alert_states import AlertStateStore, StateWrite
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import rule_with_organization
 from storage.runs import RunClaim, RunStore, UnknownUser
@@ -209,23 +210,31 @@ def test_campaign_identities_of_many_ranges_are_each_range_s_own(env):
 # --- alert states -------------------------------------------------------------------------------------------------------
 
 
-def test_the_firing_state_only_moves_forward_in_time(env):
+def test_a_state_only_moves_forward_in_time_and_each_change_is_in_the_history(env):
     org = env.org()
-    rule = str(uuid.uuid4())
+    rule, run, later_run = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     store = AlertStateStore(env.postgres)
     entity = Entity("campaign", "c-1", "Spring", '{"conditions":[true]}', "DV360", "adv-1")
     renamed = Entity("campaign", "c-1", "Spring (renamed)", '{"conditions":[true]}', "DV360", "adv-1")
 
     with env.postgres.transaction() as tx:
-        store.mark_firing(tx, rule, org, T, [renamed])
+        store.write(tx, org, T, [StateWrite(rule, later_run, "h", renamed, "normal", EntityState("firing"))])
     with env.postgres.transaction() as tx:  # an earlier fire time, finishing late, changes nothing
-        store.mark_firing(tx, rule, org, T - timedelta(hours=1), [entity])
-        store.mark_resolved(tx, rule, T - timedelta(minutes=30), [entity])
+        store.write(tx, org, T - timedelta(hours=1), [StateWrite(rule, run, "h", entity, "normal",
+                                                                 EntityState("pending", 1))])
+    with env.postgres.transaction() as tx:  # nor does the same fire time again
+        store.write(tx, org, T, [StateWrite(rule, run, "h", entity, "firing", EntityState("recovering", 1))])
 
-    [state] = store.firing(rule)
-    assert (state.entity_name, state.evaluated_at) == ("Spring (renamed)", T.replace(tzinfo=None))
+    [state] = store.not_normal([rule])[rule]
+    assert (state.entity_name, state.state, state.conditions_hash, state.evaluated_at) == (
+        "Spring (renamed)", EntityState("firing"), "h", T.replace(tzinfo=None))
+    history = env.pg("SELECT from_state, to_state, run_id::text AS run_id, at FROM alert_state_history")
+    assert history == [{"from_state": "normal", "to_state": "firing", "run_id": later_run,
+                        "at": T.replace(tzinfo=None)}]
 
     with env.postgres.transaction() as tx:
-        store.mark_resolved(tx, rule, T + timedelta(hours=1), [entity])
-    assert store.firing(rule) == []
-
+        store.write(tx, org, T + timedelta(hours=1), [StateWrite(rule, run, "h", entity, "firing",
+                                                                 EntityState("normal"))])
+    assert store.not_normal([rule]) == {rule: []}
+    assert [row["to_state"] for row in env.pg("SELECT to_state FROM alert_state_history ORDER BY at")] == [
+        "firing", "normal"]

@@ -920,3 +920,32 @@ def test_validate_document_never_raises_on_any_json(document):
         assert isinstance(problem.path, str)
         assert isinstance(problem.reason, str) and problem.reason
         assert "Input should be" not in problem.reason
+
+
+# --- the alert lifecycle's actions ------------------------------------------------------------------------------------
+
+
+def test_pending_and_recovery_runs_default_to_one_and_recover_when_to_none():
+    rule = parse_rule({"logic": {">": [{"var": "spend"}, 1]}}, {})
+    assert (rule.actions.pending_runs, rule.actions.recovery_runs, rule.recover_when) == (1, 1, None)
+
+
+def test_recover_when_is_validated_like_logic_over_the_rules_source_with_its_json_path():
+    conditions = {"source": "pacing_snapshots", "logic": {"<": [{"var": "pacing_rate"}, 0.5]}}
+    with pytest.raises(RuleValidationError) as raised:
+        parse_rule(conditions, {"pending_runs": 0, "recovery_runs": 1001,
+                                "recover_when": {"and": [{">": [{"var": "pacing_rat"}, 0.8]}, {"log": [1]}]}})
+    assert [str(problem) for problem in raised.value.problems] == [
+        "actions.pending_runs: must be at least 1",
+        "actions.recovery_runs: must be at most 1000",
+        'actions.recover_when.and[0].>[0]: unknown variable "pacing_rat" (did you mean "pacing_rate"?)',
+        'actions.recover_when.and[1]: the "log" operator is not allowed in rules: it only prints to a console',
+    ]
+    rule = parse_rule(conditions, {"recover_when": {">": [{"var": "pacing_rate"}, 0.8]}})
+    assert rule.recover_when == {">": [{"var": "pacing_rate"}, 0.8]}
+
+
+def test_the_schema_describes_the_lifecycle_actions():
+    actions = rule_json_schema()["$defs"]["Actions"]["properties"]
+    assert (actions["pending_runs"]["minimum"], actions["recovery_runs"]["maximum"]) == (1, 1000)
+    assert {"type": "null"} in actions["recover_when"]["anyOf"]

@@ -21,7 +21,7 @@ def row(**changes) -> dict:
             "lease_expires_at": None, "transitions": [], "started_at": datetime(2026, 11, 25, 9, 0, 1),
             "finished_at": datetime(2026, 11, 25, 9, 0, 2), "duration_ms": 840, "evaluated_at": None, "restated": 0,
             "recheck_due_at": None, "recheck_sent_at": None, "recheck_sends": 0, "stale": False, "waiting_for": None,
-            "waiting_since": None, **changes}
+            "waiting_since": None, "lifecycle": None, **changes}
 
 
 def test_a_row_becomes_a_typed_record():
@@ -37,6 +37,7 @@ def test_the_summary_says_the_fire_time_in_iso_utc_and_the_users_sorted():
         "entities": 12, "matched": 3, "alerts": 2, "silenced": 1, "acknowledged": 0, "restated": 0,
         "notified_users": [4, 9], "storm": False, "duration_ms": 840, "error": None, "path": "sql", "stale": False,
         "waiting_for": None,
+        "lifecycle": None,
     }
 
 
