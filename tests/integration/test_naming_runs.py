@@ -1,6 +1,7 @@
 """Naming conventions in rule runs, end to end on the real PostgreSQL and the embedded ClickHouse: every token kind,
-wrong token counts, cross-field checks and suggestions, the same `condition_results` bytes on the SQL path and on
-the interpreter, conventions read afresh on each run, and a deleted convention failing the run.
+wrong token counts, cross-field checks and suggestions (also for tokens over 64 KiB), the same `condition_results`
+bytes on the SQL path and on the interpreter, conventions read afresh on each run, and a deleted convention failing
+the run.
 
 Every expected document below is written out by hand from the names the test inserts.
 """
