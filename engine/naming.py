@@ -11,8 +11,9 @@ values (with `ignore_case`, ASCII letters compare without case); `pattern`: an R
 format's shape and a real calendar date (YY is 20YY); `equals`: the campaign's field exactly; `free`: any text.
 The suggestion for a `values` token is the allowed value at the least edit distance (code points, after ASCII
 lower-casing, so a case-only difference comes first; the earliest value on a tie), when at most half its length
-(at least 1) of edits away; for `equals`, the campaign's value. The compiler writes the same checks in SQL
-(engine/compiler/naming_sql.py).
+(at least 1) of edits away; for `equals`, the campaign's value. Only the token's first SUGGESTION_SPAN code points
+are compared: that cannot change the suggestion (see SUGGESTION_SPAN), and ClickHouse's editDistanceUTF8 refuses
+texts over 64 KiB. The compiler writes the same checks in SQL (engine/compiler/naming_sql.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import re2
 
-from engine.conventions import Convention, DateFormat, Token
+from engine.conventions import MAX_TEXT_LENGTH, Convention, DateFormat, Token
 
 NAMING_OPERATOR = "naming"
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -34,6 +35,10 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 EMPTY = "is empty"
 NOT_ALLOWED = "not an allowed value"
 WRONG_CASE = "wrong case"
+
+# A token longer than this, cut to it or whole, is at least MAX_TEXT_LENGTH edits from every allowed value (at most
+# MAX_TEXT_LENGTH long), more than half the value's length: it gets no suggestion either way.
+SUGGESTION_SPAN = 2 * MAX_TEXT_LENGTH
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def _token_failure(token: Token, value: str, cross_values: Mapping[str, str]) ->
 
 def suggestion(value: str, options: tuple[str, ...]) -> str | None:
     """The allowed value closest to `value` (see the module docstring), or None when none is close."""
-    lowered = ascii_lower(value)
+    lowered = ascii_lower(value[:SUGGESTION_SPAN])
     distances = [edit_distance(lowered, ascii_lower(option)) for option in options]
     best = min(distances)
     candidate = options[distances.index(best)]

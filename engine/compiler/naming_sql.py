@@ -14,8 +14,9 @@ from engine.compiler.types import Kind, Typed, typed_bool
 from engine.conventions import Convention, Token
 from engine.errors import NotCompilable
 from engine.evaluation_document import diagnosis_head, diagnosis_json, diagnosis_sql
-from engine.naming import (EMPTY, NOT_ALLOWED, TOO_MANY_PREFIX, WRONG_CASE, Diagnosis, NamingCheck, ascii_lower,
-                           date_reason, equals_reason, naming_checks, pattern_reason, too_few_reason, too_many_suffix)
+from engine.naming import (EMPTY, NOT_ALLOWED, SUGGESTION_SPAN, TOO_MANY_PREFIX, WRONG_CASE, Diagnosis, NamingCheck,
+                           ascii_lower, date_reason, equals_reason, naming_checks, pattern_reason, too_few_reason,
+                           too_many_suffix)
 
 if TYPE_CHECKING:
     from engine.compiler.compilation import Compilation
@@ -155,16 +156,16 @@ def _kind_diagnosis(compiler: Compilation, token: Token, position: int, value: s
     head = compiler.parameter("String", diagnosis_head(token.name, position))
     if token.kind == "values":
         values = compiler.parameter("Array(String)", list(token.values))
-        return compiler.let(
-            f"arrayMap(__jl_option -> editDistanceUTF8(lower({value}), __jl_option), "
-            f"{compiler.parameter('Array(String)', [ascii_lower(option) for option in token.values])})",
+        lowered = compiler.parameter("Array(String)", [ascii_lower(option) for option in token.values])
+        return compiler.let(f"lower(substringUTF8({value}, 1, {SUGGESTION_SPAN}))", lambda compared: compiler.let(
+            f"arrayMap(__jl_option -> editDistanceUTF8({compared}, __jl_option), {lowered})",
             lambda distances: compiler.let(f"arrayMin({distances})", lambda best: compiler.let(
                 f"arrayElement({values}, indexOf({distances}, {best}))",
                 lambda candidate: diagnosis_sql(
                     head, value,
                     f"if({best} = 0, {compiler.parameter('String', WRONG_CASE)}, "
                     f"{compiler.parameter('String', NOT_ALLOWED)})",
-                    f"if(2 * {best} <= greatest(lengthUTF8({candidate}), 2), {candidate}, NULL)"))))
+                    f"if(2 * {best} <= greatest(lengthUTF8({candidate}), 2), {candidate}, NULL)")))))
     if token.kind == "equals":
         expected = cross[token.equals]
         return diagnosis_sql(head, value, compiler.parameter("String", equals_reason(token.equals)),

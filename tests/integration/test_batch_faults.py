@@ -1,6 +1,6 @@
 """Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, a
 batch task delivered again (sent again, and redelivered after its pool child was killed), ClickHouse killed with a
-batch's insert half-written, and one rule of a batch failing in ClickHouse.
+batch's insert half-written, and one rule of a batch too slow for the time limit.
 
 Each rule of a batch keeps its own run, so a worker killed in the middle of a batch leaves each run as it was;
 beat's sweeper sends each lost run again as a single rules.evaluate, and a redelivered or retried batch task finds
@@ -244,81 +244,103 @@ def test_clickhouse_killed_with_a_batch_insert_in_flight_finishes_every_run_once
                 assert data.count("alert_events", rule) == len(HOT)
 
 
-# --- one rule's part of a batch's statement fails in ClickHouse -------------------------------------------------------
+# --- one rule of a batch too slow for the time limit -----------------------------------------------------------------
 
-# A convention whose first token must be one of two values: a name whose first token is not is diagnosed with the
-# allowed value at the least edit distance, computed by ClickHouse's editDistanceUTF8, which refuses texts of over
-# 65,536 bytes (TOO_LARGE_STRING_SIZE).
-CONVENTION = {"delimiter": "_", "tokens": [{"name": "market", "values": ["US", "EU"]}, {"name": "label", "free": True}]}
-HOSTILE_NAME = "X" * 70_000 + "_launch"
-TOO_LARGE = "The string size is too big for function editDistance"
+TIME_LIMIT = 10  # RUN_TIME_LIMIT_SECONDS: the batch's statement may use half of what is left of it, 3 s here
+# A convention whose first token must be one of 200 values of 49 characters: the diagnosis of every name whose first
+# token is not compares it with each of them (editDistanceUTF8), some 0.6 ms a name on the embedded server.
+SLOW_CONVENTION = {"delimiter": "_", "tokens": [
+    {"name": "line", "values": [f"line-{number:03d}-" + "x" * 40 for number in range(200)]},
+    {"name": "label", "free": True}]}
+# Over ClickHouse's 100,000 keys for a two-level GROUP BY, so that the diagnoses are computed bucket by bucket and
+# ClickHouse stops a statement within a fraction of a second of its max_execution_time. Alone, the naming rule's
+# statement would take over a minute.
+FILLER_CAMPAIGNS = 150_000
+# How long the naming rule's claim is held back. Alone, its statement may use what is left of the time limit counted
+# from its run's start, so it outlasts the task's soft time limit by this less up to 1 s of rounding: the soft limit
+# stops it, always (without the wait, ClickHouse or the soft limit would, whichever came first).
+CLAIM_HELD_SECONDS = 2
 
 
-def test_a_rule_failing_in_clickhouse_fails_alone_and_the_rest_of_its_batch_succeeds(pg_url, migrated_ch_url,
-                                                                                     tmp_path):
-    """A batch of a naming rule and two spend rules, on a worker, over c1..c3 and a campaign whose name's first
-    token is 70,000 bytes long: the naming rule validates and compiles to SQL, but ClickHouse stops the batch's
-    statement on that campaign. Each rule of the batch then runs alone: the naming rule fails with ClickHouse's
-    error and writes nothing; the spend rules succeed with exactly their rows; a rule that runs on the interpreter,
-    alone from the start, is not affected. Every run's transitions say in which batch it was compiled and why it
-    ran alone."""
+def filler_campaigns(data, org: int) -> None:
+    """FILLER_CAMPAIGNS campaigns f0, f1, … with no spend three days ago, named with a first token of 100 "Z"s
+    (no allowed value of SLOW_CONVENTION), written inside ClickHouse."""
+    day = (utc_now() - timedelta(days=3)).date().isoformat()
+    data.ch_raw.command(
+        "INSERT INTO campaign_metrics_daily (org_id, date, campaign_id, campaign_name, dsp_type, advertiser_id, "
+        "impressions, clicks, spend) SELECT {org:UInt32}, toDate({day:String}), concat('f', toString(number)), "
+        "concat(repeat('Z', 100), '_', toString(number)), 'DV360', 'adv-1', 1000, 1, 0 FROM numbers({count:UInt64})",
+        parameters={"org": org, "day": day, "count": FILLER_CAMPAIGNS})
+
+
+def waited_seconds(services, gate: psycopg.Connection) -> float:
+    """How long the statement waiting for `gate`'s lock has waited (0 while none waits), by PostgreSQL's clock."""
+    rows = services.pg("SELECT EXTRACT(EPOCH FROM clock_timestamp() - query_start) AS waited FROM pg_stat_activity "
+                       "WHERE %s = ANY(pg_blocking_pids(pid))", (gate.info.backend_pid,))
+    return float(rows[0]["waited"]) if rows else 0.0
+
+
+def test_a_rule_too_slow_for_the_time_limit_fails_alone_and_the_rest_of_its_batch_succeeds(pg_url, migrated_ch_url,
+                                                                                           tmp_path):
+    """A batch of two spend rules and a naming rule whose diagnoses are slow, on a worker whose
+    RUN_TIME_LIMIT_SECONDS is 10, over c1..c3 and FILLER_CAMPAIGNS campaigns. ClickHouse stops the batch's statement
+    at its share of the time limit; each rule then runs alone, in the batch's order: the spend rules succeed with
+    exactly their rows, and the naming rule, last, fails at the time limit and writes nothing. Every run's transitions
+    say in which batch it was compiled and why it ran alone."""
     with own_redis(tmp_path) as broker:
-        with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", redis_server=broker.url) as services:
+        with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", time_limit=TIME_LIMIT,
+                         redis_server=broker.url) as services:
             data = services.data()
             org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
             data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
-                    (Jsonb({"naming_conventions": {"campaign": CONVENTION}}), org))
+                    (Jsonb({"naming_conventions": {"campaign": SLOW_CONVENTION}}), org))
             three_campaigns(data, org)
-            day = (utc_now() - timedelta(days=3)).date().isoformat()
-            data.metrics({"org_id": org, "date": day, "campaign_id": "hostile", "campaign_name": HOSTILE_NAME})
+            filler_campaigns(data, org)
             schedule = never_firing(utc_now())
+            spend = [data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name=f"spend {n}") for n in (1, 2)]
             naming = data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"},
                                                                                       "campaign"]}},
                                NO_COOLDOWN, module="taxonomy", name="naming")
-            spend = [data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name=f"spend {n}") for n in (1, 2)]
-            interpreted = data.rule(org, {**spend_rule(0, schedule), "logic": {
-                "some": [{"merge": [{"var": "spend"}, {"var": "clicks"}]}, {">": [{"var": ""}, 100]}]}},
-                NO_COOLDOWN, name="on the interpreter")
             worker = services.start_worker()
             at = minute_floor(utc_now()) - timedelta(minutes=1)
 
-            summaries = services.send("rules.evaluate_batch", org, iso(at), [naming, *spend, interpreted]).get(
-                timeout=90)
+            gate = _gate(services, naming, org, at)
+            try:
+                task = services.send("rules.evaluate_batch", org, iso(at), [*spend, naming])
+                wait_until(lambda: waited_seconds(services, gate) >= CLAIM_HELD_SECONDS, 30,
+                           f"the naming rule's claim to wait {CLAIM_HELD_SECONDS} s", interval=0.05)
+            finally:
+                gate.rollback()
+                gate.close()
+            summaries = task.get(timeout=90)
 
-            assert [s["status"] for s in summaries] == ["failed", "succeeded", "succeeded", "succeeded"], summaries
+            assert [s["status"] for s in summaries] == ["succeeded", "succeeded", "failed"], summaries
             assert f"organization {org} failed; each runs alone" in worker.log()
-            runs = {rule: _run_row(services, rule, at) for rule in (naming, *spend, interpreted)}
+            runs = {rule: _run_row(services, rule, at) for rule in (*spend, naming)}
             for rule, summary in zip(runs, summaries):
                 assert summary["run_id"] == str(runs[rule]["id"])
             batch_failed = "alone: the batch's statement failed: "
-
-            failed = runs[naming]
-            details = [entry["detail"] for entry in failed["transitions"]]
-            assert (failed["state"], failed["attempts"]) == ("failed", 1)
-            assert TOO_LARGE in failed["error"] and "TOO_LARGE_STRING_SIZE" in failed["error"], failed["error"]
-            assert len(details) == 3 and details[1] == "compiled to SQL (in a batch of 3 rules)", details
-            assert details[2].startswith(f"{failed['error']} ({batch_failed}"), details
-            assert TOO_LARGE in details[2][len(failed["error"]):], details
-            assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
+            timeout = "(TIMEOUT_EXCEEDED)"
+            entities = FILLER_CAMPAIGNS + 3
 
             for rule in spend:
                 row = runs[rule]
                 details = [entry["detail"] for entry in row["transitions"]]
                 assert (row["status"], row["attempts"], row["entities"], row["matched"], row["alerts"]) == (
-                    "succeeded", 1, 4, 2, 2), details
+                    "succeeded", 1, entities, 2, 2), details
                 assert details[1] == "compiled to SQL (in a batch of 3 rules)", details
-                assert details[2].startswith(f"rule_evaluations written ({batch_failed}") and TOO_LARGE in details[2]
-                assert [e["entity_id"] for e in data.evaluations(rule, at)] == ["c1", "c2", "c3", "hostile"]
+                assert details[2].startswith(f"rule_evaluations written ({batch_failed}") and timeout in details[2]
+                assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (entities, 2)
                 assert [a["entity_id"] for a in data.alerts(rule, at)] == ["c2", "c3"]
-                assert (data.count("rule_evaluations", rule), data.count("alert_events", rule)) == (4, 2)
 
-            row = runs[interpreted]
-            details = [entry["detail"] for entry in row["transitions"]]
-            assert (row["status"], row["path"], row["entities"], row["matched"]) == ("succeeded", "interpreter", 4, 0)
-            assert details[1].startswith("runs on the interpreter: ") and "(alone: it runs on the interpreter: " in (
-                details[1]), details
-            assert not any("batch" in detail for detail in details), details
-            assert data.count("rule_evaluations", interpreted) == 4
+            failed = runs[naming]
+            details = [entry["detail"] for entry in failed["transitions"]]
+            assert (failed["state"], failed["attempts"]) == ("failed", 1)
+            assert failed["error"] == (f"the run passed its time limit of {TIME_LIMIT} s (RUN_TIME_LIMIT_SECONDS) "
+                                       "and was stopped"), failed["error"]
+            assert len(details) == 3 and details[1] == "compiled to SQL (in a batch of 3 rules)", details
+            assert details[2].startswith(f"{failed['error']} ({batch_failed}") and timeout in details[2], details
+            assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
 
 
 # --- the same batch task delivered again after its pool child was killed ----------------------------------------------

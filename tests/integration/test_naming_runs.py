@@ -1,6 +1,7 @@
 """Naming conventions in rule runs, end to end on the real PostgreSQL and the embedded ClickHouse: every token kind,
-wrong token counts, cross-field checks and suggestions, the same `condition_results` bytes on the SQL path and on
-the interpreter, conventions read afresh on each run, and a deleted convention failing the run.
+wrong token counts, cross-field checks and suggestions (also for tokens over 64 KiB), the same `condition_results`
+bytes on the SQL path and on the interpreter, conventions read afresh on each run, and a deleted convention failing
+the run.
 
 Every expected document below is written out by hand from the names the test inserts.
 """
@@ -228,6 +229,42 @@ def test_a_convention_without_cross_fields_checks_pacing_entities_on_both_paths(
         "IO-1001": (0, '{"entity_id":"IO-1001","entity_type":"io","naming":null,"conditions":[false]}'),
         "io-1002": (1, '{"entity_id":"io-1002","entity_type":"io","naming":'
                        + _diagnosis("prefix", 1, "io", "wrong case", "IO") + ',"conditions":[true]}'),
+    }
+    assert _documents(env, rule, T) == expected
+    assert _documents(env, rule, T + timedelta(hours=1)) == expected
+
+
+LONGEST = "A" * 255  # the longest allowed value a convention may have
+LONG_TOKENS = {"delimiter": "_", "tokens": [{"name": "market", "values": ["US", LONGEST], "ignore_case": True},
+                                            {"name": "label", "free": True}]}
+LONG_NAMES = {  # campaign id: (name, the expected naming diagnosis); a token of 70,000 bytes is over ClickHouse's
+    # 64 KiB for editDistanceUTF8 (the suggestion compares only a token's first 510 code points)
+    "x": ("X" * 70_000 + "_launch", _diagnosis("market", 1, "X" * 70_000, "not an allowed value")),
+    "e": ("é" * 35_000 + "_launch", _diagnosis("market", 1, "é" * 35_000, "not an allowed value")),
+    "a": ("a" * 70_000 + "_launch", _diagnosis("market", 1, "a" * 70_000, "not an allowed value")),
+    "near": ("a" * 255 + "B" * 127 + "_launch",
+             _diagnosis("market", 1, "a" * 255 + "B" * 127, "not an allowed value", LONGEST)),
+    "far": ("a" * 255 + "B" * 128 + "_launch", _diagnosis("market", 1, "a" * 255 + "B" * 128, "not an allowed value")),
+    "case": ("a" * 255 + "_launch", "null"),
+    "us": ("us_" + "X" * 70_000, "null"),
+}
+
+
+def test_tokens_over_64_kib_get_the_same_diagnosis_on_both_paths(env):
+    org = _organization(env, {"long": LONG_TOKENS})
+    rule = env.rule(org, {"window": "yesterday", "logic": {"naming": [{"var": "campaign_name"}, "long"]}},
+                    module="taxonomy")
+    env.metrics(*({"org_id": org, "date": YESTERDAY, "campaign_id": campaign, "campaign_name": name}
+                  for campaign, (name, _) in LONG_NAMES.items()))
+
+    sql_run, interpreted_run = _both_paths(env, rule)
+
+    assert (sql_run["status"], sql_run["path"]) == ("succeeded", "sql"), sql_run
+    assert (interpreted_run["status"], interpreted_run["path"]) == ("succeeded", "interpreter"), interpreted_run
+    expected = {
+        campaign: (int(diagnosis != "null"), f'{{"campaign_name":{json.dumps(name, ensure_ascii=False)},'
+                                             f'"naming":{diagnosis},"conditions":[{json.dumps(diagnosis != "null")}]}}')
+        for campaign, (name, diagnosis) in LONG_NAMES.items()
     }
     assert _documents(env, rule, T) == expected
     assert _documents(env, rule, T + timedelta(hours=1)) == expected

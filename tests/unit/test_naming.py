@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine.conventions import conventions_in_settings, parse_convention
+from engine.conventions import MAX_TEXT_LENGTH, conventions_in_settings, parse_convention
 from engine.errors import RuleValidationError, ValidationProblem
 from engine.evaluation_document import diagnosis_json, document_json, parse_document
 from engine.interpreter import evaluate_row
 from engine.model import parse_rule, validate_document
-from engine.naming import Diagnosis, diagnose, edit_distance, suggestion
+from engine.naming import SUGGESTION_SPAN, Diagnosis, diagnose, edit_distance, suggestion
 from worker.audience import Entity
 from worker.messages import RunNotice, email_message, in_app_entities, slack_body, webhook_body
 from benchmarks.bench import NAMING_CONVENTION as CAMPAIGN
@@ -92,6 +92,18 @@ def test_the_suggestion_prefers_case_only_differences_then_the_least_edits():
     assert suggestion("abcdef", ("Perf",)) is None
     assert suggestion("x", ("US",)) is None and suggestion("U", ("US",)) == "US"
     assert edit_distance("kitten", "sitting") == 3 and edit_distance("é😀", "e😀") == 1
+
+
+def test_a_token_far_longer_than_every_allowed_value_gets_no_suggestion_and_keeps_its_whole_text():
+    longest = "A" * MAX_TEXT_LENGTH
+    assert suggestion("a" * MAX_TEXT_LENGTH + "B" * 127, (longest,)) == longest
+    assert suggestion("a" * MAX_TEXT_LENGTH + "B" * 128, (longest,)) is None
+    # Cut to its first SUGGESTION_SPAN code points, a longer token is still too far from the longest value.
+    assert 2 * edit_distance("A" * SUGGESTION_SPAN, longest) > MAX_TEXT_LENGTH
+    hostile = "A" * 70_000
+    assert suggestion(hostile, (longest, "US")) is None
+    assert diagnose(_single({"values": [longest]}), hostile, {}) == Diagnosis(
+        "t", 1, hostile, "not an allowed value")
 
 
 def test_the_interpreter_answers_whether_the_name_breaks_the_convention():
