@@ -102,7 +102,7 @@ def demo_rules() -> list[dict]:
                         "scope": SYNCED_TYPES,
                         "logic": {"and": [{">": [{"var": "impressions"}, 50000]},
                                           {"<": [{"var": "ctr"}, {"*": [{"var": "prev.ctr"}, 0.5]}]}]}},
-         "actions": {"severity": "warning", "cooldown_minutes": 240, "notify": notify}},
+         "actions": {"severity": "warning", "cooldown_minutes": 240, "pending_runs": 2, "notify": notify}},
         {"name": "Insertion orders under-pacing", "module": "qa",
          "conditions": {"source": "pacing_snapshots", "window": "today", "schedule": "* * * * *",
                         "scope": {"entity_type": ["io"]}, "max_wait": "0",
