@@ -25,7 +25,7 @@ from storage.results import ResultStore
 from tests.conftest import RULESCTL
 from tests.integration.celery_support import iso, naive, own_redis, services_on
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
-from tests.integration.test_notifications import LOOPBACK, deliver_all, make_team, runner, settings
+from tests.integration.test_notifications import LOOPBACK, T, day_before, deliver_all, make_team, runner, settings
 from worker.backfill import backfill, format_days
 from worker.batch_runner import BatchRequest, BatchRunner
 from worker.runner import RunRequest
@@ -33,7 +33,6 @@ from worker.silencing import (BadSilenceRequest, SilenceRefused, SilenceRequest,
                               expire_silence, list_silences, silence_request)
 
 OVER_100 = {"window": "lifetime", "logic": {">": [{"var": "spend"}, 100]}}
-OVER_200 = {"window": "lifetime", "logic": {">": [{"var": "spend"}, 200]}}
 C1_ONLY = SilenceScope(entity_type="campaign", entity_id="c1")
 
 
@@ -86,6 +85,17 @@ def ack(env, rule: str, entity_id: str, by: int, **options):
 
 def count(env, table: str) -> int:
     return env.pg(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+MAKE_TEAM_CAMPAIGNS = {"c1": ("Spring Sale", "DV360", "adv-1"), "c2": ("Brand Push", "TTD", "adv-2")}
+
+
+def correct_spend(data, org: int, campaign_id: str, amount: str) -> None:
+    """A spend correction of make_team's campaign (a credit when negative) on its day: the rule's conditions, and
+    so its entities' states, stay as they are while the campaign's lifetime spend changes."""
+    name, dsp, advertiser = MAKE_TEAM_CAMPAIGNS[campaign_id]
+    data.metrics({"org_id": org, "date": day_before(T), "campaign_id": campaign_id, "campaign_name": name,
+                  "dsp_type": dsp, "advertiser_id": advertiser, "spend": amount})
 
 
 # --- what a silence withholds -------------------------------------------------------------------------------------
@@ -163,10 +173,11 @@ def test_a_silence_withholds_the_resolved_notice_of_an_entity_it_covers(env, now
     rule = env.rule(team.org, OVER_100, {**IN_APP, "notify_on_resolve": True})
     run(env, rule, now - timedelta(minutes=1))
     silence(env, team.org, team.owner, C1_ONLY)
-    env.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb(OVER_200), rule))
+    correct_spend(env, team.org, "c1", "-100")
 
     resolving = run(env, rule, now + timedelta(minutes=5))
 
+    assert resolving["lifecycle"]["resolved"] == 1
     assert env.pg("SELECT entity_id, firing FROM alert_states WHERE rule_id = %s ORDER BY entity_id", (rule,)) == [
         {"entity_id": "c1", "firing": False}, {"entity_id": "c2", "firing": True}]
     assert count(env, f"notifications WHERE run_id = '{resolving['run_id']}' AND kind = 'resolved'") == 0
@@ -183,9 +194,9 @@ def test_an_acknowledged_entity_is_not_notified_again_until_it_resolves_then_the
 
     acknowledgement = ack(env, rule, "c1", team.campaign_member, comment="looking into it")
     still = run(env, rule, now + timedelta(minutes=5))
-    env.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb(OVER_200), rule))
+    correct_spend(env, team.org, "c1", "-100")  # c1 now spends 50.5
     resolving = run(env, rule, now + timedelta(minutes=6))
-    env.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb(OVER_100), rule))
+    correct_spend(env, team.org, "c1", "100")
     again = run(env, rule, now + timedelta(minutes=7))
 
     assert told(env, first["run_id"]).items() >= users(team.campaign_member).items()
@@ -220,7 +231,7 @@ def test_a_rule_without_firing_state_takes_its_alerts_and_ends_the_acknowledgeme
                                                 f"{team.owner} at"):
         ack(env, rule, "c1", team.admin)
     quiet = run(env, rule, now + timedelta(minutes=5))
-    env.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb(OVER_200), rule))
+    correct_spend(env, team.org, "c1", "-100")
     stopped = run(env, rule, now + timedelta(minutes=6))
 
     assert quiet["acknowledged"] == 1 and stopped["acknowledged"] == 0
@@ -234,7 +245,7 @@ def test_an_entity_that_resolved_cannot_be_acknowledged(env, now):
     team = make_team(env)
     rule = env.rule(team.org, OVER_100, {**IN_APP, "notify_on_resolve": True})
     run(env, rule, now - timedelta(minutes=2))
-    env.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb(OVER_200), rule))
+    correct_spend(env, team.org, "c1", "-100")
     run(env, rule, now - timedelta(minutes=1))
 
     with pytest.raises(BadSilenceRequest, match="campaign c1 is not firing"):
@@ -528,8 +539,8 @@ def test_through_a_worker_silences_and_acknowledgements_hold_between_runs_and_re
         with pytest.raises(Exception, match=f"user {team.viewer} \\(viewer\\) may not acknowledge campaign c1"):
             refused_ack.get(timeout=60)
         quiet = evaluate(ends + timedelta(minutes=6))
-        data.pg("UPDATE rules SET conditions = %s WHERE id = %s", (Jsonb({**OVER_100, "logic": {
-            ">": [{"var": "spend"}, 1000]}}), rule))
+        for campaign_id, amount in (("c1", "-100"), ("c2", "-300")):
+            correct_spend(data, team.org, campaign_id, amount)
         resolving = evaluate(ends + timedelta(minutes=7))
 
     assert {k: created[k] for k in ("rule_id", "entity_id", "starts_at", "ends_at", "created_by", "state")} == {
