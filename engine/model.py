@@ -112,24 +112,22 @@ def _check_cron(expression: str) -> str:
     return expression
 
 
-def _check_recheck_after(text: str) -> str:
+def _duration_between(text: str, shortest: timedelta, longest: timedelta, limits: str) -> str:
     try:
         delay = parse_duration(text)
     except ValueError as error:
         raise _rule_value_error(str(error)) from None
-    if not MIN_RECHECK_AFTER <= delay <= MAX_RECHECK_AFTER:
-        raise _rule_value_error(f"{_shown(text)} must be between 1m and 30d")
+    if not shortest <= delay <= longest:
+        raise _rule_value_error(f"{_shown(text)} must be {limits}")
     return text
+
+
+def _check_recheck_after(text: str) -> str:
+    return _duration_between(text, MIN_RECHECK_AFTER, MAX_RECHECK_AFTER, "between 1m and 30d")
 
 
 def _check_wait_setting(text: str) -> str:
-    try:
-        delay = parse_duration(text)
-    except ValueError as error:
-        raise _rule_value_error(str(error)) from None
-    if delay > MAX_WAIT_SETTING:
-        raise _rule_value_error(f"{_shown(text)} is longer than the {MAX_WAIT_SETTING.days} days allowed")
-    return text
+    return _duration_between(text, timedelta(0), MAX_WAIT_SETTING, f"at most {MAX_WAIT_SETTING.days} days")
 
 
 WindowName = Annotated[StrictStr, AfterValidator(_check_window)]

@@ -134,7 +134,7 @@ def test_the_rule_document_takes_data_delay_max_wait_and_on_stale_with_defaults(
                                                  "max_wait": "9d", "on_stale": "wait"}})
     assert sorted(problem.path for problem in problems) == ["conditions.data_delay", "conditions.max_wait",
                                                             "conditions.on_stale"]
-    assert "longer than the 7 days allowed" in {problem.path: problem.reason for problem in problems}[
+    assert "must be at most 7 days" in {problem.path: problem.reason for problem in problems}[
         "conditions.max_wait"]
     assert (rule.conditions.data_delay_time, rule.conditions.max_wait_time) == (timedelta(0), timedelta(hours=6))
 
