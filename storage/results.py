@@ -138,9 +138,11 @@ class ResultStore:
     def insert_alerts_of_runs(self, runs: Sequence[tuple[RunScope, str, str, Sequence[AlertEvent]]]) -> None:
         """Writes, in one insert, one `alert_events` row per alert of each (scope, rule name, severity, alerts)
         (no alert at all: nothing is sent to ClickHouse)."""
-        rows = [[scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name, severity, alert.entity_type,
-                 alert.entity_id, alert.entity_name, alert.condition_details, alert.notified_users]
-                for scope, rule_name, severity, alerts in runs for alert in alerts]
+        rows = []
+        for scope, rule_name, severity, alerts in runs:
+            alert_time = scope.at.replace(tzinfo=None)
+            rows += [[scope.org_id, alert_time, scope.rule_id, rule_name, severity, alert.entity_type, alert.entity_id,
+                      alert.entity_name, alert.condition_details, alert.notified_users] for alert in alerts]
         if rows:
             self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
 
