@@ -134,6 +134,12 @@ class ClickHouse:
         """Runs named query `name` with server-side parameters; returns rows as dicts."""
         return self.sql_rows(self._named[name], parameters, what=f"query {name}")
 
+    def row_tuples(self, name: str, /, **parameters: Any) -> list[tuple[Any, ...]]:
+        """Runs named query `name` with server-side parameters; returns rows as tuples in the query's column order
+        (for large answers: no dict per row)."""
+        with translated_errors(self.target, f"query {name}"):
+            return [tuple(row) for row in self._client.query(self._named[name], parameters=parameters).result_rows]
+
     def command_named(self, name: str, /, **parameters: Any) -> Any:
         """Runs named statement `name` (no rows back) with server-side parameters."""
         return self.command(self._named[name], parameters, what=f"statement {name}")

@@ -189,23 +189,21 @@ class ResultStore:
         open_ids = {key: set(ids) for key in distinct}
         lasts = sorted({last for _, last in distinct})
         for first in (min(lasts), min(earliest or CLICKHOUSE_FIRST_DATE for earliest, _ in distinct)):
-            asked = sorted({entity_id for key in distinct for entity_id in open_ids[key]})
+            asked = sorted(set().union(*open_ids.values()))
             if not asked:
                 break
-            latest: dict[tuple[date, str], tuple[date, CampaignIdentity]] = {
-                (lasts[row["last_number"] - 1], row["entity_id"]): (
-                    row["latest"], CampaignIdentity(row["entity_name"], row["dsp_type"], row["advertiser_id"]))
-                for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=asked,
-                                                 lasts=lasts, first=first, last=lasts[-1])}
+            seen_by_last: dict[date, dict[str, tuple[date, CampaignIdentity]]] = {last: {} for last in lasts}
+            for last_number, entity_id, latest, entity_name, dsp_type, advertiser_id in self._clickhouse.row_tuples(
+                    "campaign_identities", org_id=org_id, entity_ids=asked, lasts=lasts, first=first, last=lasts[-1]):
+                seen_by_last[lasts[last_number - 1]][entity_id] = (
+                    latest, CampaignIdentity(entity_name, dsp_type, advertiser_id))
             for key in distinct:
                 earliest, last = key
                 range_first = earliest or CLICKHOUSE_FIRST_DATE
-                for entity_id in list(open_ids[key]):
-                    seen = latest.get((last, entity_id))
-                    if seen is not None:
-                        if seen[0] >= range_first:
-                            found[key][entity_id] = seen[1]
-                        open_ids[key].discard(entity_id)
-                    elif first <= range_first:
-                        open_ids[key].discard(entity_id)  # no data from the range's first day to its last
+                seen, still_open = seen_by_last[last], open_ids[key]
+                found[key].update((entity_id, identity) for entity_id, (latest, identity) in seen.items()
+                                  if latest >= range_first and entity_id in still_open)
+                # A campaign seen has its answer; one not seen has no data from `first` to the last day, which
+                # answers the ranges that start there or later.
+                open_ids[key] = set() if first <= range_first else still_open.difference(seen)
         return found
