@@ -138,13 +138,20 @@ class ResultStore:
     def insert_alerts_of_runs(self, runs: Sequence[tuple[RunScope, str, str, Sequence[AlertEvent]]]) -> None:
         """Writes, in one insert, one `alert_events` row per alert of each (scope, rule name, severity, alerts)
         (no alert at all: nothing is sent to ClickHouse)."""
-        rows = []
+        # Column by column: a run's own values are repeated, not copied into a row per alert.
+        columns: list[list[Any]] = [[] for _ in _ALERT_COLUMNS]
         for scope, rule_name, severity, alerts in runs:
-            alert_time = scope.at.replace(tzinfo=None)
-            rows += [[scope.org_id, alert_time, scope.rule_id, rule_name, severity, alert.entity_type, alert.entity_id,
-                      alert.entity_name, alert.condition_details, alert.notified_users] for alert in alerts]
-        if rows:
-            self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
+            count = len(alerts)
+            for column, value in zip(columns, (scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name,
+                                               severity)):
+                column += [value] * count
+            columns[5] += [alert.entity_type for alert in alerts]
+            columns[6] += [alert.entity_id for alert in alerts]
+            columns[7] += [alert.entity_name for alert in alerts]
+            columns[8] += [alert.condition_details for alert in alerts]
+            columns[9] += [alert.notified_users for alert in alerts]
+        if columns[0]:
+            self._clickhouse.insert("alert_events", columns, _ALERT_COLUMNS, column_oriented=True)
 
     def alerted_since(self, scope: RunScope, since: datetime, entity_ids: Sequence[str]) -> set[tuple[str, str]]:
         """The (entity_type, entity_id) among `entity_ids` with an alert of the rule from `since` until before T."""
