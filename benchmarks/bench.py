@@ -1,7 +1,7 @@
 """`rulesctl bench`: the engine's speed on synthetic metrics, a batch against separate runs and the interpreter.
 
 Builds N campaigns x D days in a scratch ClickHouse database (and a scratch PostgreSQL database for the rules
-and their runs), runs R rules as one batch of real runs through the SQL path, the same R rules as R separate runs,
+and their runs), merges the table's parts as a steady-state table's are, runs R rules as one batch of real runs through the SQL path, the same R rules as R separate runs,
 and the same R rules through the interpreter; times the batch's one-scan aggregation alone as the floor, then a
 naming rule over every campaign name both ways, and drops both scratch databases at the end.
 """
@@ -203,6 +203,7 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
             tx.execute("bench_naming_conventions", org_id=org_id,
                        conventions=json.dumps({"campaign": NAMING_CONVENTION}))
         load_metrics(clickhouse, org_id, entities, days, at.date())
+        clickhouse.command_named("bench_merge_metrics")
         rules = _rules(rule_count)
         batch_ids = _insert_rules(postgres, org_id, rules, "batch")
         separate_ids = _insert_rules(postgres, org_id, rules, "separate")

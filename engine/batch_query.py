@@ -12,7 +12,8 @@ conditions. Each rule's fields are then assembled from its slices:
 - `days` adds the dates with data of each slice (a bitmap of days for slices of up to 64 days, else uniqExact;
   the slices are disjoint, so the sum is exact);
 - the latest name, advertiser, DSP or snapshot is that of the latest slice with data, kept only where a rule
-  reads it.
+  reads it; a campaign's text attributes of short slices come from a second scan of those slices' dates alone,
+  joined by campaign, so that the main scan reads only numbers.
 
 Each rule's logic is compiled against its own assembled columns (`batch_member`), and one arrayJoin over the
 rules' (rule, present, matched, condition_results) tuples gives one row per rule and entity that has rows in that
@@ -114,7 +115,7 @@ def batch_evaluation(source: str, org_id: int, members: Sequence[BatchMember]) -
     `condition_results`: for every member, the rows engine.query.evaluation gives for that rule alone."""
     plan = _Plan(source, org_id, members)
     sql = (f"SELECT toString(rule_id) AS rule_id, entity_id, matched, condition_results FROM ({plan.sql}) "
-           f"SETTINGS {_ast_settings()}")
+           f"SETTINGS {_settings()}")
     return Statement(sql, plan.parameters)
 
 
@@ -130,7 +131,7 @@ def batch_evaluation_insert(source: str, org_id: int, members: Sequence[BatchMem
         "INSERT INTO rule_evaluations (org_id, eval_time, rule_id, entity_id, matched, condition_results, "
         "execution_time_ms) SELECT {b_org:UInt32}, {b_eval_time:DateTime('UTC')}, rule_id, entity_id, matched, "
         "condition_results, toUInt32(greatest(0, dateDiff('millisecond', {b_started:DateTime64(3, 'UTC')}, "
-        f"now64(3, 'UTC')))) FROM ({plan.sql}) SETTINGS {_ast_settings()}, "
+        f"now64(3, 'UTC')))) FROM ({plan.sql}) SETTINGS {_settings()}, "
         f"min_insert_block_size_rows = {_INSERT_BLOCK_ROWS}, max_insert_block_size = {_INSERT_BLOCK_ROWS}"
     )
     parameters = {**plan.parameters, "b_eval_time": utc_sql(eval_time),
@@ -142,7 +143,7 @@ def batch_aggregation(source: str, org_id: int, members: Sequence[BatchMember]) 
     """SELECT of `entities`: how many entities the batch's one scan groups, with every partial aggregate its
     members read computed and discarded (`ignore`); no rule's logic, nothing written: the floor of its cost."""
     plan = _Plan(source, org_id, members)
-    sql = f"SELECT count() AS entities FROM ({plan._grouped()}) WHERE NOT ignore(*) SETTINGS {_ast_settings()}"
+    sql = f"SELECT count() AS entities FROM ({plan._grouped()}) WHERE NOT ignore(*) SETTINGS {_settings()}"
     return Statement(sql, plan.parameters)
 
 
@@ -181,8 +182,10 @@ def _parameter_bytes(parameters: Mapping[str, Any]) -> int:
     return total
 
 
-def _ast_settings() -> str:
-    return f"max_ast_elements = {_AST_LIMIT}, max_expanded_ast_elements = {_AST_LIMIT}"
+def _settings() -> str:
+    # A campaign without rows on the joined side gets the empty text its own aggregate gives, whatever the
+    # server's join_use_nulls.
+    return f"max_ast_elements = {_AST_LIMIT}, max_expanded_ast_elements = {_AST_LIMIT}, join_use_nulls = 0"
 
 
 def _member_column(position: int) -> Callable[[str], str]:
@@ -328,15 +331,50 @@ class _Plan:
         return self._aggregates[key]
 
     def _grouped(self) -> str:
-        """One row per entity: its key and every partial aggregate the members asked for."""
-        aggregates = [f"{self._aggregate_sql(*key)} AS {name}" for key, name in self._aggregates.items()]
+        """One row per entity: its key and every partial aggregate the members asked for.
+
+        The latest name, advertiser or DSP of a few short slices (typically yesterday's) comes from a scan of
+        their dates alone, joined by campaign: the text columns are the costliest to read, and the main scan then
+        reads only numbers. Both sides read the same rows' slices, so the values are those of one scan.
+        """
+        aggregates = dict(self._aggregates)
         if self.source == CAMPAIGN_METRICS:
             keys = [f"m_campaign_id AS {quote_identifier(ENTITY_ID)}", f"'campaign' AS {quote_identifier(ENTITY_TYPE)}"]
             group_by = "m_campaign_id"
         else:
             keys = [f"m_entity_id AS {quote_identifier(ENTITY_ID)}", f"m_entity_type AS {quote_identifier(ENTITY_TYPE)}"]
             group_by = "m_entity_type, m_entity_id"
-        return f"SELECT {', '.join(keys + aggregates)} FROM ({self._rows()}) GROUP BY {group_by}"
+        apart = self._attributes_apart()
+        for key in apart:
+            del aggregates[key]
+        main = self._select_grouped(keys, aggregates, self._slicing.runs, group_by)
+        if not apart:
+            return main
+        entity_id = quote_identifier(ENTITY_ID)
+        slices = sorted({key[2] for key in apart})
+        attributes = self._select_grouped([f"m_campaign_id AS {entity_id}"], apart,
+                                          _union([self._slicing.slices[number] for number in slices]), group_by)
+        return f"SELECT * FROM ({main}) AS __numbers ANY LEFT JOIN ({attributes}) AS __latest USING ({entity_id})"
+
+    def _attributes_apart(self) -> dict[tuple[str, str, int, int], str]:
+        """The campaign attributes' latest-value aggregates worth a scan of their own: those whose slices cover at
+        most a quarter of the days read (none else)."""
+        if self.source != CAMPAIGN_METRICS:
+            return {}
+        latest = {key: name for key, name in self._aggregates.items() if key[0] == "latest"}
+        slices = [self._slicing.slices[number] for number in {key[2] for key in latest}]
+        if not latest or any(first is None for first, _ in slices):
+            return {}
+        if any(start is None for start, _ in self._slicing.runs):
+            return latest  # the rest of the rows reach back without bound
+        apart = sum((last - first).days for first, last in slices)
+        read = sum((end - start).days for start, end in self._slicing.runs)
+        return latest if 4 * apart <= read else {}
+
+    def _select_grouped(self, keys: list[str], aggregates: Mapping[tuple[str, str, int, int], str],
+                        runs: Sequence[_Interval], group_by: str) -> str:
+        columns = keys + [f"{self._aggregate_sql(*key)} AS {name}" for key, name in aggregates.items()]
+        return f"SELECT {', '.join(columns)} FROM ({self._rows(runs)}) GROUP BY {group_by}"
 
     def _aggregate_sql(self, kind: str, name: str, slice_number: int, group: int) -> str:
         conditions = []
@@ -367,9 +405,9 @@ class _Plan:
             return over("uniqExact", "m_date")
         raise ValueError(f"unknown aggregate {kind!r}")
 
-    def _rows(self) -> str:
-        """The rows read: the batch's organization, the union of its intervals; each with its slice and, per
-        scoped group, whether it is in that group's scope."""
+    def _rows(self, runs: Sequence[_Interval]) -> str:
+        """The rows read: the batch's organization, the disjoint intervals `runs` (made of whole slices); each
+        with its slice and, per scoped group, whether it is in that group's scope."""
         time = self._time
         if self.source == CAMPAIGN_METRICS:
             raw = [f"{name} AS m_{name}" for name in ("date", "campaign_id", *_COUNTERS)]
@@ -387,11 +425,11 @@ class _Plan:
             if scope_filter is not None:
                 raw.append(f"({scope_filter}) AS m_scope{group}")
                 scoped.append(f"m_scope{group}")
-        runs = []
-        for start, end in self._slicing.runs:
+        ranges = []
+        for start, end in runs:
             bounded = f"{time} < {self._point(end)}"
-            runs.append(bounded if start is None else f"({time} >= {self._point(start)} AND {bounded})")
-        filters = ["org_id = {b_org:UInt32}", f"({' OR '.join(runs)})"]
+            ranges.append(bounded if start is None else f"({time} >= {self._point(start)} AND {bounded})")
+        filters = ["org_id = {b_org:UInt32}", f"({' OR '.join(ranges)})"]
         if len(scoped) == len(self._scope_filters):
             # Every rule is scoped: a row outside all their scopes is read by none.
             filters.append(f"({' OR '.join(scoped)})")

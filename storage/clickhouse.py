@@ -134,6 +134,12 @@ class ClickHouse:
         """Runs named query `name` with server-side parameters; returns rows as dicts."""
         return self.sql_rows(self._named[name], parameters, what=f"query {name}")
 
+    def row_tuples(self, name: str, /, **parameters: Any) -> list[tuple[Any, ...]]:
+        """Runs named query `name` with server-side parameters; returns rows as tuples in the query's column order
+        (for large answers: no dict per row)."""
+        with translated_errors(self.target, f"query {name}"):
+            return [tuple(row) for row in self._client.query(self._named[name], parameters=parameters).result_rows]
+
     def command_named(self, name: str, /, **parameters: Any) -> Any:
         """Runs named statement `name` (no rows back) with server-side parameters."""
         return self.command(self._named[name], parameters, what=f"statement {name}")
@@ -158,8 +164,10 @@ class ClickHouse:
         with translated_errors(self.target, what):
             return self._client.command(sql, parameters=parameters, settings=settings)
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
-        """Inserts rows into `table` of this database.
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], *,
+               column_oriented: bool = False) -> None:
+        """Inserts rows into `table` of this database; with `column_oriented`, `rows` holds one sequence per column
+        (in the order of `columns`) instead of one per row.
 
         The columns' types are asked of the server on the first insert into (table, columns) and remembered for the
         life of this client, which saves a round trip on every later insert; migrations run before clients open.
@@ -169,7 +177,8 @@ class ClickHouse:
             if key not in self._column_types:
                 context = self._client.create_insert_context(table, list(columns))
                 self._column_types[key] = [column_type.name for column_type in context.column_types]
-            self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key])
+            self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key],
+                                column_oriented=column_oriented)
 
     def close(self) -> None:
         """Releases the client."""

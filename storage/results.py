@@ -151,11 +151,20 @@ class ResultStore:
     def insert_alerts_of_runs(self, runs: Sequence[tuple[RunScope, str, str, Sequence[AlertEvent]]]) -> None:
         """Writes, in one insert, one `alert_events` row per alert of each (scope, rule name, severity, alerts)
         (no alert at all: nothing is sent to ClickHouse)."""
-        rows = [[scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name, severity, alert.entity_type,
-                 alert.entity_id, alert.entity_name, alert.condition_details, alert.notified_users]
-                for scope, rule_name, severity, alerts in runs for alert in alerts]
-        if rows:
-            self._clickhouse.insert("alert_events", rows, _ALERT_COLUMNS)
+        # Column by column: a run's own values are repeated, not copied into a row per alert.
+        columns: list[list[Any]] = [[] for _ in _ALERT_COLUMNS]
+        for scope, rule_name, severity, alerts in runs:
+            count = len(alerts)
+            for column, value in zip(columns, (scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name,
+                                               severity)):
+                column += [value] * count
+            columns[5] += [alert.entity_type for alert in alerts]
+            columns[6] += [alert.entity_id for alert in alerts]
+            columns[7] += [alert.entity_name for alert in alerts]
+            columns[8] += [alert.condition_details for alert in alerts]
+            columns[9] += [alert.notified_users for alert in alerts]
+        if columns[0]:
+            self._clickhouse.insert("alert_events", columns, _ALERT_COLUMNS, column_oriented=True)
 
     def alerted_since(self, scope: RunScope, since: datetime, entity_ids: Sequence[str]) -> set[tuple[str, str]]:
         """The (entity_type, entity_id) among `entity_ids` with an alert of the rule from `since` until before T."""
@@ -206,23 +215,21 @@ class ResultStore:
         open_ids = {key: set(ids) for key in distinct}
         lasts = sorted({last for _, last in distinct})
         for first in (min(lasts), min(earliest or CLICKHOUSE_FIRST_DATE for earliest, _ in distinct)):
-            asked = sorted({entity_id for key in distinct for entity_id in open_ids[key]})
+            asked = sorted(set().union(*open_ids.values()))
             if not asked:
                 break
-            latest: dict[tuple[date, str], tuple[date, CampaignIdentity]] = {
-                (lasts[row["last_number"] - 1], row["entity_id"]): (
-                    row["latest"], CampaignIdentity(row["entity_name"], row["dsp_type"], row["advertiser_id"]))
-                for row in self._clickhouse.rows("campaign_identities", org_id=org_id, entity_ids=asked,
-                                                 lasts=lasts, first=first, last=lasts[-1])}
+            seen_by_last: dict[date, dict[str, tuple[date, CampaignIdentity]]] = {last: {} for last in lasts}
+            for last_number, entity_id, latest, entity_name, dsp_type, advertiser_id in self._clickhouse.row_tuples(
+                    "campaign_identities", org_id=org_id, entity_ids=asked, lasts=lasts, first=first, last=lasts[-1]):
+                seen_by_last[lasts[last_number - 1]][entity_id] = (
+                    latest, CampaignIdentity(entity_name, dsp_type, advertiser_id))
             for key in distinct:
                 earliest, last = key
                 range_first = earliest or CLICKHOUSE_FIRST_DATE
-                for entity_id in list(open_ids[key]):
-                    seen = latest.get((last, entity_id))
-                    if seen is not None:
-                        if seen[0] >= range_first:
-                            found[key][entity_id] = seen[1]
-                        open_ids[key].discard(entity_id)
-                    elif first <= range_first:
-                        open_ids[key].discard(entity_id)  # no data from the range's first day to its last
+                seen, still_open = seen_by_last[last], open_ids[key]
+                found[key].update((entity_id, identity) for entity_id, (latest, identity) in seen.items()
+                                  if latest >= range_first and entity_id in still_open)
+                # A campaign seen has its answer; one not seen has no data from `first` to the last day, which
+                # answers the ranges that start there or later.
+                open_ids[key] = set() if first <= range_first else still_open.difference(seen)
         return found

@@ -30,7 +30,7 @@ class Entity:
         """This entity as PostgreSQL can store it: NUL characters, which PostgreSQL text and JSON refuse and
         ClickHouse strings may hold, become U+FFFD."""
         texts = (self.entity_type, self.entity_id, self.entity_name, self.dsp_type, self.advertiser_id)
-        if not any("\x00" in text for text in texts) and "\\u0000" not in self.condition_details:
+        if "\x00" not in "".join(texts) and "\\u0000" not in self.condition_details:
             return self
         details = json.dumps(_without_nul(json.loads(self.condition_details))) if self.condition_details else ""
         return Entity(*(_without_nul(text) for text in texts[:3]), details, *(_without_nul(t) for t in texts[3:]))
@@ -71,13 +71,14 @@ def audiences(postgres: Postgres | Transaction, org_id: int, runs: Sequence[tupl
               at: datetime) -> list[dict[tuple[str, str], list[Recipient]]]:
     """For each (roles, entities) of one organization's runs as of `at`, what `audience` gives, in one query."""
     everyone_roles = sorted({role for roles, entities in runs if entities for role in roles})
-    everyone = [entity for roles, entities in runs if roles for entity in entities]
+    # An entity several runs alerted on is asked about once; the entities travel as one JSON text, which costs
+    # far less to send than four text arrays.
+    everyone = list(dict.fromkeys((entity.entity_type, entity.entity_id, entity.dsp_type, entity.advertiser_id)
+                                  for roles, entities in runs if roles for entity in entities))
     if not everyone or not everyone_roles:
         return [{} for _ in runs]
-    rows = postgres.all(
-        "audience", org_id=org_id, roles=everyone_roles, at=at.replace(tzinfo=None),
-        entity_types=[e.entity_type for e in everyone], entity_ids=[e.entity_id for e in everyone],
-        dsp_types=[e.dsp_type for e in everyone], advertiser_ids=[e.advertiser_id for e in everyone])
+    rows = postgres.all("audience", org_id=org_id, roles=everyone_roles, at=at.replace(tzinfo=None),
+                        entities=json.dumps(everyone))
     recipients: dict[tuple[str, str, str, str], list[Recipient]] = defaultdict(list)
     for row in rows:
         recipients[(row["entity_type"], row["entity_id"], row["dsp_type"], row["advertiser_id"])].append(

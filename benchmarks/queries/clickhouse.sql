@@ -24,3 +24,7 @@ SELECT
     toDecimal32(clicks / impressions, 6) AS ctr,
     toDecimal32(if(clicks = 0, 0, conversions / clicks), 6) AS cvr
 FROM numbers({campaigns:UInt64});
+
+-- name: bench_merge_metrics
+-- The day-by-day inserts' parts merged, as a table loaded long ago is (ClickHouse merges them in the background).
+OPTIMIZE TABLE campaign_metrics_daily FINAL;

@@ -256,10 +256,11 @@ RETURNING s.rule_id::text AS rule_id, s.scheduled_for, s.trigger, s.resends;
 
 -- name: audience
 -- The members of the organization allowed to hear of each entity (the README's Notifications), one row per
--- (entity with its DSP and advertiser, user), with the user's role.
+-- (entity with its DSP and advertiser, user), with the user's role. `entities` is a JSON array of
+-- [entity_type, entity_id, dsp_type, advertiser_id] arrays: one text parameter, however many entities.
 WITH entity AS (
-    SELECT DISTINCT * FROM unnest(%(entity_types)s::text[], %(entity_ids)s::text[], %(dsp_types)s::text[],
-                                  %(advertiser_ids)s::text[]) AS e(entity_type, entity_id, dsp_type, advertiser_id)
+    SELECT DISTINCT e ->> 0 AS entity_type, e ->> 1 AS entity_id, e ->> 2 AS dsp_type, e ->> 3 AS advertiser_id
+    FROM json_array_elements(%(entities)s::json) AS e
 ),
 member AS (
     SELECT m.user_id, m.role, u.email, COALESCE(u.email_verified, FALSE) AS email_verified

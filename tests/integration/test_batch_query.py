@@ -265,6 +265,35 @@ def test_every_window_and_scope_in_one_batch(metrics):
     assert {row[0] for row in rows} == {rule["rule_id"] for rule in rules}, "every rule has entities"
 
 
+def test_the_text_attributes_of_a_short_slice_read_apart_give_the_rows_of_separate_runs(metrics):
+    """Yesterday's name, DSP and advertiser, read by a scan of yesterday alone beside a 30-day aggregation, are
+    those of separate runs: for campaigns renamed over the month, without data yesterday, or with data only then."""
+    org, at, timezone = next(ORGS), EVALUATION_TIMES[0], "UTC"
+    today = resolve_window(at, timezone, "today").today
+    rows = _fixed_campaign_rows(org, today)
+    for age in range(1, 31):
+        for index, campaign in enumerate(["renamed", "quiet-yesterday", "only-yesterday"]):
+            if (campaign == "quiet-yesterday" and age == 1) or (campaign == "only-yesterday" and age > 1):
+                continue
+            rows.append(_campaign_row(org, today - timedelta(days=age), campaign, {
+                "dsp_type": DSPS[(age + index) % 3], "campaign_name": NAMES[(age + index) % len(NAMES)],
+                "advertiser_id": ADVERTISERS[age % 4], "impressions": COUNTS[age % 7], "clicks": COUNTS[index],
+                "conversions": age, "spend": SPENDS[(age + index) % 5]}))
+    metrics.insert("campaign_metrics_daily", rows, column_names=_CAMPAIGN_COLUMNS)
+    texts = {"or": [{"!!": [{"var": name}]} for name in ("campaign_name", "dsp_type", "advertiser_id")]}
+    rules = [{"rule_id": str(uuid.uuid4()), "window": "yesterday", "compare_to": None, "scope": scope,
+              "logic": texts} for scope in (None, {"dsp_type": ["DV360", "TTD"]})]
+    rules.append({"rule_id": str(uuid.uuid4()), "window": "last_30_days", "compare_to": None, "scope": None,
+                  "logic": {">": [{"var": "spend"}, 0]}})
+    members = [batch_member(position, rule["rule_id"], CAMPAIGN_METRICS, rule["logic"],
+                            resolve_window(at, timezone, rule["window"], None), rule["scope"], False)
+               for position, rule in enumerate(rules)]
+    assert "JOIN" in batch_evaluation(CAMPAIGN_METRICS, org, members).sql, "yesterday's texts are read apart"
+    rows = _compare_with_separate_runs(metrics, CAMPAIGN_METRICS, org, at, timezone, rules)
+    yesterday = {row[1] for row in rows if row[0] == rules[0]["rule_id"]}
+    assert {"renamed", "only-yesterday"} <= yesterday and "quiet-yesterday" not in yesterday
+
+
 def test_days_in_a_slice_longer_than_64_days(metrics):
     """A lone last_90_days rule reads one slice of 90 days (180 with its previous period), where dates 64 days
     apart must count as two."""
