@@ -240,7 +240,8 @@ class RuleRunner:
             # on (superseded) is final already.
             raise
         except SoftTimeLimitExceeded:
-            # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
+            # ClickHouse stops the statement in flight itself (its max_execution_time is the time left); the
+            # client has moved to a new session meanwhile (storage/clickhouse.py), so the deletes can run.
             for run in runs:
                 self._fail_at_time_limit(run)
         except (RuleError, StorageError) as error:
@@ -251,10 +252,10 @@ class RuleRunner:
                 self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
 
     def _fail_at_time_limit(self, run: RunInHand) -> None:
-        """Records `run` as failed at the time limit (RUN_TIME_LIMIT_SECONDS)."""
-        reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
-                  "(RUN_TIME_LIMIT_SECONDS) and was stopped")
-        self._transition(run, RunState.FAILED, reason, error=reason)
+        """Records `run` as failed at the time limit (RUN_TIME_LIMIT_SECONDS), deleting what its stage wrote as
+        `_fail` does."""
+        self._fail(run, f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
+                        "(RUN_TIME_LIMIT_SECONDS) and was stopped")
 
     def has_run(self, rule_id: str, at: datetime) -> bool:
         """True when (rule, T) already has a non-dry run: a new request for it would only return that run."""
