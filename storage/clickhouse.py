@@ -173,6 +173,20 @@ class ClickHouse:
             self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key])
 
     @contextmanager
+    def answering_within(self, seconds: float) -> Iterator[None]:
+        """Inside the block, a request whose answer takes over `seconds` fails with DatabaseUnavailable instead of
+        waiting up to SEND_RECEIVE_TIMEOUT_SECONDS (a chDB client in-process has no timeout to shorten)."""
+        if self.target.is_embedded:
+            yield
+            return
+        usual = self._client.timeout
+        self._client.timeout = Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=seconds)
+        try:
+            yield
+        finally:
+            self._client.timeout = usual
+
+    @contextmanager
     def _request(self, what: str) -> Iterator[None]:
         """translated_errors for one request of this client. A request given up before the server answered (a
         network failure, a read timeout, the run's time limit) moves the client to a new session: the server goes on
