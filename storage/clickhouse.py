@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,13 +147,13 @@ class ClickHouse:
 
     def sql_rows(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> list[dict[str, Any]]:
         """Runs SQL built by the engine with server-side parameters; returns rows as dicts."""
-        with translated_errors(self.target, what):
+        with self._request(what):
             result = self._client.query(sql, parameters=parameters)
             return list(result.named_results())
 
     def row_batches(self, sql: str, parameters: dict[str, Any], *, what: str = "query") -> Iterator[list[dict[str, Any]]]:
         """Runs SQL and yields its rows block by block as dicts, so a large answer never sits in memory whole."""
-        with translated_errors(self.target, what):
+        with self._request(what):
             with self._client.query_row_block_stream(sql, parameters=parameters) as stream:
                 names = stream.source.column_names
                 for block in stream:
@@ -161,7 +162,7 @@ class ClickHouse:
     def command(self, sql: str, parameters: dict[str, Any] | None = None, *, what: str = "statement",
                 settings: dict[str, Any] | None = None) -> Any:
         """Runs a statement that returns no rows (DDL, INSERT ... SELECT), with extra query `settings` if given."""
-        with translated_errors(self.target, what):
+        with self._request(what):
             return self._client.command(sql, parameters=parameters, settings=settings)
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], *,
@@ -173,12 +174,46 @@ class ClickHouse:
         life of this client, which saves a round trip on every later insert; migrations run before clients open.
         """
         key = (table, tuple(columns))
-        with translated_errors(self.target, f"insert into {table}"):
+        with self._request(f"insert into {table}"):
             if key not in self._column_types:
                 context = self._client.create_insert_context(table, list(columns))
                 self._column_types[key] = [column_type.name for column_type in context.column_types]
             self._client.insert(table, rows, column_names=list(columns), column_type_names=self._column_types[key],
                                 column_oriented=column_oriented)
+
+    @contextmanager
+    def answering_within(self, seconds: float) -> Iterator[None]:
+        """Inside the block, a request whose answer takes over `seconds` fails with DatabaseUnavailable instead of
+        waiting up to SEND_RECEIVE_TIMEOUT_SECONDS (a chDB client in-process has no timeout to shorten)."""
+        if self.target.is_embedded:
+            yield
+            return
+        usual = self._client.timeout
+        self._client.timeout = Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=seconds)
+        try:
+            yield
+        finally:
+            self._client.timeout = usual
+
+    @contextmanager
+    def _request(self, what: str) -> Iterator[None]:
+        """translated_errors for one request of this client. A request given up before the server answered (a
+        network failure, a read timeout, the run's time limit) moves the client to a new session: the server goes on
+        with the abandoned statement, and until it ends, every other request in its session is refused
+        (SESSION_IS_LOCKED)."""
+        try:
+            with translated_errors(self.target, what):
+                yield
+        except QueryFailed:
+            raise
+        except BaseException:
+            self._renew_session()
+            raise
+
+    def _renew_session(self) -> None:
+        """Gives the client a session id of its own, never used before (a chDB client in-process has none)."""
+        if self._client.get_client_setting("session_id") is not None:
+            self._client.set_client_setting("session_id", str(uuid.uuid4()))
 
     def close(self) -> None:
         """Releases the client."""

@@ -7,6 +7,7 @@ also what a stage deletes before it is written again.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -80,6 +81,10 @@ class ResultStore:
 
     def __init__(self, clickhouse: ClickHouse) -> None:
         self._clickhouse = clickhouse
+
+    def answering_within(self, seconds: float) -> AbstractContextManager[None]:
+        """Inside the block, ClickHouse requests fail with DatabaseUnavailable when unanswered after `seconds`."""
+        return self._clickhouse.answering_within(seconds)
 
     def entity_row_batches(self, entities: Statement) -> Iterator[list[dict[str, Any]]]:
         """The rows of engine.query.entity_rows, block by block: each a field name -> value mapping."""

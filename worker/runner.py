@@ -66,6 +66,9 @@ MAX_RUN_ATTEMPTS = 3
 EVALUATION_RETENTION = timedelta(days=90)
 # A waiting run is first checked again after this many seconds (WAIT_CHECK_SECONDS), then with backoff.
 DEFAULT_WAIT_CHECK_SECONDS = 60
+# How long each delete of a run stopped at its time limit may wait for ClickHouse's answer; the hard limit comes
+# 30 s after the soft one (worker/app.py).
+TIME_LIMIT_DELETE_SECONDS = 5
 
 
 class RuleNotFound(WorkerError):
@@ -240,21 +243,21 @@ class RuleRunner:
             # on (superseded) is final already.
             raise
         except SoftTimeLimitExceeded:
-            # ClickHouse stops the statement in flight itself (its max_execution_time is the time left).
-            for run in runs:
-                self._fail_at_time_limit(run)
+            # ClickHouse stops the statement in flight itself (its max_execution_time is the time left); the
+            # client has moved to a new session meanwhile (storage/clickhouse.py), so the deletes can run. They
+            # must end before the hard limit: once ClickHouse leaves one unanswered, the others are not tried.
+            reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
+                      "(RUN_TIME_LIMIT_SECONDS) and was stopped")
+            answering = True
+            with self._results.answering_within(TIME_LIMIT_DELETE_SECONDS):
+                for run in runs:
+                    answering = self._fail(run, reason, delete_rows=answering)
         except (RuleError, StorageError) as error:
             for run in runs:
                 self._fail(run, str(error))
         except Exception as error:  # a bug: the runs still end failed, saying what stopped them
             for run in runs:
                 self._fail(run, f"the run stopped: {type(error).__name__}: {error}".rstrip(": "))
-
-    def _fail_at_time_limit(self, run: RunInHand) -> None:
-        """Records `run` as failed at the time limit (RUN_TIME_LIMIT_SECONDS)."""
-        reason = (f"the run passed its time limit of {self._time_limit_seconds or '?'} s "
-                  "(RUN_TIME_LIMIT_SECONDS) and was stopped")
-        self._transition(run, RunState.FAILED, reason, error=reason)
 
     def has_run(self, rule_id: str, at: datetime) -> bool:
         """True when (rule, T) already has a non-dry run: a new request for it would only return that run."""
@@ -671,18 +674,24 @@ class RuleRunner:
         if ids:
             self._send_deliveries(ids)
 
-    def _fail(self, run: RunInHand, reason: str) -> None:
-        """Records `run` as failed; rows its evaluation stage wrote before the failure are deleted (best effort),
-        so that a failed run leaves no evaluations its summary does not count."""
+    def _fail(self, run: RunInHand, reason: str, *, delete_rows: bool = True) -> bool:
+        """Records `run` as failed; unless `delete_rows` is False, rows its evaluation stage wrote before the failure
+        are deleted (best effort), so that a failed run leaves no evaluations its summary does not count. Returns
+        False when ClickHouse did not answer a delete (DatabaseUnavailable)."""
         stage = run.state
         self._transition(run, RunState.FAILED, reason, error=reason)
         if run.record.dry_run or stage not in (RunState.COMPILED, RunState.EVALUATED):
-            return
+            return True
+        if not delete_rows:
+            log.warning("run %s failed and its rows were not deleted: ClickHouse did not answer", run.record.id)
+            return False
         try:
             self._results.delete_evaluations(run.scope)
             self._results.delete_alerts(run.scope)
         except StorageError as error:
             log.warning("run %s failed and its rows could not be deleted: %s", run.record.id, error)
+            return not isinstance(error, DatabaseUnavailable)
+        return True
 
     def _transition(self, run: RunInHand, target: RunState, detail: str, **changes: Any) -> None:
         """Records `run` moving to `target` (storage.runs.RunStore.transition takes the counters and `tx`)."""

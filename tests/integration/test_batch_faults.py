@@ -1,6 +1,7 @@
 """Faults of batches on real processes (the README's How a run works, Guarantees): a worker killed mid-batch, a
 batch task delivered again (sent again, and redelivered after its pool child was killed), ClickHouse killed with a
-batch's insert half-written, and one rule of a batch too slow for the time limit.
+batch's insert half-written, and one rule of a batch too slow for the time limit (last in its batch, and first,
+stopped mid-statement with the rule after it in the same process).
 
 Each rule of a batch keeps its own run, so a worker killed in the middle of a batch leaves each run as it was;
 beat's sweeper sends each lost run again as a single rules.evaluate, and a redelivered or retried batch task finds
@@ -342,6 +343,54 @@ def test_a_rule_too_slow_for_the_time_limit_fails_alone_and_the_rest_of_its_batc
             assert details[2].startswith(f"{failed['error']} ({batch_failed}") and timeout in details[2], details
             assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
 
+
+
+def test_a_rule_stopped_at_the_time_limit_mid_statement_leaves_the_next_rules_of_its_process_their_clickhouse(
+        pg_url, migrated_ch_url, tmp_path):
+    """The slow naming rule first in a batch, then a spend rule, on a worker whose RUN_TIME_LIMIT_SECONDS is 10.
+    The batch's statement fails at its share of the time limit; the naming rule, alone, is stopped by the task's
+    soft time limit while the server still runs its statement (for up to CLAIM_HELD_SECONDS more). The spend rule,
+    next in the same process, gets its ClickHouse requests answered all the same (not refused with
+    SESSION_IS_LOCKED, the abandoned statement's session being busy) and succeeds with exactly its rows."""
+    with own_redis(tmp_path) as broker:
+        with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", time_limit=TIME_LIMIT,
+                         redis_server=broker.url) as services:
+            data = services.data()
+            org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
+            data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
+                    (Jsonb({"naming_conventions": {"campaign": SLOW_CONVENTION}}), org))
+            three_campaigns(data, org)
+            filler_campaigns(data, org)
+            schedule = never_firing(utc_now())
+            naming = data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"},
+                                                                                      "campaign"]}},
+                               NO_COOLDOWN, module="taxonomy", name="naming")
+            spend = data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name="spend")
+            worker = services.start_worker()
+            at = minute_floor(utc_now()) - timedelta(minutes=1)
+
+            gate = _gate(services, naming, org, at)
+            try:
+                task = services.send("rules.evaluate_batch", org, iso(at), [naming, spend])
+                wait_until(lambda: waited_seconds(services, gate) >= CLAIM_HELD_SECONDS, 30,
+                           f"the naming rule's claim to wait {CLAIM_HELD_SECONDS} s", interval=0.05)
+            finally:
+                gate.rollback()
+                gate.close()
+            summaries = task.get(timeout=90)
+
+            assert [s["status"] for s in summaries] == ["failed", "succeeded"], worker.log()[-3000:]
+            assert "SESSION_IS_LOCKED" not in worker.log(), worker.log()[-3000:]
+            stopped, succeeded = _run_row(services, naming, at), _run_row(services, spend, at)
+            assert stopped["error"] == (f"the run passed its time limit of {TIME_LIMIT} s (RUN_TIME_LIMIT_SECONDS) "
+                                        "and was stopped"), stopped["error"]
+            details = [entry["detail"] for entry in succeeded["transitions"]]
+            assert (succeeded["attempts"], succeeded["entities"], succeeded["matched"], succeeded["alerts"]) == (
+                1, FILLER_CAMPAIGNS + 3, 2, 2), details
+            assert (data.count("rule_evaluations", spend), data.count("alert_events", spend)) == (
+                FILLER_CAMPAIGNS + 3, 2)
+            assert [a["entity_id"] for a in data.alerts(spend, at)] == ["c2", "c3"]
+            assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
 
 # --- the same batch task delivered again after its pool child was killed ----------------------------------------------
 
