@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -281,6 +281,37 @@ def waited_seconds(services, gate: psycopg.Connection) -> float:
     return float(rows[0]["waited"]) if rows else 0.0
 
 
+def slow_naming_organization(data) -> tuple[int, str]:
+    """An organization with SLOW_CONVENTION, c1..c3 and FILLER_CAMPAIGNS campaigns, and a schedule that never fires
+    during the test."""
+    org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
+    data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
+            (Jsonb({"naming_conventions": {"campaign": SLOW_CONVENTION}}), org))
+    three_campaigns(data, org)
+    filler_campaigns(data, org)
+    return org, never_firing(utc_now())
+
+
+def slow_naming_rule(data, org: int, schedule: str) -> str:
+    """A taxonomy rule whose diagnoses over the organization's names take far longer than TIME_LIMIT."""
+    return data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"}, "campaign"]}},
+                     NO_COOLDOWN, module="taxonomy", name="naming")
+
+
+def batch_with_naming_claim_held(services, org: int, at: datetime, naming: str, rule_ids: list[str]) -> list[dict]:
+    """The summaries of a batch of `rule_ids` as of `at` whose `naming` rule's claim is held CLAIM_HELD_SECONDS, so
+    that its statement alone always outlasts the task's soft time limit."""
+    gate = _gate(services, naming, org, at)
+    try:
+        task = services.send("rules.evaluate_batch", org, iso(at), rule_ids)
+        wait_until(lambda: waited_seconds(services, gate) >= CLAIM_HELD_SECONDS, 30,
+                   f"the naming rule's claim to wait {CLAIM_HELD_SECONDS} s", interval=0.05)
+    finally:
+        gate.rollback()
+        gate.close()
+    return task.get(timeout=90)
+
+
 def test_a_rule_too_slow_for_the_time_limit_fails_alone_and_the_rest_of_its_batch_succeeds(pg_url, migrated_ch_url,
                                                                                            tmp_path):
     """A batch of two spend rules and a naming rule whose diagnoses are slow, on a worker whose
@@ -292,28 +323,13 @@ def test_a_rule_too_slow_for_the_time_limit_fails_alone_and_the_rest_of_its_batc
         with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", time_limit=TIME_LIMIT,
                          redis_server=broker.url) as services:
             data = services.data()
-            org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
-            data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
-                    (Jsonb({"naming_conventions": {"campaign": SLOW_CONVENTION}}), org))
-            three_campaigns(data, org)
-            filler_campaigns(data, org)
-            schedule = never_firing(utc_now())
+            org, schedule = slow_naming_organization(data)
             spend = [data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name=f"spend {n}") for n in (1, 2)]
-            naming = data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"},
-                                                                                      "campaign"]}},
-                               NO_COOLDOWN, module="taxonomy", name="naming")
+            naming = slow_naming_rule(data, org, schedule)
             worker = services.start_worker()
             at = minute_floor(utc_now()) - timedelta(minutes=1)
 
-            gate = _gate(services, naming, org, at)
-            try:
-                task = services.send("rules.evaluate_batch", org, iso(at), [*spend, naming])
-                wait_until(lambda: waited_seconds(services, gate) >= CLAIM_HELD_SECONDS, 30,
-                           f"the naming rule's claim to wait {CLAIM_HELD_SECONDS} s", interval=0.05)
-            finally:
-                gate.rollback()
-                gate.close()
-            summaries = task.get(timeout=90)
+            summaries = batch_with_naming_claim_held(services, org, at, naming, [*spend, naming])
 
             assert [s["status"] for s in summaries] == ["succeeded", "succeeded", "failed"], summaries
             assert f"organization {org} failed; each runs alone" in worker.log()
@@ -344,7 +360,6 @@ def test_a_rule_too_slow_for_the_time_limit_fails_alone_and_the_rest_of_its_batc
             assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
 
 
-
 def test_a_rule_stopped_at_the_time_limit_mid_statement_leaves_the_next_rules_of_its_process_their_clickhouse(
         pg_url, migrated_ch_url, tmp_path):
     """The slow naming rule first in a batch, then a spend rule, on a worker whose RUN_TIME_LIMIT_SECONDS is 10.
@@ -356,28 +371,13 @@ def test_a_rule_stopped_at_the_time_limit_mid_statement_leaves_the_next_rules_of
         with services_on(pg_url, migrated_ch_url, 0, tmp_path / "logs", time_limit=TIME_LIMIT,
                          redis_server=broker.url) as services:
             data = services.data()
-            org = data.org(timezone="UTC", modules=["alerts", "taxonomy"])
-            data.pg("UPDATE organizations SET settings = %s WHERE id = %s",
-                    (Jsonb({"naming_conventions": {"campaign": SLOW_CONVENTION}}), org))
-            three_campaigns(data, org)
-            filler_campaigns(data, org)
-            schedule = never_firing(utc_now())
-            naming = data.rule(org, {**spend_rule(0, schedule), "logic": {"naming": [{"var": "campaign_name"},
-                                                                                      "campaign"]}},
-                               NO_COOLDOWN, module="taxonomy", name="naming")
+            org, schedule = slow_naming_organization(data)
+            naming = slow_naming_rule(data, org, schedule)
             spend = data.rule(org, spend_rule(15, schedule), NO_COOLDOWN, name="spend")
             worker = services.start_worker()
             at = minute_floor(utc_now()) - timedelta(minutes=1)
 
-            gate = _gate(services, naming, org, at)
-            try:
-                task = services.send("rules.evaluate_batch", org, iso(at), [naming, spend])
-                wait_until(lambda: waited_seconds(services, gate) >= CLAIM_HELD_SECONDS, 30,
-                           f"the naming rule's claim to wait {CLAIM_HELD_SECONDS} s", interval=0.05)
-            finally:
-                gate.rollback()
-                gate.close()
-            summaries = task.get(timeout=90)
+            summaries = batch_with_naming_claim_held(services, org, at, naming, [naming, spend])
 
             assert [s["status"] for s in summaries] == ["failed", "succeeded"], worker.log()[-3000:]
             assert "SESSION_IS_LOCKED" not in worker.log(), worker.log()[-3000:]
@@ -391,6 +391,7 @@ def test_a_rule_stopped_at_the_time_limit_mid_statement_leaves_the_next_rules_of
                 FILLER_CAMPAIGNS + 3, 2)
             assert [a["entity_id"] for a in data.alerts(spend, at)] == ["c2", "c3"]
             assert (data.count("rule_evaluations", naming), data.count("alert_events", naming)) == (0, 0)
+
 
 # --- the same batch task delivered again after its pool child was killed ----------------------------------------------
 
