@@ -32,6 +32,9 @@ class EntityState:
 
 
 UNSEEN = EntityState(NORMAL)
+# The states without a streak, made once: next_state runs for every matched entity of every run.
+_FIRING = EntityState(FIRING)
+_RECOVERING = EntityState(RECOVERING)
 
 
 def next_state(current: EntityState, matched: bool, recovered: bool, pending_runs: int,
@@ -40,13 +43,13 @@ def next_state(current: EntityState, matched: bool, recovered: bool, pending_run
     holds for it (True when the rule has none, or the entity was not evaluated)."""
     if matched:
         if current.state in ALERTED_STATES:
-            return EntityState(FIRING)
+            return _FIRING
         streak = (current.streak if current.state == PENDING else 0) + 1
-        return EntityState(FIRING) if streak >= pending_runs else EntityState(PENDING, streak)
+        return _FIRING if streak >= pending_runs else EntityState(PENDING, streak)
     if current.state not in ALERTED_STATES:
         return UNSEEN
     if not recovered:
-        return EntityState(RECOVERING)
+        return _RECOVERING
     streak = (current.streak if current.state == RECOVERING else 0) + 1
     return UNSEEN if streak >= recovery_runs else EntityState(RECOVERING, streak)
 

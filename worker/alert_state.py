@@ -90,6 +90,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
     changes: list[tuple[Entity, str, EntityState]] = []
     after_states: list[EntityState] = list(later.values())
     decided: set[tuple[str, str]] = set()
+    first_match = next_state(UNSEEN, True, True, policy.pending_runs, policy.recovery_runs)
     for entity in matched:
         stored_entity = entity.without_nul()
         key = stored_entity.key
@@ -98,7 +99,8 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
                 firing.append(entity)
             continue
         row, before = current.pop(key, (None, UNSEEN))
-        after = next_state(before, True, True, policy.pending_runs, policy.recovery_runs)
+        after = first_match if row is None else next_state(before, True, True, policy.pending_runs,
+                                                             policy.recovery_runs)
         if row is None or after != row.state or row.conditions_hash != policy.conditions_hash:
             changes.append((stored_entity, row.state.state if row else NORMAL, after))
         if after.state == FIRING:

@@ -50,7 +50,7 @@ from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunMovedOn, RunRec
 from storage.silences import SilenceStore
 from worker.alert_state import AlertState, SimulatedStates, decide, keys_of, lifecycle_policy, out_of_cooldown, \
     state_writes
-from worker.audience import Entity, audiences
+from worker.audience import Entity, Recipient, audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches, evaluation_key, restate
@@ -166,6 +166,12 @@ def _storm(rule: Rule, entities: int, matched: int) -> Storm | None:
 def summary(row: Mapping[str, Any]) -> dict[str, Any]:
     """The run summary (see the README) of a row read by any `SELECT *` of rule_runs."""
     return RunRecord.from_row(row).summary()
+
+
+def _user_ids(recipients: Mapping[tuple[str, str], Sequence[Recipient]]) -> dict[tuple[str, str], list[int]]:
+    """The sorted user ids of the recipients of each entity key that has any."""
+    return {key: sorted(recipient.user_id for recipient in entity_recipients)
+            for key, entity_recipients in recipients.items()}
 
 
 def _recovering_rule_ids(runs: Sequence[RunInHand]) -> list[str]:
@@ -592,8 +598,8 @@ class RuleRunner:
             (run.rule.actions.notify.roles, told_alerted + told_resolved)
             for run, (told_alerted, told_resolved) in zip(runs, told)], at)
             if notifies else [{} for _ in runs])
-        users = [[sorted(r.user_id for r in run_recipients.get(entity.key, [])) for entity in run_stored]
-                 for run_recipients, run_stored in zip(recipients, stored_alerted)]
+        users = [[user_ids.get(entity.key, []) for entity in run_stored]
+                 for user_ids, run_stored in zip(map(_user_ids, recipients), stored_alerted)]
         self._results.insert_alerts_of_runs([
             (run.scope, run.rule_row.name, run.rule.actions.severity,
              [AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
@@ -650,8 +656,10 @@ class RuleRunner:
         told = hush.told(stored)
         recipients = audiences(self._postgres, scope.org_id, [(actions.notify.roles, told)], scope.at)[0]
 
+        user_ids = _user_ids(recipients)
+
         def users_of(entity: Entity) -> list[int]:
-            return sorted(recipient.user_id for recipient in recipients.get(entity.without_nul().key, []))
+            return user_ids.get(entity.without_nul().key, [])
 
         self._results.insert_alerts(scope, run.rule_row.name, actions.severity, [
             AlertEvent(entity.entity_type, entity.entity_id, entity.entity_name, entity.condition_details,
