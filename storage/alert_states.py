@@ -67,11 +67,12 @@ class AlertStateStore:
         found: dict[str, list[StoredState]] = {rule_id: [] for rule_id in rule_ids}
         if not rule_ids:
             return found
-        for row in self._postgres.all("alert_states_not_normal", rule_ids=list(rule_ids)):
-            found[str(row["rule_id"])].append(StoredState(
-                row["entity_type"], row["entity_id"], row["entity_name"], row["condition_details"] or "",
-                row["dsp_type"], row["advertiser_id"], EntityState(row["state"], row["streak"]),
-                row["conditions_hash"], row["evaluated_at"]))
+        for (rule_id, entity_type, entity_id, entity_name, dsp_type, advertiser_id, condition_details, state, streak,
+             conditions_hash, evaluated_at) in self._postgres.row_tuples("alert_states_not_normal",
+                                                                        rule_ids=list(rule_ids)):
+            found[rule_id].append(StoredState(entity_type, entity_id, entity_name, condition_details or "",
+                                                   dsp_type, advertiser_id, EntityState(state, streak),
+                                                   conditions_hash, evaluated_at))
         return found
 
     def write(self, tx: Transaction, org_id: int, at: datetime, writes: Sequence[StateWrite]) -> None:

@@ -183,12 +183,11 @@ class ResultStore:
         if not since_by_rule or not entity_ids:
             return cooling
         rule_ids = list(since_by_rule)
-        given = {str(rule_id): rule_id for rule_id in rule_ids}
-        for row in self._clickhouse.rows("alerts_in_cooldown", org_id=org_id, rule_ids=list(given),
-                                         since=utc_sql(min(since_by_rule.values())), until=utc_sql(at),
-                                         sinces=[utc_sql(since_by_rule[rule_id]) for rule_id in rule_ids],
-                                         entity_ids=list(entity_ids)):
-            cooling[given[str(row["rule_id"])]].add((row["entity_type"], row["entity_id"]))
+        for rule_number, pairs in self._clickhouse.row_tuples(
+                "alerts_in_cooldown", org_id=org_id, rule_ids=[str(rule_id) for rule_id in rule_ids],
+                since=utc_sql(min(since_by_rule.values())), until=utc_sql(at),
+                sinces=[utc_sql(since_by_rule[rule_id]) for rule_id in rule_ids], entity_ids=list(entity_ids)):
+            cooling[rule_ids[rule_number - 1]] = {tuple(pair) for pair in pairs}
         return cooling
 
     def has_alerted(self, org_id: int, rule_id: str, entity_type: str, entity_id: str) -> bool:

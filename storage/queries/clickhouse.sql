@@ -49,14 +49,16 @@ DELETE FROM alert_events
 WHERE org_id = {org_id:UInt32} AND alert_time = {alert_time:DateTime('UTC')} AND rule_id = {rule_id:UUID};
 
 -- name: alerts_in_cooldown
--- The (rule, entity) pairs with an alert of the rule from its own start of cooldown (sinces[i] for rule_ids[i])
--- until before T.
-SELECT DISTINCT rule_id, entity_type, entity_id
+-- For each rule (numbered from 1 in rule_ids) with any, the (entity_type, entity_id) pairs with an alert of the rule
+-- from its own start of cooldown (sinces[i] for rule_ids[i]) until before T: one row per rule, so that thousands
+-- of entities cooling down cost no row (and no UUID) each.
+SELECT indexOf({rule_ids:Array(UUID)}, rule_id) AS rule_number, groupUniqArray((entity_type, entity_id)) AS cooling
 FROM alert_events
 WHERE org_id = {org_id:UInt32} AND rule_id IN {rule_ids:Array(UUID)}
   AND alert_time >= {since:DateTime('UTC')} AND alert_time < {until:DateTime('UTC')}
   AND alert_time >= {sinces:Array(DateTime('UTC'))}[indexOf({rule_ids:Array(UUID)}, rule_id)]
-  AND entity_id IN {entity_ids:Array(String)};
+  AND entity_id IN {entity_ids:Array(String)}
+GROUP BY rule_id;
 
 -- name: campaign_identities
 -- For each of `lasts` (numbered from 1), each campaign's latest date with data from `first` to that last day, and

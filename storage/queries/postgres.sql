@@ -295,7 +295,7 @@ FROM allowed a JOIN member m ON m.user_id = a.user_id
 ORDER BY a.entity_type, a.entity_id, a.dsp_type, a.advertiser_id, m.user_id;
 
 -- name: alert_states_not_normal
-SELECT rule_id, entity_type, entity_id, entity_name, dsp_type, advertiser_id,
+SELECT rule_id::text AS rule_id, entity_type, entity_id, entity_name, dsp_type, advertiser_id,
        condition_details::text AS condition_details, state, streak, conditions_hash, evaluated_at
 FROM alert_states WHERE rule_id = ANY(%(rule_ids)s::uuid[]) AND state <> 'normal';
 
