@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from engine.alert_lifecycle import EntityState
 from storage.postgres import Postgres, Transaction
@@ -27,10 +27,10 @@ class StatedEntity(Protocol):
     advertiser_id: str
 
 
-@dataclass(frozen=True)
-class StoredState:
+class StoredState(NamedTuple):
     """An entity's state row: the entity as last written (its name, details, …), its state and streak, the hash of
-    the conditions they were reached under, and the fire time (naive, UTC) that last wrote it."""
+    the conditions they were reached under, and the fire time (naive, UTC) that last wrote it. A tuple: a run of a
+    rule firing on thousands of entities reads one per entity."""
 
     entity_type: str
     entity_id: str
@@ -67,12 +67,16 @@ class AlertStateStore:
         found: dict[str, list[StoredState]] = {rule_id: [] for rule_id in rule_ids}
         if not rule_ids:
             return found
+        # The few (state, streak) pairs there are, each made once.
+        states: dict[tuple[str, int], EntityState] = {}
         for (rule_id, entity_type, entity_id, entity_name, dsp_type, advertiser_id, condition_details, state, streak,
              conditions_hash, evaluated_at) in self._postgres.row_tuples("alert_states_not_normal",
                                                                         rule_ids=list(rule_ids)):
-            found[rule_id].append(StoredState(entity_type, entity_id, entity_name, condition_details or "",
-                                                   dsp_type, advertiser_id, EntityState(state, streak),
-                                                   conditions_hash, evaluated_at))
+            entity_state = states.get((state, streak))
+            if entity_state is None:
+                entity_state = states[(state, streak)] = EntityState(state, streak)
+            found[rule_id].append(StoredState(entity_type, entity_id, entity_name, condition_details or "", dsp_type,
+                                              advertiser_id, entity_state, conditions_hash, evaluated_at))
         return found
 
     def write(self, tx: Transaction, org_id: int, at: datetime, writes: Sequence[StateWrite]) -> None:

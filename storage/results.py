@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.query import Statement
 from engine.timestamps import utc_sql
@@ -33,9 +33,9 @@ class RunScope:
     at: datetime
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """One entity's evaluation: whether it matched and its `condition_results` document (JSON text)."""
+class Evaluation(NamedTuple):
+    """One entity's evaluation: whether it matched and its `condition_results` document (JSON text). A tuple: a run
+    reads one per matched entity."""
 
     entity_id: str
     matched: bool
