@@ -8,7 +8,6 @@ a state row is written with another state, in the same statement, one per (rule,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -43,10 +42,9 @@ class StoredState(NamedTuple):
     evaluated_at: datetime
 
 
-@dataclass(frozen=True)
-class StateWrite:
+class StateWrite(NamedTuple):
     """What one run writes of one entity of its rule: the entity (as PostgreSQL stores it), the state it was in
-    (as the run read it) and the state it is in now."""
+    (as the run read it) and the state it is in now. A tuple: a rule's first run writes one per matched entity."""
 
     rule_id: str
     run_id: str

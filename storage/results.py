@@ -61,9 +61,9 @@ class CampaignIdentity:
     advertiser_id: str
 
 
-@dataclass(frozen=True)
-class AlertEvent:
-    """One `alert_events` row of a run, less what the run itself gives (org, T, rule, name, severity)."""
+class AlertEvent(NamedTuple):
+    """One `alert_events` row of a run, less what the run itself gives (org, T, rule, name, severity). A tuple: a
+    run writes one per alert, its columns taken straight from it."""
 
     entity_type: str
     entity_id: str
@@ -163,11 +163,9 @@ class ResultStore:
             for column, value in zip(columns, (scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name,
                                                severity)):
                 column += [value] * count
-            columns[5] += [alert.entity_type for alert in alerts]
-            columns[6] += [alert.entity_id for alert in alerts]
-            columns[7] += [alert.entity_name for alert in alerts]
-            columns[8] += [alert.condition_details for alert in alerts]
-            columns[9] += [alert.notified_users for alert in alerts]
+            if alerts:
+                for column, values in zip(columns[5:], zip(*alerts)):
+                    column += values
         if columns[0]:
             self._clickhouse.insert("alert_events", columns, _ALERT_COLUMNS, column_oriented=True)
 
