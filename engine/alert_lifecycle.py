@@ -32,8 +32,8 @@ class EntityState:
 
 
 UNSEEN = EntityState(NORMAL)
-# The states without a streak, made once: next_state runs for every matched entity of every run.
-_FIRING = EntityState(FIRING)
+# The states without a streak, made once: they are given to every matched entity of every run.
+FIRING_STATE = EntityState(FIRING)
 _RECOVERING = EntityState(RECOVERING)
 
 
@@ -43,9 +43,9 @@ def next_state(current: EntityState, matched: bool, recovered: bool, pending_run
     holds for it (True when the rule has none, or the entity was not evaluated)."""
     if matched:
         if current.state in ALERTED_STATES:
-            return _FIRING
+            return FIRING_STATE
         streak = (current.streak if current.state == PENDING else 0) + 1
-        return _FIRING if streak >= pending_runs else EntityState(PENDING, streak)
+        return FIRING_STATE if streak >= pending_runs else EntityState(PENDING, streak)
     if current.state not in ALERTED_STATES:
         return UNSEEN
     if not recovered:

@@ -49,9 +49,10 @@ class Transaction:
         self._url = url
         self._named = named
 
-    def _run(self, name: str, params: Mapping[str, Any], /) -> psycopg.Cursor:
+    def _run(self, name: str, params: Mapping[str, Any], /, row_factory: Any = None) -> psycopg.Cursor:
         with translated_errors(self._url, f"query {name}"):
-            return self._connection.execute(self._named[name], params, prepare=True)
+            cursor = self._connection.cursor(row_factory=row_factory)  # None: the connection's (dict rows)
+            return cursor.execute(self._named[name], params, prepare=True)
 
     def execute(self, name: str, /, **params: Any) -> int:
         """Runs query `name`; returns the number of rows it touched."""
@@ -68,9 +69,7 @@ class Transaction:
     def row_tuples(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         """Runs query `name`; returns every row as a tuple in the query's column order (for large answers: no dict
         per row)."""
-        with translated_errors(self._url, f"query {name}"):
-            cursor = self._connection.cursor(row_factory=tuple_row)
-            return cursor.execute(self._named[name], params, prepare=True).fetchall()
+        return self._run(name, params, row_factory=tuple_row).fetchall()
 
 
 class Postgres:

@@ -163,9 +163,8 @@ class ResultStore:
             for column, value in zip(columns, (scope.org_id, scope.at.replace(tzinfo=None), scope.rule_id, rule_name,
                                                severity)):
                 column += [value] * count
-            if alerts:
-                for column, values in zip(columns[5:], zip(*alerts)):
-                    column += values
+            for column, values in zip(columns[5:], zip(*alerts)):
+                column += values
         if columns[0]:
             self._clickhouse.insert("alert_events", columns, _ALERT_COLUMNS, column_oriented=True)
 

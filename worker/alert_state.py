@@ -13,8 +13,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from engine.alert_lifecycle import FIRING, NORMAL, PENDING, RECOVERING, UNSEEN, EntityState, conditions_hash, \
-    next_state, resolves
+from engine.alert_lifecycle import FIRING, FIRING_STATE, NORMAL, PENDING, RECOVERING, UNSEEN, EntityState, \
+    conditions_hash, next_state, resolves
 from engine.model import Rule
 from storage.alert_states import AlertStateStore, StateWrite, StoredState
 from storage.postgres import Transaction
@@ -131,7 +131,7 @@ def state_writes(rule_id: str, run_id: str, policy: LifecyclePolicy, lifecycle: 
     changed = {entity.key for entity, _, _ in lifecycle.changes}
     writes = [StateWrite(rule_id, run_id, policy.conditions_hash, entity, before, after)
               for entity, before, after in lifecycle.changes]
-    writes += [StateWrite(rule_id, run_id, policy.conditions_hash, entity, FIRING, EntityState(FIRING))
+    writes += [StateWrite(rule_id, run_id, policy.conditions_hash, entity, FIRING, FIRING_STATE)
                for entity in alerted if entity.key not in changed and entity.key in lifecycle.decided]
     return writes
 

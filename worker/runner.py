@@ -590,7 +590,6 @@ class RuleRunner:
         hushes = [self._hush(quieting, run, run_matched, run_resolved,
                              ongoing={(state.entity_type, state.entity_id) for state in stored[run.scope.rule_id]}
                              - keys_of(lifecycle.resolved))
-                  if quieting.concerns(run.scope.rule_id) else Hush()
                   for run, run_matched, run_resolved, lifecycle in zip(runs, matched, resolved, lifecycles)]
         # Silenced and acknowledged entities keep their alerts and states; only their notices are withheld.
         told = [(hush.told(run_stored), hush.told(run_resolved))
