@@ -2,8 +2,9 @@
 
 Builds N campaigns x D days in a scratch ClickHouse database (and a scratch PostgreSQL database for the rules
 and their runs), merges the table's parts as a steady-state table's are, runs R rules as one batch of real runs through the SQL path, the same R rules as R separate runs,
-and the same R rules through the interpreter; times the batch's one-scan aggregation alone as the floor, then a
-naming rule over every campaign name both ways, and drops both scratch databases at the end.
+and the same R rules through the interpreter; times the batch's one-scan aggregation alone as the floor, reads
+from the runs' transitions how long the batch and the separate runs spent in each stage, then times a naming rule
+over every campaign name both ways, and drops both scratch databases at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import resource
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -103,37 +104,64 @@ def _warm_up(runner: RuleRunner, rule_id: str, at: datetime) -> None:
     runner.run(RunRequest(rule_id, at - timedelta(hours=1), trigger="manual"))
 
 
-def _checked(summary: dict) -> int:
-    """The entities a succeeded run evaluated; a run that did not succeed stops the bench."""
-    if summary["status"] != "succeeded":
-        raise RuntimeError(f"bench rule {summary['rule_id']} {summary['status']}: {summary['error']}")
-    return summary["entities"]
+@dataclass(frozen=True)
+class Timed:
+    """Runs timed together: their seconds, the entities they evaluated and matched, and their run ids."""
+
+    seconds: float
+    evaluations: int
+    matched: int
+    run_ids: tuple[str, ...]
 
 
-def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: str) -> tuple[float, int]:
-    """Runs each rule alone at `at`, after a warm-up; returns (seconds, entities evaluated)."""
+def _timed(seconds: float, summaries: list[dict]) -> Timed:
+    """The figures of succeeded runs; a run that did not succeed stops the bench."""
+    for summary in summaries:
+        if summary["status"] != "succeeded":
+            raise RuntimeError(f"bench rule {summary['rule_id']} {summary['status']}: {summary['error']}")
+    return Timed(seconds, sum(summary["entities"] for summary in summaries),
+                 sum(summary["matched"] for summary in summaries), tuple(summary["run_id"] for summary in summaries))
+
+
+def _timed_runs(runner: RuleRunner, rule_ids: list[str], at: datetime, label: str) -> Timed:
+    """Runs each rule alone at `at`, after a warm-up."""
     _warm_up(runner, rule_ids[0], at)
     bar = ProgressBar(label, len(rule_ids))
-    seconds, evaluations = 0.0, 0
+    seconds, summaries = 0.0, []
     try:
         for rule_id in rule_ids:
             started = time.perf_counter()
-            result = runner.run(RunRequest(rule_id, at, trigger="manual"))
+            summaries.append(runner.run(RunRequest(rule_id, at, trigger="manual")))
             seconds += time.perf_counter() - started
-            evaluations += _checked(result)
             bar.advance()
     finally:
         bar.close()
-    return seconds, evaluations
+    return _timed(seconds, summaries)
 
 
-def _timed_batch(runner: BatchRunner, org_id: int, rule_ids: list[str], at: datetime) -> tuple[float, int]:
-    """Runs the rules as one batch at `at`, after a warm-up; returns (seconds, entities evaluated)."""
+def _timed_batch(runner: BatchRunner, org_id: int, rule_ids: list[str], at: datetime) -> Timed:
+    """Runs the rules as one batch at `at`, after a warm-up."""
     _warm_up(runner, rule_ids[0], at)
     started = time.perf_counter()
     summaries = runner.run_batch(BatchRequest(org_id, at, tuple(rule_ids), trigger="manual"))
-    seconds = time.perf_counter() - started
-    return seconds, sum(_checked(summary) for summary in summaries)
+    return _timed(time.perf_counter() - started, summaries)
+
+
+# Each stage of a run, between the transitions that bound it: `evaluate` is the statement writing its
+# rule_evaluations rows and their read-back; `alert` names the matched campaigns, moves their lifecycle, looks up
+# cooldowns and audiences and writes the alert_events rows; `alert_write` is the PostgreSQL transaction of the
+# firing states, their history, the notifications and the runs' `alerted`.
+STAGES = {"evaluate": ("compiled", "evaluated"), "alert": ("evaluated", "alerted"),
+          "alert_write": ("alerted", "succeeded")}
+
+
+def stage_seconds(postgres: Postgres, run_ids: Sequence[str]) -> dict[str, float]:
+    """The seconds the runs spent in each of STAGES, read from their recorded transitions; runs that went through
+    a stage together (a batch's) count its time once."""
+    rows = postgres.all("bench_run_stages", run_ids=list(run_ids))
+    return {stage: round(sum((end - start).total_seconds() for start, end in
+                             {(row[first], row[last]) for row in rows if row[first] and row[last]}), 3)
+            for stage, (first, last) in STAGES.items()}
 
 
 def _bare_query_seconds(clickhouse: ClickHouse, rules: list[dict], org_id: int, at: datetime) -> float:
@@ -210,35 +238,38 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         interpreter_ids = _insert_rules(postgres, org_id, rules, "interpreter")
         bare_s = _bare_query_seconds(clickhouse, rules, org_id, at)
         runner = BatchRunner(postgres, clickhouse)
-        engine_s, evaluations = _timed_batch(runner, org_id, batch_ids, at)
-        separate_s, separated = _timed_runs(runner, separate_ids, at, "separate runs")
-        interpreter_s, interpreted = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
-                                                 interpreter_ids, at, "interpreter")
+        batch = _timed_batch(runner, org_id, batch_ids, at)
+        separate = _timed_runs(runner, separate_ids, at, "separate runs")
+        interpreter = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True), interpreter_ids, at,
+                                  "interpreter")
         naming_sql_ids = _insert_rules(postgres, org_id, [NAMING_RULE], "naming sql")
         naming_interpreter_ids = _insert_rules(postgres, org_id, [NAMING_RULE], "naming interpreter")
-        naming_s, named = _timed_runs(RuleRunner(postgres, clickhouse), naming_sql_ids, at, "naming, sql path")
-        naming_interpreter_s, _ = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
-                                              naming_interpreter_ids, at, "naming, interpreter")
-    sql_rate = evaluations / engine_s if engine_s else 0.0
-    separate_rate = separated / separate_s if separate_s else 0.0
-    interpreter_rate = interpreted / interpreter_s if interpreter_s else 0.0
+        naming = _timed_runs(RuleRunner(postgres, clickhouse), naming_sql_ids, at, "naming, sql path")
+        naming_interpreter = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
+                                         naming_interpreter_ids, at, "naming, interpreter")
+        stages = {"batch": stage_seconds(postgres, batch.run_ids),
+                  "separate": stage_seconds(postgres, separate.run_ids)}
+    sql_rate, separate_rate, interpreter_rate = (timed.evaluations / timed.seconds if timed.seconds else 0.0
+                                                 for timed in (batch, separate, interpreter))
     return {
         "entities": entities,
         "days": days,
         "rules": rule_count,
-        "evaluations": evaluations,
+        "evaluations": batch.evaluations,
+        "matched": batch.matched,
         "sql_evals_per_s": round(sql_rate),
         "separate_evals_per_s": round(separate_rate),
         "interpreter_evals_per_s": round(interpreter_rate),
         "speedup": round(sql_rate / interpreter_rate, 1) if interpreter_rate else None,
         "bare_query_s": round(bare_s, 3),
-        "engine_s": round(engine_s, 3),
-        "separate_s": round(separate_s, 3),
-        "interpreter_s": round(interpreter_s, 3),
-        "naming_names": named,
-        "naming_sql_s": round(naming_s, 3),
-        "naming_interpreter_s": round(naming_interpreter_s, 3),
-        "naming_sql_names_per_s": round(named / naming_s) if naming_s else 0,
+        "engine_s": round(batch.seconds, 3),
+        "separate_s": round(separate.seconds, 3),
+        "interpreter_s": round(interpreter.seconds, 3),
+        "stages_s": stages,
+        "naming_names": naming.evaluations,
+        "naming_sql_s": round(naming.seconds, 3),
+        "naming_interpreter_s": round(naming_interpreter.seconds, 3),
+        "naming_sql_names_per_s": round(naming.evaluations / naming.seconds) if naming.seconds else 0,
         "peak_rss_mb": _peak_rss_mb(),
         "clickhouse": urlsplit(config.clickhouse_url).scheme,
     }

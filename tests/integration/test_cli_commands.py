@@ -477,6 +477,13 @@ def test_bench_prints_the_figures_and_drops_its_scratch_databases(pg_url, migrat
     # The same rules as separate runs, beside the batch that sql_evals_per_s and engine_s describe.
     assert all(isinstance(figures[key], (int, float)) and figures[key] > 0
                for key in ("separate_s", "separate_evals_per_s")), figures
+    # Each path's stages, read from its runs' transitions, fit within the time that path took.
+    assert isinstance(figures["matched"], int) and 0 <= figures["matched"] <= figures["evaluations"]
+    for path, seconds in (("batch", figures["engine_s"]), ("separate", figures["separate_s"])):
+        stages = figures["stages_s"][path]
+        assert set(stages) == {"evaluate", "alert", "alert_write"}, stages
+        assert all(value >= 0 for value in stages.values()) and stages["evaluate"] > 0, stages
+        assert sum(stages.values()) <= seconds + 0.005, (path, stages, seconds)
 
     client = clickhouse_local.client()
     try:
