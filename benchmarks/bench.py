@@ -155,7 +155,7 @@ STAGES = {"evaluate": ("compiled", "evaluated"), "alert": ("evaluated", "alerted
           "alert_write": ("alerted", "succeeded")}
 
 
-def stage_seconds(postgres: Postgres, run_ids: Sequence[str]) -> dict[str, float]:
+def _stage_seconds(postgres: Postgres, run_ids: Sequence[str]) -> dict[str, float]:
     """The seconds the runs spent in each of STAGES, read from their recorded transitions; runs that went through
     a stage together (a batch's) count its time once."""
     rows = postgres.all("bench_run_stages", run_ids=list(run_ids))
@@ -247,8 +247,8 @@ def run_bench(config: Settings, entities: int, days: int, rule_count: int) -> di
         naming = _timed_runs(RuleRunner(postgres, clickhouse), naming_sql_ids, at, "naming, sql path")
         naming_interpreter = _timed_runs(RuleRunner(postgres, clickhouse, interpreter_only=True),
                                          naming_interpreter_ids, at, "naming, interpreter")
-        stages = {"batch": stage_seconds(postgres, batch.run_ids),
-                  "separate": stage_seconds(postgres, separate.run_ids)}
+        stages = {"batch": _stage_seconds(postgres, batch.run_ids),
+                  "separate": _stage_seconds(postgres, separate.run_ids)}
     sql_rate, separate_rate, interpreter_rate = (timed.evaluations / timed.seconds if timed.seconds else 0.0
                                                  for timed in (batch, separate, interpreter))
     return {

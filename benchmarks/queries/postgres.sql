@@ -22,8 +22,7 @@ UPDATE rules SET created_at = now() WHERE org_id = ANY(%(org_ids)s);
 
 -- name: bench_run_stages
 -- When each run last entered the states that bound its stages (each transition's `at` is its transaction's start).
-SELECT id::text AS run_id,
-       max((t ->> 'at')::timestamp) FILTER (WHERE t ->> 'state' = 'compiled') AS compiled,
+SELECT max((t ->> 'at')::timestamp) FILTER (WHERE t ->> 'state' = 'compiled') AS compiled,
        max((t ->> 'at')::timestamp) FILTER (WHERE t ->> 'state' = 'evaluated') AS evaluated,
        max((t ->> 'at')::timestamp) FILTER (WHERE t ->> 'state' = 'alerted') AS alerted,
        max((t ->> 'at')::timestamp) FILTER (WHERE t ->> 'state' = 'succeeded') AS succeeded
