@@ -6,13 +6,13 @@ import argparse
 import functools
 import json
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from engine.rule_ids import canonical_rule_id
 from engine.timestamps import parse_instant, utc_iso
 from storage.errors import StorageError
 from worker.errors import CommandFailed, WorkerError
@@ -63,9 +63,9 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def _parse_rule_id(text: str, option: str = "RULE_ID") -> str:
     try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise UsageError(f"{option}: not a rule id (a UUID): {text!r}") from None
+        return canonical_rule_id(text)
+    except ValueError as error:
+        raise UsageError(f"{option}: {error}") from None
 
 
 def _print_summary(result: dict, as_json: bool) -> None:

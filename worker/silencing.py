@@ -5,7 +5,6 @@ acknowledgements")."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from engine.silences import (SilenceScope, TEXT_LIMITS, comment_problem, period_problem, refusal,
                              scope_problem, text_problem)
 from engine.durations import parse_duration
+from engine.rule_ids import canonical_rule_id
 from engine.timestamps import parse_instant, utc_iso
 from storage.postgres import Postgres, Transaction
 from storage.results import ResultStore
@@ -75,9 +75,9 @@ def parse_length(text: str, label: str) -> timedelta:
 def parse_rule_id(text: Any, label: str = "rule_id") -> str:
     """A rule id (a UUID) in its canonical form; BadSilenceRequest names `label` if it is not one."""
     try:
-        return str(uuid.UUID(text))
-    except (TypeError, ValueError, AttributeError):
-        raise BadSilenceRequest(f"{label}: not a rule id (a UUID): {text!r}") from None
+        return canonical_rule_id(text)
+    except ValueError as error:
+        raise BadSilenceRequest(f"{label}: {error}") from None
 
 
 def silence_request(org_id: Any, created_by: Any, *, rule_id: Any = None, entity_type: Any = None,
