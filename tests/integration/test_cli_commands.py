@@ -224,6 +224,16 @@ def test_schema_prints_the_json_schema():
     assert schema["properties"]["conditions"] and schema["properties"]["actions"]
 
 
+def test_schema_into_a_reader_that_has_gone_ends_quietly():
+    # As `rulesctl schema | head -1` does once head has its line: every write finds the pipe closed.
+    process = subprocess.Popen([RULESCTL, "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+
+    assert stderr == b""
+    assert process.returncode == 141
+
+
 # --- naming conventions -------------------------------------------------------------------------------------------
 
 
