@@ -3,6 +3,7 @@ change of the organization's settings takes effect on the next run)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,17 @@ class RuleRow:
 
 def rule_with_organization(postgres: Postgres, rule_id: str) -> RuleRow | None:
     """The rule `rule_id` with its organization's settings, or None when no rule has that id."""
-    row = postgres.one("rule_with_organization", rule_id=rule_id)
-    if row is None:
-        return None
+    return next(iter(rules_with_organization(postgres, [rule_id]).values()), None)
+
+
+def rules_with_organization(postgres: Postgres, rule_ids: Sequence[str]) -> dict[str, RuleRow]:
+    """The rules of `rule_ids` that exist, each with its organization's settings, read in one query; keyed by
+    their ids in canonical form."""
+    rows = postgres.all("rules_with_organization", rule_ids=list(rule_ids))
+    return {row["rule_id"]: _rule_row(row) for row in rows}
+
+
+def _rule_row(row: dict[str, Any]) -> RuleRow:
     return RuleRow(rule_id=row["rule_id"], org_id=row["org_id"], name=row["name"], module=row["module"],
                    enabled=bool(row["enabled"]), conditions=row["conditions"], actions=row["actions"],
                    timezone=row["timezone"], enabled_modules=_modules(row["enabled_modules"]),

@@ -14,11 +14,12 @@ where fire times fall, nor the evaluation time of another run of the rule.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from engine.rule_ids import canonical_rule_id
 from engine.run_states import RunState, check_transition
 from engine.timestamps import utc_iso
 from storage.postgres import Postgres, Transaction
@@ -155,24 +156,47 @@ class RunStore:
         """
         if claim.trigger == RECHECK:
             return self._claim_recheck(claim)
-        scheduled_for = claim.scheduled_for.replace(tzinfo=None)
+        return self.claim_all([claim])[0]
+
+    def claim_all(self, claims: Sequence[RunClaim]) -> list[RunRecord | None]:
+        """What `claim` answers for each of `claims`, in their order, claimed in one transaction whose new claims
+        take one statement whatever their number. The claims share T, trigger (not a recheck), dry_run and
+        triggered_by; a rule named twice (in any spelling of its id) is claimed once, its later answers None."""
+        first = claims[0]
+        shared = (first.scheduled_for, first.trigger, first.dry_run, first.triggered_by)
+        if first.trigger == RECHECK or any((claim.scheduled_for, claim.trigger, claim.dry_run, claim.triggered_by)
+                                           != shared for claim in claims):
+            raise ValueError("claims claimed together share T, trigger (not a recheck), dry_run and triggered_by")
+        scheduled_for = first.scheduled_for.replace(tzinfo=None)
+        rule_ids = [canonical_rule_id(claim.rule_id) for claim in claims]
+        org_of = {rule_id: claim.org_id for rule_id, claim in reversed(list(zip(rule_ids, claims)))}
         with self._postgres.transaction() as tx:
-            if claim.triggered_by is not None and tx.one("user_exists", user_id=claim.triggered_by) is None:
-                raise UnknownUser(f"no user with id {claim.triggered_by}")
-            row = tx.one("claim_run", rule_id=claim.rule_id, org_id=claim.org_id, trigger=claim.trigger,
-                         scheduled_for=scheduled_for, triggered_by=claim.triggered_by, dry_run=claim.dry_run,
-                         lease_seconds=self._lease_seconds,
-                         detail=f"{claim.trigger} run" + (" (dry run)" if claim.dry_run else ""))
-            if row is None:
-                return self._taken_over(tx, claim.rule_id, scheduled_for, recheck=False)
-            if not claim.dry_run:
-                tx.execute("supersede_waiting_runs", rule_id=claim.rule_id, scheduled_for=scheduled_for,
+            if first.triggered_by is not None and tx.one("user_exists", user_id=first.triggered_by) is None:
+                raise UnknownUser(f"no user with id {first.triggered_by}")
+            rows = tx.all("claim_runs", rule_ids=list(org_of), org_ids=list(org_of.values()), trigger=first.trigger,
+                          scheduled_for=scheduled_for, triggered_by=first.triggered_by, dry_run=first.dry_run,
+                          lease_seconds=self._lease_seconds,
+                          detail=f"{first.trigger} run" + (" (dry run)" if first.dry_run else ""))
+            claimed = {str(row["rule_id"]): RunRecord.from_row(row) for row in rows}
+            if claimed and not first.dry_run:
+                tx.execute("supersede_waiting_runs", rule_ids=list(claimed), scheduled_for=scheduled_for,
                            reason=f"superseded by the run for {utc_iso(scheduled_for)}")
-            if claim.trigger == "manual" and claim.triggered_by is not None:
-                tx.execute("record_audit", org_id=claim.org_id, user_id=claim.triggered_by, action="rule.run",
-                           resource_type="rule", resource_id=claim.rule_id,
-                           details=json.dumps({"run_id": str(row["id"]), "dry_run": claim.dry_run}))
-        return RunRecord.from_row(row)
+            if first.trigger == "manual" and first.triggered_by is not None:
+                for record in claimed.values():
+                    tx.execute("record_audit", org_id=record.org_id, user_id=first.triggered_by, action="rule.run",
+                               resource_type="rule", resource_id=record.rule_id,
+                               details=json.dumps({"run_id": record.id, "dry_run": first.dry_run}))
+            answers: list[RunRecord | None] = []
+            answered: set[str] = set()
+            for rule_id in rule_ids:
+                if rule_id in answered:
+                    answers.append(None)
+                    continue
+                answered.add(rule_id)
+                record = claimed.get(rule_id)
+                answers.append(record if record is not None
+                               else self._taken_over(tx, rule_id, scheduled_for, recheck=False))
+        return answers
 
     def _claim_recheck(self, claim: RunClaim) -> RunRecord | None:
         """The recheck of (rule, T), new or taken over, or None when another claimant owns it.

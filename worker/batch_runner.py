@@ -21,10 +21,13 @@ from typing import Any
 from engine.batch_query import BatchMember, batch_evaluation_insert, batch_member, split_batch
 from engine.errors import NotCompilable, RuleError
 from engine.freshness import RUN_STALE
+from engine.rule_ids import canonical_rule_id
 from engine.run_states import RunState
 from storage.errors import DatabaseUnavailable, StorageError
 from storage.freshness import organization_signals
-from worker.runner import BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time
+from storage.rule_rows import RuleRow, rules_with_organization
+from worker.runner import (BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time, run_claim,
+                           run_in_hand)
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +58,7 @@ class BatchRunner(RuleRunner):
         taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        answers: list[dict[str, Any] | RunInHand | None] = []
-        for rule_id in request.rule_ids:
-            single = RunRequest(rule_id, at, trigger=request.trigger)
-            try:
-                rule_row = self._runnable_rule(single, at)
-                run = self._claim(single, rule_row, at)
-            except RuleNotFound as error:
-                log.info("%s; nothing to do", error)
-                answers.append(None)
-                continue
-            except BadRunRequest as error:
-                answers.append({"rule_id": rule_id, "status": "failed", "error": str(error)})
-                continue
-            answers.append(run if run is not None else self._runs.for_fire_time(rule_id, at).summary())
+        answers = self._claimed(request, at)
         claimed = [answer for answer in answers if isinstance(answer, RunInHand)]
         if claimed:
             signals = organization_signals(self._postgres, request.org_id)
@@ -100,6 +90,34 @@ class BatchRunner(RuleRunner):
             if run.state is RunState.WAITING:
                 self._hand_over_check(run)
         return [answer.record.summary() if isinstance(answer, RunInHand) else answer for answer in answers]
+
+    def _claimed(self, request: BatchRequest, at: datetime) -> list[dict[str, Any] | RunInHand | None]:
+        """For each rule of `request`, in their order: its run claimed (or taken over), or what `run_batch`
+        answers for it when it has none to work on. The rules are read in one query and claimed in one
+        transaction."""
+        answers: list[dict[str, Any] | RunInHand | None] = []
+        readable: list[tuple[int, RunRequest]] = []
+        for rule_id in request.rule_ids:
+            try:
+                readable.append((len(answers), RunRequest(canonical_rule_id(rule_id), at, trigger=request.trigger)))
+                answers.append(None)
+            except ValueError as error:
+                answers.append(_failed(rule_id, error))
+        rule_rows = rules_with_organization(self._postgres, [single.rule_id for _, single in readable])
+        runnable: list[tuple[int, RunRequest, RuleRow]] = []
+        for position, single in readable:
+            try:
+                runnable.append((position, single, self._runnable_rule(single, at, rule_rows.get(single.rule_id))))
+            except RuleNotFound as error:
+                log.info("%s; nothing to do", error)
+            except BadRunRequest as error:
+                answers[position] = _failed(request.rule_ids[position], error)
+        if runnable:
+            records = self._runs.claim_all([run_claim(single, rule_row, at) for _, single, rule_row in runnable])
+            for (position, single, rule_row), record in zip(runnable, records):
+                answers[position] = (run_in_hand(single, rule_row, record) if record is not None
+                                     else self._runs.for_fire_time(rule_row.rule_id, at).summary())
+        return answers
 
     def _hand_over_check(self, run: RunInHand) -> None:
         """Sends the waiting run's next check (rules.evaluate of its rule and T, after its countdown); if that
@@ -180,3 +198,9 @@ class BatchRunner(RuleRunner):
             if run.record.status == "running":
                 run.note = note
                 self._finish(run)
+
+
+
+def _failed(rule_id: str, error: Exception) -> dict[str, Any]:
+    """The answer for a rule whose request is wrong: nothing was written."""
+    return {"rule_id": rule_id, "status": "failed", "error": str(error)}

@@ -150,6 +150,18 @@ class RunInHand:
         return self.record.state
 
 
+def run_claim(request: RunRequest, rule_row: RuleRow, at: datetime) -> RunClaim:
+    """What the claim of `request` for its rule `rule_row` at T `at` writes."""
+    return RunClaim(rule_id=rule_row.rule_id, org_id=rule_row.org_id, scheduled_for=at, trigger=request.trigger,
+                    dry_run=request.dry_run, triggered_by=request.triggered_by)
+
+
+def run_in_hand(request: RunRequest, rule_row: RuleRow, record: RunRecord) -> RunInHand:
+    """The claimed run `record` of `request` for its rule `rule_row`, to work on."""
+    return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, record.eval_time),
+                     shared=request.shared, simulated=request.simulated)
+
+
 def evaluation_time(scheduled_for: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
     """T: `scheduled_for` (naive means UTC) or now, in UTC, to the second."""
     moment = scheduled_for or now()
@@ -213,7 +225,7 @@ class RuleRunner:
         its data, and DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        rule_row = self._runnable_rule(request, at)
+        rule_row = self._runnable_rule(request, at, rule_with_organization(self._postgres, request.rule_id))
         run = self._claim(request, rule_row, at)
         if run is None:
             return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()
@@ -269,10 +281,10 @@ class RuleRunner:
         """True when (rule, T) already has a non-dry run: a new request for it would only return that run."""
         return self._runs.for_fire_time(rule_id, evaluation_time(at)) is not None
 
-    def _runnable_rule(self, request: RunRequest, at: datetime) -> RuleRow:
-        """The rule to run; raises RuleNotFound, RuleNotScheduled or BadRunRequest when there is none to run."""
+    def _runnable_rule(self, request: RunRequest, at: datetime, rule_row: RuleRow | None) -> RuleRow:
+        """`rule_row`, the rule of `request` as read (None: no rule has its id), if it is to run; raises
+        RuleNotFound, RuleNotScheduled or BadRunRequest when there is none to run."""
         too_old = not request.dry_run and at < datetime.now(UTC) - EVALUATION_RETENTION + timedelta(hours=1)
-        rule_row = rule_with_organization(self._postgres, request.rule_id)
         # An invalid rule fails at any T without writing evaluations, so even an old T records its failure.
         if too_old and (rule_row is None or self._is_valid(rule_row)):
             raise BadRunRequest(f"{utc_iso(at)} is older than the 90 days rule_evaluations keeps; "
@@ -310,16 +322,11 @@ class RuleRunner:
 
     def _claim(self, request: RunRequest, rule_row: RuleRow, at: datetime) -> RunInHand | None:
         """The run to work on: a new claim, or a dead run taken over; None when another run owns (rule, T)."""
-        claim = RunClaim(rule_id=request.rule_id, org_id=rule_row.org_id, scheduled_for=at, trigger=request.trigger,
-                         dry_run=request.dry_run, triggered_by=request.triggered_by)
         try:
-            record = self._runs.claim(claim)
+            record = self._runs.claim(run_claim(request, rule_row, at))
         except (UnknownUser, NothingToRecheck) as error:
             raise BadRunRequest(str(error)) from None
-        if record is None:
-            return None
-        return RunInHand(record, rule_row, RunScope(rule_row.org_id, rule_row.rule_id, record.eval_time),
-                         shared=request.shared, simulated=request.simulated)
+        return None if record is None else run_in_hand(request, rule_row, record)
 
     def _advance(self, run: RunInHand) -> None:
         """Moves `run` from its recorded state to a final one, doing each stage not yet done."""

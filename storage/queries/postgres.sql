@@ -18,23 +18,26 @@ SELECT name FROM schema_migrations ORDER BY name;
 -- name: record_migration
 INSERT INTO schema_migrations (name) VALUES (%(name)s);
 
--- name: rule_with_organization
+-- name: rules_with_organization
 SELECT r.id::text AS rule_id, r.org_id, r.name, r.module, r.enabled, r.conditions, r.actions,
        o.timezone, o.enabled_modules, o.settings, o.id IS NOT NULL AS organization_exists
 FROM rules r LEFT JOIN organizations o ON o.id = r.org_id
-WHERE r.id = %(rule_id)s;
+WHERE r.id = ANY(%(rule_ids)s::uuid[]);
 
 -- name: user_exists
 SELECT 1 AS found FROM users WHERE id = %(user_id)s;
 
--- name: claim_run
--- A non-dry first run for (rule, fire time) exists at most once; a conflicting claim returns no row.
+-- name: claim_runs
+-- A non-dry first run for (rule, fire time) exists at most once: a rule whose claim conflicts returns no row. The
+-- rows go in in rule order, so that two transactions claiming overlapping rules never wait on each other in a cycle.
 INSERT INTO rule_runs (rule_id, org_id, trigger, scheduled_for, triggered_by, dry_run, status, state,
                        lease_expires_at, transitions)
-VALUES (%(rule_id)s, %(org_id)s, %(trigger)s, %(scheduled_for)s, %(triggered_by)s, %(dry_run)s, 'running', 'claimed',
-        (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s),
-        jsonb_build_array(jsonb_build_object('state', 'claimed', 'at', now() AT TIME ZONE 'UTC',
-                                             'detail', %(detail)s::text)))
+SELECT claimed.rule_id, claimed.org_id, %(trigger)s::text, %(scheduled_for)s::timestamp, %(triggered_by)s::int,
+       %(dry_run)s::boolean, 'running', 'claimed', (now() AT TIME ZONE 'UTC') + make_interval(secs => %(lease_seconds)s),
+       jsonb_build_array(jsonb_build_object('state', 'claimed', 'at', now() AT TIME ZONE 'UTC',
+                                            'detail', %(detail)s::text))
+FROM unnest(%(rule_ids)s::uuid[], %(org_ids)s::int[]) AS claimed(rule_id, org_id)
+ORDER BY claimed.rule_id
 ON CONFLICT (rule_id, scheduled_for, (trigger = 'recheck')) WHERE NOT dry_run DO NOTHING
 RETURNING *;
 
@@ -130,14 +133,15 @@ WHERE id = %(run_id)s AND state = %(from_state)s::text
 RETURNING *;
 
 -- name: supersede_waiting_runs
--- The waiting runs of a rule for fire times before %(scheduled_for)s, ended by the run just claimed for it.
+-- The waiting runs of the rules for fire times before %(scheduled_for)s, ended by the runs just claimed for them.
 UPDATE rule_runs
 SET state = 'skipped', status = 'skipped', error = %(reason)s::text, lease_expires_at = NULL,
     finished_at = now() AT TIME ZONE 'UTC',
     duration_ms = (EXTRACT(EPOCH FROM (now() AT TIME ZONE 'UTC') - started_at) * 1000)::int,
     transitions = transitions || jsonb_build_array(jsonb_build_object(
         'state', 'skipped', 'at', now() AT TIME ZONE 'UTC', 'detail', %(reason)s::text))
-WHERE rule_id = %(rule_id)s AND status = 'waiting' AND NOT dry_run AND scheduled_for < %(scheduled_for)s
+WHERE rule_id = ANY(%(rule_ids)s::uuid[]) AND status = 'waiting' AND NOT dry_run
+  AND scheduled_for < %(scheduled_for)s
 RETURNING id;
 
 -- name: run_by_id

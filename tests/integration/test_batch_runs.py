@@ -252,6 +252,21 @@ def test_rules_claimed_elsewhere_drop_out_and_deleted_ones_give_none(env):
     assert "in a batch of 4 rules" in " ".join(details(env, batched[2]))
 
 
+
+def test_an_id_that_is_not_a_uuid_fails_alone_and_the_others_run_in_their_batch(env):
+    org, _ = organization(env)
+    batched, separate = two_copies(env, org)
+    runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK)
+    without = runner.run_batch(BatchRequest(org, T1, tuple(separate)))
+
+    summaries = runner.run_batch(BatchRequest(org, T1, ("nope", batched[0].upper(), *batched[1:])))
+
+    assert summaries[0] == {"rule_id": "nope", "status": "failed", "error": "not a rule id (a UUID): 'nope'"}
+    assert [summary["rule_id"] for summary in summaries[1:]] == batched
+    assert [summary["status"] for summary in summaries[1:]] == [summary["status"] for summary in without]
+    assert [written_rows(env, rule_id) for rule_id in batched] == [written_rows(env, rule_id) for rule_id in separate]
+    assert "in a batch of 6 rules" in " ".join(details(env, batched[0]))
+
 def test_when_a_batch_statement_fails_each_of_its_rules_runs_alone_and_other_batches_go_on(env):
     org, _ = organization(env)
     spend = env.rule(org, RULES[0][0], RULES[0][1], name="spend")

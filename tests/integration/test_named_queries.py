@@ -87,9 +87,9 @@ def test_an_extra_clickhouse_file_runs_by_name_beside_the_service_queries(migrat
 
 def test_an_extra_file_may_not_redefine_a_service_query(tmp_path):
     extra = tmp_path / "postgres.sql"
-    extra.write_text("-- name: claim_run\nSELECT 1;\n\n-- name: something_new\nSELECT 2;\n")
+    extra.write_text("-- name: claim_runs\nSELECT 1;\n\n-- name: something_new\nSELECT 2;\n")
 
-    with pytest.raises(ValueError, match=r"claim_run already defined in storage/queries/postgres\.sql"):
+    with pytest.raises(ValueError, match=r"claim_runs already defined in storage/queries/postgres\.sql"):
         queries("postgres", extra)
     assert "something_new" not in queries("postgres")
 

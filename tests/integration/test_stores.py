@@ -11,9 +11,10 @@ from psycopg.types.json import Jsonb
 
 from engine.run_states import IllegalTransition, RunState
 from engine.alert_lifecycle import EntityState
+from engine.timestamps import utc_iso
 from storage.alert_states import AlertStateStore, StateWrite
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
-from storage.rule_rows import rule_with_organization
+from storage.rule_rows import rule_with_organization, rules_with_organization
 from storage.runs import RunClaim, RunStore, UnknownUser
 from worker.audience import Entity
 
@@ -78,6 +79,39 @@ def test_an_unknown_triggering_user_writes_nothing(env):
     assert env.runs() == [] and env.audit_logs() == []
 
 
+
+def test_claims_together_answer_each_rule_as_a_claim_alone_would(env):
+    org = env.org()
+    new, held, dead, waiting = (env.rule(org, {"logic": {"==": [1, 1]}}) for _ in range(4))
+    store = RunStore(env.postgres, lease_seconds=60)
+    held_run = store.claim(claim(held, org))
+    dead_run = store.claim(claim(dead, org))
+    env.pg("UPDATE rule_runs SET lease_expires_at = (now() AT TIME ZONE 'UTC') - interval '1 minute' WHERE id = %s",
+           (dead_run.id,))
+    earlier = store.transition(store.claim(claim(waiting, org, scheduled_for=T - timedelta(hours=1))),
+                               RunState.WAITING, "waiting for its data", waiting_for="metrics")
+
+    answers = store.claim_all([claim(new, org), claim(held, org), claim(dead, org), claim(new.upper(), org),
+                               claim(waiting, org)])
+
+    assert [answer and answer.rule_id for answer in answers] == [new, None, dead, None, waiting]
+    assert (answers[2].id, answers[2].attempts) == (dead_run.id, 2)
+    assert store.by_id(held_run.id) == held_run
+    assert [run["id"] for run in env.runs(new)] == [uuid.UUID(answers[0].id)]
+    superseded = store.by_id(earlier.id)
+    assert (superseded.status, superseded.error) == ("skipped", f"superseded by the run for {utc_iso(T)}")
+
+
+def test_claims_that_do_not_share_t_and_trigger_are_refused_before_anything_is_written(env):
+    org = env.org()
+    rules = [env.rule(org, {"logic": {"==": [1, 1]}}) for _ in range(2)]
+
+    with pytest.raises(ValueError, match="share T, trigger"):
+        RunStore(env.postgres, lease_seconds=60).claim_all([claim(rules[0], org),
+                                                            claim(rules[1], org, trigger="manual")])
+
+    assert env.runs() == []
+
 # --- rule rows --------------------------------------------------------------------------------------------------------
 
 
@@ -109,6 +143,16 @@ def test_a_rule_with_a_null_enabled_or_no_organization_reads_so(env):
     assert (row.org_id, row.enabled, row.organization_exists, row.timezone) == (None, False, False, None)
     assert (row.conditions, row.actions) == ([], 7)
     assert rule_with_organization(env.postgres, str(uuid.uuid4())) is None
+
+
+def test_rules_read_together_are_keyed_by_their_canonical_ids_and_a_missing_one_is_absent(env):
+    org = env.org(timezone="Europe/Paris")
+    first, second = env.rule(org, {}, name="first"), env.rule(org, {}, name="second")
+
+    rows = rules_with_organization(env.postgres, [first.upper(), second, str(uuid.uuid4())])
+
+    assert {rule_id: (row.name, row.timezone) for rule_id, row in rows.items()} == {
+        first: ("first", "Europe/Paris"), second: ("second", "Europe/Paris")}
 
 
 # --- results ----------------------------------------------------------------------------------------------------------
