@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,15 @@ class Transaction:
         """Runs query `name`; returns every row as a tuple in the query's column order (for large answers: no dict
         per row)."""
         return self._run(name, params, row_factory=tuple_row).fetchall()
+
+    def first_rows(self, name: str, each_params: Sequence[Mapping[str, Any]], /) -> list[dict[str, Any] | None]:
+        """Runs query `name` once per element of `each_params`, every one sent before any answer is awaited (one
+        round trip); returns the first row of each as a dict (None for one that returned none), in their order."""
+        with translated_errors(self._url, f"query {name}"):
+            with self._connection.pipeline():
+                cursors = [self._connection.cursor().execute(self._named[name], params, prepare=True)
+                           for params in each_params]
+            return [cursor.fetchone() for cursor in cursors]
 
 
 class Postgres:

@@ -42,6 +42,18 @@ class RunMovedOn(Exception):
     """The run left the state its holder last recorded (a later fire time superseded it); nothing was written."""
 
 
+# What a transition may set besides its state, the lifecycle counts and the lease.
+_TRANSITION_CHANGES = ("path", "entities", "matched", "alerts", "silenced", "acknowledged", "notified_users", "storm",
+                       "error", "restated", "stale", "waiting_for")
+
+
+def _moved(run: RunRecord, row: Mapping[str, Any] | None) -> RunRecord:
+    """The run as the transition's row records it; RunMovedOn when there is no row."""
+    if row is None:
+        raise RunMovedOn(f"run {run.id} is no longer {run.state.value}")
+    return RunRecord.from_row(row)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One `rule_runs` row: the run's state, its counters and how it ended."""
@@ -124,6 +136,17 @@ class RunRecord:
             "waiting_for": self.waiting_for,
             "lifecycle": self.lifecycle,
         }
+
+
+@dataclass(frozen=True)
+class Move:
+    """One transition of a run to record: `run` as last recorded, its `target` state, the entry's `detail` and the
+    keyword arguments of RunStore.transition that it sets (`changes`)."""
+
+    run: RunRecord
+    target: RunState
+    detail: str
+    changes: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -264,18 +287,28 @@ class RunStore:
         Raises IllegalTransition, writing nothing, when engine.run_states does not allow the move, and RunMovedOn
         when the stored run is no longer in `run.state` (superseded meanwhile).
         """
+        params = self._transition_params(
+            run, target, detail, path=path, entities=entities, matched=matched, alerts=alerts, silenced=silenced,
+            acknowledged=acknowledged, notified_users=notified_users, storm=storm, error=error, restated=restated,
+            stale=stale, waiting_for=waiting_for, lifecycle=lifecycle, lease_seconds=lease_seconds)
+        return _moved(run, (tx or self._postgres).one("record_transition", **params))
+
+    def transitions(self, tx: Transaction, moves: Sequence[Move]) -> list[RunRecord]:
+        """`transition` of each of `moves` in `tx`, all sent in one round trip; the runs as recorded, in their
+        order. Raises as `transition` does (for the first move refused), and then `tx` must be rolled back."""
+        params = [self._transition_params(move.run, move.target, move.detail, **move.changes) for move in moves]
+        return [_moved(move.run, row) for move, row in zip(moves, tx.first_rows("record_transition", params))]
+
+    def _transition_params(self, run: RunRecord, target: RunState, detail: str, *,
+                           lifecycle: dict[str, int] | None = None, lease_seconds: int | None = None,
+                           **changes: Any) -> dict[str, Any]:
         check_transition(run.state, target)
-        row = (tx or self._postgres).one(
-            "record_transition", run_id=run.id, from_state=run.state.value, state=target.value,
-            status=target.status, detail=detail, path=path, entities=entities, matched=matched, alerts=alerts,
-            silenced=silenced, acknowledged=acknowledged, notified_users=notified_users, storm=storm, error=error,
-            restated=restated, stale=stale, waiting_for=waiting_for,
-            lifecycle=None if lifecycle is None else json.dumps(lifecycle),
-            lease_seconds=self._lease_seconds if lease_seconds is None else lease_seconds,
-        )
-        if row is None:
-            raise RunMovedOn(f"run {run.id} is no longer {run.state.value}")
-        return RunRecord.from_row(row)
+        if unknown := set(changes) - set(_TRANSITION_CHANGES):
+            raise TypeError(f"a transition sets no {', '.join(sorted(unknown))}")
+        return {"run_id": run.id, "from_state": run.state.value, "state": target.value, "status": target.status,
+                "detail": detail, **dict.fromkeys(_TRANSITION_CHANGES), **changes,
+                "lifecycle": None if lifecycle is None else json.dumps(lifecycle),
+                "lease_seconds": self._lease_seconds if lease_seconds is None else lease_seconds}
 
     def by_id(self, run_id: str) -> RunRecord:
         """The run `run_id`, as stored now."""

@@ -164,11 +164,12 @@ class BatchRunner(RuleRunner):
         """Evaluates `runs` (of one source) in one statement, then alerts them together; if the statement fails,
         each run goes on alone from `compiled`."""
         started = min(run.started for run in runs)
+        for run in runs:
+            run.note = f"in a batch of {len(runs)} rules"
         with self._postgres.transaction() as tx:
-            for run in runs:
-                run.note = f"in a batch of {len(runs)} rules"
-                detail = "compiled to SQL" + ("; evaluated on stale data" if run.stale else "")
-                self._transition(run, RunState.COMPILED, detail, path="sql", tx=tx, **self._freshness_columns(run))
+            self._transitions(tx, [(run, RunState.COMPILED,
+                                    "compiled to SQL" + ("; evaluated on stale data" if run.stale else ""),
+                                    {"path": "sql", **self._freshness_columns(run)}) for run in runs])
         first = runs[0].scope
         statement = batch_evaluation_insert(
             source, first.org_id, members, eval_time=first.at,

@@ -43,10 +43,10 @@ from storage.alert_states import AlertStateStore
 from storage.clickhouse import ClickHouse
 from storage.errors import DatabaseUnavailable, StorageError
 from storage.freshness import FreshnessSignals, organization_signals
-from storage.postgres import Postgres
+from storage.postgres import Postgres, Transaction
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
-from storage.runs import RECHECK, NothingToRecheck, RunClaim, RunMovedOn, RunRecord, RunStore, UnknownUser
+from storage.runs import RECHECK, Move, NothingToRecheck, RunClaim, RunMovedOn, RunRecord, RunStore, UnknownUser
 from storage.silences import SilenceStore
 from worker.alert_state import AlertState, SimulatedStates, decide, keys_of, lifecycle_policy, out_of_cooldown, \
     state_writes
@@ -184,6 +184,13 @@ def _user_ids(recipients: Mapping[tuple[str, str], Sequence[Recipient]]) -> dict
     """The sorted user ids of the recipients of each entity key that has any."""
     return {key: sorted(recipient.user_id for recipient in entity_recipients)
             for key, entity_recipients in recipients.items()}
+
+
+def _noted(run: RunInHand, detail: str) -> str:
+    """`detail` with the run's note, if it has one (the note is then spent)."""
+    if run.note:
+        detail, run.note = f"{detail} ({run.note})", None
+    return detail
 
 
 def _recovering_rule_ids(runs: Sequence[RunInHand]) -> list[str]:
@@ -414,7 +421,7 @@ class RuleRunner:
                 delay = run.rule.conditions.recheck_delay
                 if delay is not None and run.record.trigger == "schedule":
                     self._runs.schedule_recheck(tx, run.record, run.record.fire_time + delay)
-                self._transition(run, RunState.SUCCEEDED, "done", tx=tx)
+            self._transitions(tx, [(run, RunState.SUCCEEDED, "done", {}) for run in runs])
 
     def _compile(self, run: RunInHand) -> Statement:
         """Validates the rule, resolves its window and compiles its logic (or chooses the interpreter), recording
@@ -531,12 +538,13 @@ class RuleRunner:
         first = runs[0].scope
         outcomes = self._results.outcomes(first.org_id, first.at, [run.scope.rule_id for run in runs],
                                           _recovering_rule_ids(runs))
+        for run in runs:
+            outcome = outcomes[run.scope.rule_id]
+            run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
         with self._postgres.transaction() as tx:
-            for run in runs:
-                outcome = outcomes[run.scope.rule_id]
-                run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
-                self._transition(run, RunState.EVALUATED, "rule_evaluations written", entities=outcome.entities,
-                                 matched=len(outcome.matched), tx=tx)
+            self._transitions(tx, [(run, RunState.EVALUATED, "rule_evaluations written",
+                                    {"entities": outcomes[run.scope.rule_id].entities, "matched": len(run.matched)})
+                                   for run in runs])
 
     def _interpreted(self, run: RunInHand, entities: Statement) -> list[Evaluation]:
         """Every entity evaluated in Python while its rows stream in from ClickHouse."""
@@ -614,6 +622,7 @@ class RuleRunner:
             for run, run_alerted, run_users in zip(runs, alerted, users)])
         writes = [write for run, policy, lifecycle, run_stored in zip(runs, policies, lifecycles, stored_alerted)
                   for write in state_writes(run.scope.rule_id, run.record.id, policy, lifecycle, run_stored)]
+        moves: list[tuple[RunInHand, RunState, str, dict[str, Any]]] = []
         with self._postgres.transaction() as tx:
             keeper.write(tx, org_id, at, writes)
             for run, run_storm, run_alerted, run_resolved, run_told, hush, run_recipients, run_users, lifecycle in zip(
@@ -630,9 +639,10 @@ class RuleRunner:
                     self._silences.end_acknowledgements(tx, hush.ending, scope.at, run.record.id)
                 notified = sorted({user for entity_users in run_users for user in entity_users})
                 detail = "alert_events written" + (f"; a storm: {run_storm.reason}" if run_storm else "")
-                self._transition(run, RunState.ALERTED, detail, alerts=len(run_alerted), silenced=hush.silenced,
-                                 acknowledged=hush.acknowledged, notified_users=notified, storm=run_storm is not None,
-                                 lifecycle=lifecycle.counts, tx=tx)
+                moves.append((run, RunState.ALERTED, detail, {
+                    "alerts": len(run_alerted), "silenced": hush.silenced, "acknowledged": hush.acknowledged,
+                    "notified_users": notified, "storm": run_storm is not None, "lifecycle": lifecycle.counts}))
+            self._transitions(tx, moves)
 
     @staticmethod
     def _hush(quieting: Quieting, run: RunInHand, matched: Iterable[Entity], resolved: Sequence[Entity] = (),
@@ -710,6 +720,12 @@ class RuleRunner:
 
     def _transition(self, run: RunInHand, target: RunState, detail: str, **changes: Any) -> None:
         """Records `run` moving to `target` (storage.runs.RunStore.transition takes the counters and `tx`)."""
-        if run.note:
-            detail, run.note = f"{detail} ({run.note})", None
-        run.record = self._runs.transition(run.record, target, detail, **changes)
+        run.record = self._runs.transition(run.record, target, _noted(run, detail), **changes)
+
+    def _transitions(self, tx: Transaction,
+                     moves: Sequence[tuple[RunInHand, RunState, str, Mapping[str, Any]]]) -> None:
+        """`_transition` in `tx` of each (run, target, detail, changes) of `moves`, all in one round trip."""
+        records = self._runs.transitions(tx, [Move(run.record, target, _noted(run, detail), changes)
+                                              for run, target, detail, changes in moves])
+        for (run, *_), record in zip(moves, records):
+            run.record = record

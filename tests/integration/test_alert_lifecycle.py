@@ -223,10 +223,10 @@ class DiesBeforeAlerted(RuleRunner):
     """A runner whose database connection is lost as it records `alerted`: the alert stage's transaction (states,
     history, deliveries) is rolled back, the run stays running with its alert_events written."""
 
-    def _transition(self, run, target, detail, **changes):
-        if target.value == "alerted":
+    def _transitions(self, tx, moves):
+        if any(target.value == "alerted" for _, target, _, _ in moves):
             raise DatabaseUnavailable("the connection to PostgreSQL was lost")
-        super()._transition(run, target, detail, **changes)
+        super()._transitions(tx, moves)
 
 
 def test_a_run_taken_over_after_its_alert_stage_died_changes_each_state_once(env):

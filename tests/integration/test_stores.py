@@ -15,7 +15,7 @@ from engine.timestamps import utc_iso
 from storage.alert_states import AlertStateStore, StateWrite
 from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import rule_with_organization, rules_with_organization
-from storage.runs import RunClaim, RunStore, UnknownUser
+from storage.runs import Move, RunClaim, RunMovedOn, RunStore, UnknownUser
 from worker.audience import Entity
 
 T = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
@@ -79,6 +79,29 @@ def test_an_unknown_triggering_user_writes_nothing(env):
     assert env.runs() == [] and env.audit_logs() == []
 
 
+
+
+def test_transitions_sent_together_record_each_run_and_one_that_moved_on_writes_none_of_them(env):
+    org = env.org()
+    store = RunStore(env.postgres, lease_seconds=60)
+    runs = [store.claim(claim(env.rule(org, {"logic": {"==": [1, 1]}}), org)) for _ in range(3)]
+
+    with env.postgres.transaction() as tx:
+        compiled = store.transitions(tx, [Move(run, RunState.COMPILED, f"compiled {index}", {"path": "sql"})
+                                          for index, run in enumerate(runs)])
+    assert [(run.id, run.state, run.path) for run in compiled] == [(run.id, RunState.COMPILED, "sql") for run in runs]
+    assert [env.run_row(run.id)["transitions"][-1]["detail"] for run in runs] == ["compiled 0", "compiled 1",
+                                                                                 "compiled 2"]
+    env.pg("UPDATE rule_runs SET state = 'skipped', status = 'skipped' WHERE id = %s", (runs[1].id,))
+    before = [env.run_row(run.id) for run in runs]
+
+    with pytest.raises(RunMovedOn, match=f"run {runs[1].id} is no longer compiled"):
+        with env.postgres.transaction() as tx:
+            store.transitions(tx, [Move(run, RunState.EVALUATED, "evaluated", {"entities": 4, "matched": 1})
+                                   for run in compiled])
+    assert [env.run_row(run.id) for run in runs] == before
+    with pytest.raises(TypeError, match="a transition sets no colour"), env.postgres.transaction() as tx:
+        store.transitions(tx, [Move(compiled[0], RunState.EVALUATED, "evaluated", {"colour": "red"})])
 
 def test_claims_together_answer_each_rule_as_a_claim_alone_would(env):
     org = env.org()
