@@ -182,9 +182,11 @@ class RunStore:
         return self.claim_all([claim])[0]
 
     def claim_all(self, claims: Sequence[RunClaim]) -> list[RunRecord | None]:
-        """What `claim` answers for each of `claims`, in their order, claimed in one transaction whose new claims
-        take one statement whatever their number. The claims share T, trigger (not a recheck), dry_run and
-        triggered_by; a rule named twice (in any spelling of its id) is claimed once, its later answers None."""
+        """What `claim` answers for each of `claims` (at least one), in their order, claimed in one transaction
+        whose new claims take one statement whatever their number. The claims share T, trigger (not a recheck),
+        dry_run and triggered_by; a rule named twice (in any spelling of its id) is claimed once, its later answers
+        None. Rows are locked in rule order (new claims, then take-overs), so that two such transactions never wait
+        on each other in a cycle."""
         first = claims[0]
         shared = (first.scheduled_for, first.trigger, first.dry_run, first.triggered_by)
         if first.trigger == RECHECK or any((claim.scheduled_for, claim.trigger, claim.dry_run, claim.triggered_by)
@@ -209,16 +211,13 @@ class RunStore:
                     tx.execute("record_audit", org_id=record.org_id, user_id=first.triggered_by, action="rule.run",
                                resource_type="rule", resource_id=record.rule_id,
                                details=json.dumps({"run_id": record.id, "dry_run": first.dry_run}))
-            answers: list[RunRecord | None] = []
-            answered: set[str] = set()
-            for rule_id in rule_ids:
-                if rule_id in answered:
-                    answers.append(None)
-                    continue
-                answered.add(rule_id)
-                record = claimed.get(rule_id)
-                answers.append(record if record is not None
-                               else self._taken_over(tx, rule_id, scheduled_for, recheck=False))
+            for rule_id in sorted(set(org_of) - set(claimed)):
+                claimed[rule_id] = self._taken_over(tx, rule_id, scheduled_for, recheck=False)
+        answers: list[RunRecord | None] = []
+        answered: set[str] = set()
+        for rule_id in rule_ids:
+            answers.append(None if rule_id in answered else claimed[rule_id])
+            answered.add(rule_id)
         return answers
 
     def _claim_recheck(self, claim: RunClaim) -> RunRecord | None:

@@ -26,6 +26,7 @@ from engine.run_states import RunState
 from storage.errors import DatabaseUnavailable, StorageError
 from storage.freshness import organization_signals
 from storage.rule_rows import RuleRow, rules_with_organization
+from storage.runs import RECHECK
 from worker.runner import (BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time, run_claim,
                            run_in_hand)
 
@@ -112,7 +113,16 @@ class BatchRunner(RuleRunner):
                 log.info("%s; nothing to do", error)
             except BadRunRequest as error:
                 answers[position] = _failed(request.rule_ids[position], error)
-        if runnable:
+        if request.trigger == RECHECK:
+            # Each recheck is claimed at a second of its own.
+            for position, single, rule_row in runnable:
+                try:
+                    run = self._claim(single, rule_row, at)
+                except BadRunRequest as error:
+                    answers[position] = _failed(request.rule_ids[position], error)
+                    continue
+                answers[position] = run or self._runs.for_fire_time(rule_row.rule_id, at, recheck=True).summary()
+        elif runnable:
             records = self._runs.claim_all([run_claim(single, rule_row, at) for _, single, rule_row in runnable])
             for (position, single, rule_row), record in zip(runnable, records):
                 answers[position] = (run_in_hand(single, rule_row, record) if record is not None
@@ -138,6 +148,8 @@ class BatchRunner(RuleRunner):
         rule_row = run.rule_row
         if run.record.attempts > 1 or run.state is not RunState.CLAIMED:
             return None, "the take-over of a run whose process was lost"
+        if run.record.trigger == RECHECK:
+            return None, "a recheck, which evaluates at a time of its own"
         if rule_row.org_id != org_id:
             return None, f"the rule belongs to organization {rule_row.org_id}"
         if rule_row.module not in rule_row.enabled_modules:

@@ -570,7 +570,8 @@ def _build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one rulesctl command; returns its exit code (0 ok, 1 failed, 2 bad usage)."""
+    """Runs one rulesctl command; returns its exit code (0 ok, 1 failed, 2 bad usage, 130 interrupted, 141 its
+    output's reader had gone)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

@@ -29,7 +29,7 @@ SELECT 1 AS found FROM users WHERE id = %(user_id)s;
 
 -- name: claim_runs
 -- A non-dry first run for (rule, fire time) exists at most once: a rule whose claim conflicts returns no row. The
--- rows go in in rule order, so that two transactions claiming overlapping rules never wait on each other in a cycle.
+-- rows go in in rule order (see RunStore.claim_all).
 INSERT INTO rule_runs (rule_id, org_id, trigger, scheduled_for, triggered_by, dry_run, status, state,
                        lease_expires_at, transitions)
 SELECT claimed.rule_id, claimed.org_id, %(trigger)s::text, %(scheduled_for)s::timestamp, %(triggered_by)s::int,

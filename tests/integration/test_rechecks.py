@@ -18,6 +18,7 @@ from tests.integration.receivers import HttpReceiver, SmtpReceiver
 from tests.integration.runs_support import ch_text
 from storage.runs import RunClaim, RunStore
 from worker.deliveries import deliver
+from worker.batch_runner import BatchRequest, BatchRunner
 from worker.runner import BadRunRequest, RuleRunner, RunRequest
 from worker.settings import Settings
 
@@ -246,6 +247,25 @@ def test_a_recheck_needs_a_succeeded_first_run_and_writes_nothing_without_one(en
     assert env.runs(rule) == runs_before
     assert env.count("rule_evaluations", rule) == 0
 
+
+
+def test_rechecks_sent_as_a_batch_each_run_alone_as_a_recheck_would(env):
+    org, owner, _ = team(env)
+    rechecked, unrun = env.rule(org, SPEND_OVER_100), env.rule(org, SPEND_OVER_100)
+    runner(env).run(RunRequest(rechecked, T, trigger="schedule"))
+    restate_spend(env, org, "c2", "130")
+    batch_runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK)
+
+    recheck, refused = batch_runner.run_batch(BatchRequest(org, T, (rechecked, unrun), trigger="recheck"))
+
+    assert (recheck["trigger"], recheck["status"], recheck["restated"], recheck["notified_users"]) == (
+        "recheck", "succeeded", 1, [owner])
+    assert evaluated_at(recheck) != T
+    assert verdicts(env, rechecked, evaluated_at(recheck))["c2"] == (1, True)
+    assert "alone: a recheck, which evaluates at a time of its own" in " ".join(
+        entry["detail"] for entry in env.run_row(recheck["run_id"])["transitions"])
+    assert (refused["rule_id"], refused["status"]) == (unrun, "failed")
+    assert "nothing to recheck" in refused["error"] and env.runs(unrun) == []
 
 def test_only_scheduled_runs_of_rules_with_recheck_after_wait_for_a_recheck(env):
     org, _, _ = team(env)
