@@ -33,6 +33,7 @@ from engine.fields import CAMPAIGN_METRICS
 from engine.freshness import (RUN_STALE, SKIP_STALE, WAIT, Completeness, WaitDecision, completeness, data_end,
                               wait_decision)
 from engine.model import Rule, parse_rule
+from engine.rule_ids import canonical_rule_id
 from engine.query import Statement, entity_rows, evaluation, evaluation_insert, read_fields
 from engine.run_states import RunState, reached
 from engine.silences import Hush, Quieting
@@ -232,7 +233,11 @@ class RuleRunner:
         its data, and DatabaseUnavailable when a server is down mid-run: the run stays `running`, to be taken over.
         """
         at = evaluation_time(request.scheduled_for)
-        rule_row = self._runnable_rule(request, at, rule_with_organization(self._postgres, request.rule_id))
+        try:
+            rule_id = canonical_rule_id(request.rule_id)
+        except ValueError as error:
+            raise BadRunRequest(str(error)) from None
+        rule_row = self._runnable_rule(request, at, rule_with_organization(self._postgres, rule_id))
         run = self._claim(request, rule_row, at)
         if run is None:
             return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()

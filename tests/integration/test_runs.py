@@ -534,6 +534,19 @@ def test_unknown_user_is_a_bad_request_and_writes_nothing(env):
     assert env.count("rule_evaluations") == 0 and env.count("alert_events") == 0
 
 
+
+@pytest.mark.parametrize("rule_id", ["nope", "", "8f14e45f-ceea-467f"])
+def test_a_rule_id_that_is_not_a_uuid_is_a_bad_request_naming_it_and_writes_nothing(env, rule_id):
+    org = env.org()
+    env.rule(org, SPEND_AND_CTR)
+    yesterday_data(env, org)
+
+    with pytest.raises(BadRunRequest) as refused:
+        env.run(rule_id, T)
+
+    assert str(refused.value) == f"not a rule id (a UUID): {rule_id!r}"
+    assert env.runs() == [] and env.count("rule_evaluations") == 0
+
 def test_unknown_rule_is_not_found_and_writes_nothing(env):
     org = env.org()
     env.rule(org, SPEND_AND_CTR)
