@@ -27,8 +27,8 @@ from storage.errors import DatabaseUnavailable, StorageError
 from storage.freshness import organization_signals
 from storage.rule_rows import RuleRow, rules_with_organization
 from storage.runs import RECHECK
-from worker.runner import (BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, evaluation_time, run_claim,
-                           run_in_hand)
+from worker.runner import (BadRunRequest, RuleNotFound, RuleRunner, RunRequest, RunInHand, bad_request_answer,
+                           evaluation_time, run_claim, run_in_hand)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BatchRunner(RuleRunner):
                 readable.append((len(answers), RunRequest(canonical_rule_id(rule_id), at, trigger=request.trigger)))
                 answers.append(None)
             except ValueError as error:
-                answers.append(_failed(rule_id, error))
+                answers.append(bad_request_answer(rule_id, error))
         rule_rows = rules_with_organization(self._postgres, [single.rule_id for _, single in readable])
         runnable: list[tuple[int, RunRequest, RuleRow]] = []
         for position, single in readable:
@@ -112,21 +112,21 @@ class BatchRunner(RuleRunner):
             except RuleNotFound as error:
                 log.info("%s; nothing to do", error)
             except BadRunRequest as error:
-                answers[position] = _failed(request.rule_ids[position], error)
+                answers[position] = bad_request_answer(request.rule_ids[position], error)
         if request.trigger == RECHECK:
             # Each recheck is claimed at a second of its own.
             for position, single, rule_row in runnable:
                 try:
                     run = self._claim(single, rule_row, at)
                 except BadRunRequest as error:
-                    answers[position] = _failed(request.rule_ids[position], error)
+                    answers[position] = bad_request_answer(request.rule_ids[position], error)
                     continue
-                answers[position] = run or self._runs.for_fire_time(rule_row.rule_id, at, recheck=True).summary()
+                answers[position] = run or self._owner_summary(single, at)
         elif runnable:
             records = self._runs.claim_all([run_claim(single, rule_row, at) for _, single, rule_row in runnable])
             for (position, single, rule_row), record in zip(runnable, records):
                 answers[position] = (run_in_hand(single, rule_row, record) if record is not None
-                                     else self._runs.for_fire_time(rule_row.rule_id, at).summary())
+                                     else self._owner_summary(single, at))
         return answers
 
     def _hand_over_check(self, run: RunInHand) -> None:
@@ -211,9 +211,3 @@ class BatchRunner(RuleRunner):
             if run.record.status == "running":
                 run.note = note
                 self._finish(run)
-
-
-
-def _failed(rule_id: str, error: Exception) -> dict[str, Any]:
-    """The answer for a rule whose request is wrong: nothing was written."""
-    return {"rule_id": rule_id, "status": "failed", "error": str(error)}

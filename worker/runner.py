@@ -163,6 +163,11 @@ def run_in_hand(request: RunRequest, rule_row: RuleRow, record: RunRecord) -> Ru
                      shared=request.shared, simulated=request.simulated)
 
 
+def bad_request_answer(rule_id: str, error: Exception) -> dict[str, Any]:
+    """What rules.evaluate and rules.evaluate_batch answer for a rule whose request is wrong (nothing written)."""
+    return {"rule_id": rule_id, "status": "failed", "error": str(error)}
+
+
 def evaluation_time(scheduled_for: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
     """T: `scheduled_for` (naive means UTC) or now, in UTC, to the second."""
     moment = scheduled_for or now()
@@ -240,11 +245,16 @@ class RuleRunner:
         rule_row = self._runnable_rule(request, at, rule_with_organization(self._postgres, rule_id))
         run = self._claim(request, rule_row, at)
         if run is None:
-            return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()
+            return self._owner_summary(request, at)
         self._finish(run)
         if run.state is RunState.WAITING:
             raise RunWaiting(run.record.summary(), run.check_in)
         return run.record.summary()
+
+    def _owner_summary(self, request: RunRequest, at: datetime) -> dict[str, Any]:
+        """The summary of the run that owns the rule and T of `request` (its recheck, for a recheck) when the claim
+        got none."""
+        return self._runs.for_fire_time(request.rule_id, at, recheck=request.trigger == RECHECK).summary()
 
     def _finish(self, run: RunInHand) -> None:
         """Takes a claimed `run` from its recorded state to a final one (or leaves it `running` when a server is

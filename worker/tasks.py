@@ -17,7 +17,7 @@ from storage.results import ResultStore
 from worker.context import shared_batch_runner, shared_clickhouse, shared_postgres, shared_runner
 from worker.deliveries import deliver as send_delivery
 from worker.retry import RetryPolicy, retry_later, retrying
-from worker.runner import BadRunRequest, RuleNotFound, RunRequest, RunWaiting
+from worker.runner import BadRunRequest, RuleNotFound, RunRequest, RunWaiting, bad_request_answer
 from worker.schedule import MANUAL, FireTimeSender, load_rules
 from worker.settings import settings
 from worker.silencing import acknowledge, add_silence, silence_request
@@ -56,7 +56,7 @@ def evaluate(self: Task, rule_id: str, scheduled_for: str | None = None, dry_run
         log.info("%s; nothing to do", error)
         return None
     except BadRunRequest as error:
-        return {"rule_id": rule_id, "status": "failed", "error": str(error)}
+        return bad_request_answer(rule_id, error)
     except RunWaiting as waiting:
         log.info("%s; checked again in %d s", waiting, waiting.check_in)
         raise self.retry(countdown=waiting.check_in, max_retries=None) from None
