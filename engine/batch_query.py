@@ -280,6 +280,9 @@ class _Plan:
                 filters.append(f"{quote_identifier(column)} IN {{{name}:Array(String)}}")
             self._scope_filters.append(" AND ".join(filters) or None)
         self._aggregates: dict[tuple[str, str, int, int], str] = {}
+        # Members over the same slices read the same field SQL: each distinct one is computed once, and each member's
+        # column is a name for it (ClickHouse's analysis of a statement grows faster than its size).
+        distinct: dict[str, str] = {}
         columns, tuples = [], []
         for member, (window, previous) in zip(members, sides):
             group = self._groups[_scope_key(member.scope)]
@@ -295,8 +298,9 @@ class _Plan:
                                     assembled.field("dsp_type"), assembled.field("advertiser_id"))
                 else:
                     sql = assembled.field(field)
-                columns.append(f"{sql} AS {column(field)}")
-            columns.append(f"{assembled.present()} AS {column(_PRESENT)}")
+                columns.append(f"{distinct.setdefault(sql, f'__c{len(distinct)}')} AS {column(field)}")
+            present = assembled.present()
+            columns.append(f"{distinct.setdefault(present, f'__c{len(distinct)}')} AS {column(_PRESENT)}")
             tuples.append(self._outcome(member, column))
             rule_parameter = f"r{member.position}_rule"
             self.parameters[rule_parameter] = member.rule_id
@@ -308,7 +312,8 @@ class _Plan:
         evaluated = (
             f"SELECT {quote_identifier(ENTITY_ID)} AS entity_id, arrayJoin(arrayFilter(__member -> "
             f"tupleElement(__member, 2), [{', '.join(tuples)}])) AS __evaluation "
-            f"FROM (SELECT {keys}, {', '.join(columns)} FROM ({self._grouped()}))"
+            f"FROM (SELECT {keys}, {', '.join(columns)} FROM (SELECT {keys}, "
+            f"{', '.join(f'{sql} AS {name}' for sql, name in distinct.items())} FROM ({self._grouped()})))"
         )
         self.sql = (
             "SELECT tupleElement(__evaluation, 1) AS rule_id, entity_id, tupleElement(__evaluation, 3) AS matched, "

@@ -49,6 +49,18 @@ def test_members_with_equal_values_have_distinct_parameters_and_every_placeholde
         == ["b_g1_0"]
 
 
+def test_members_over_the_same_slices_compute_each_field_once():
+    spend_sql = "toFloat64(a0_0_sum_spend)"
+    alike = batch_evaluation(CAMPAIGN_METRICS, 7, [_member(position) for position in range(5)]).sql
+    assert alike.count(spend_sql) == 1
+    # Each member still reads its own columns, each a name for the one computed.
+    assert all(f"AS `r{position}.spend`" in alike for position in range(5))
+    # A member over other slices gets a field of its own.
+    apart = batch_evaluation(CAMPAIGN_METRICS, 7, [_member(0), _member(1, window="last_7_days")]).sql
+    assert apart.count("AS `r0.spend`") == apart.count("AS `r1.spend`") == 1
+    assert len(set(re.findall(r"(\S+) AS `r\d\.spend`", apart))) == 2
+
+
 def test_a_batch_needs_members_with_distinct_positions_and_a_known_source():
     with pytest.raises(ValueError, match="at least one rule"):
         batch_evaluation(CAMPAIGN_METRICS, 1, [])
