@@ -11,7 +11,11 @@ The three accounts synced when the demo was loaded; a fourth, the search account
 fifth rule, scoped to it, waits for its data (README "Data freshness"). The campaign rules are scoped to the three
 synced DSP types; the pacing rule covers every account, so it does not wait (max_wait 0) and runs on stale data.
 
-Its statements are in demo/queries.sql, beside the service's own (storage/queries/postgres.sql).
+Its statements are in demo/queries (postgres.sql, clickhouse.sql), beside the service's own (storage/queries).
+
+A second load finds the organization and leaves PostgreSQL as it is; if ClickHouse has no metrics of it (a new
+`./data` beside a database that kept the demo), it loads them again, up to today, and marks the accounts synced
+now (the lagging one a day before), so that the rules match as on a first load.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from storage.postgres import Postgres, Transaction
 from storage.silences import SilenceStore
 from worker.settings import Settings
 
-QUERIES = Path(__file__).with_name("queries.sql")
+QUERIES = Path(__file__).with_name("queries")
 
 DEMO_SLUG = "demo"
 DEMO_TIMEZONE = "America/New_York"
@@ -209,7 +213,7 @@ def _add_people(tx: Transaction, org_id: int, campaigns: list[dict], account_ids
 
 @contextmanager
 def _demo_postgres(config: Settings) -> Iterator[Postgres]:
-    postgres = Postgres(config.database_url, max_size=1, extra_queries=QUERIES)
+    postgres = Postgres(config.database_url, max_size=1, extra_queries=QUERIES / "postgres.sql")
     try:
         yield postgres
     finally:
@@ -219,7 +223,7 @@ def _demo_postgres(config: Settings) -> Iterator[Postgres]:
 def load_demo_data(config: Settings, now: datetime | None = None) -> str:
     """Loads the demo data set into the configured databases unless it is there already; returns one line saying
     what happened."""
-    clickhouse = ClickHouse(config.clickhouse_url)
+    clickhouse = ClickHouse(config.clickhouse_url, extra_queries=QUERIES / "clickhouse.sql")
     try:
         with _demo_postgres(config) as postgres:
             return _load(postgres, clickhouse, (now or datetime.now(UTC)).replace(microsecond=0))
@@ -239,8 +243,15 @@ def point_demo_channels(config: Settings, slack_url: str, webhook_url: str) -> s
 def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
     existing = postgres.one("organization_by_slug", slug=DEMO_SLUG)
     if existing:
-        return f"demo data already loaded: organization {existing['name']!r} (id {existing['id']})"
-    rng = random.Random(20261125)
+        org_id = existing["id"]
+        if clickhouse.rows("demo_metric_rows", org_id=org_id)[0]["n"]:
+            return f"demo data already loaded: organization {existing['name']!r} (id {org_id})"
+        with postgres.transaction() as tx:
+            tx.execute("set_demo_sync_time", org_id=org_id, synced=now.replace(tzinfo=None), lag=LAG,
+                       lagging_id=LAGGING_ACCOUNT[1])
+            metrics, pacing = _load_metrics(clickhouse, org_id, now)
+        return (f"demo organization {existing['name']!r} (id {org_id}) found without metrics: loaded {metrics} "
+                f"metric rows and {pacing} pacing snapshots up to now, its accounts synced now")
     campaigns = demo_campaigns()
     with postgres.transaction() as tx:
         org_id = tx.one("insert_organization", name="Northwind Media (demo)", slug=DEMO_SLUG, timezone=DEMO_TIMEZONE,
@@ -261,15 +272,23 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
         SilenceStore(postgres).insert_silence(
             tx, org_id, SilenceScope(rule_ids[0], "campaign", campaigns[SILENCED]["campaign_id"]), now,
             now + SILENCE_LENGTH, users["owner@demo.example"], SILENCE_COMMENT, None)
-        today = now.astimezone(ZoneInfo(DEMO_TIMEZONE)).date()
-        metrics = campaign_metric_rows(org_id, today, campaigns, rng)
-        clickhouse.insert("campaign_metrics_daily", metrics,
-                          ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
-                           "clicks", "conversions", "spend", "cpm", "ctr", "cvr"])
-        pacing = pacing_rows(org_id, now, rng)
-        clickhouse.insert("pacing_snapshots", pacing,
-                          ["org_id", "snapshot_time", "entity_type", "entity_id", "booked_amount", "delivered_amount",
-                           "pacing_rate", "days_elapsed", "days_remaining", "projected_spend", "margin_percent"])
+        metrics, pacing = _load_metrics(clickhouse, org_id, now)
     return (f"demo data loaded: organization {org_id} ({DEMO_TIMEZONE}), {len(users)} users, {len(campaigns)} campaigns, "
-            f"{len(metrics)} metric rows, {len(pacing)} pacing snapshots, rules {', '.join(rule_ids)}; campaign "
+            f"{metrics} metric rows, {pacing} pacing snapshots, rules {', '.join(rule_ids)}; campaign "
             f"{campaigns[SILENCED]['campaign_id']} silenced for {rule_ids[0]} until {utc_iso(now + SILENCE_LENGTH)}")
+
+
+def _load_metrics(clickhouse: ClickHouse, org_id: int, now: datetime) -> tuple[int, int]:
+    """Inserts the demo campaigns' metrics up to today and the pacing snapshots up to `now` of organization `org_id`
+    (the same rows on the same day); returns how many of each."""
+    rng = random.Random(20261125)
+    today = now.astimezone(ZoneInfo(DEMO_TIMEZONE)).date()
+    metrics = campaign_metric_rows(org_id, today, demo_campaigns(), rng)
+    clickhouse.insert("campaign_metrics_daily", metrics,
+                      ["org_id", "date", "dsp_type", "campaign_id", "campaign_name", "advertiser_id", "impressions",
+                       "clicks", "conversions", "spend", "cpm", "ctr", "cvr"])
+    pacing = pacing_rows(org_id, now, rng)
+    clickhouse.insert("pacing_snapshots", pacing,
+                      ["org_id", "snapshot_time", "entity_type", "entity_id", "booked_amount", "delivered_amount",
+                       "pacing_rate", "days_elapsed", "days_remaining", "projected_spend", "margin_percent"])
+    return len(metrics), len(pacing)

@@ -1,4 +1,5 @@
--- The demo's named statements (demo/data.py), run by a Postgres pool made with this file as its extra queries.
+-- The demo's named PostgreSQL statements (demo/data.py), run by a Postgres pool made with this file as its extra
+-- queries.
 
 -- name: organization_by_slug
 SELECT id, name, timezone FROM organizations WHERE slug = %(slug)s;
@@ -38,3 +39,10 @@ WHERE org_id = (SELECT id FROM organizations WHERE slug = %(slug)s)
   AND (actions #>> '{notify,slack_webhook_url}', actions #>> '{notify,webhook_url}')
       IS DISTINCT FROM (%(slack_url)s::text, %(webhook_url)s::text)
 RETURNING name;
+
+-- name: set_demo_sync_time
+-- The demo accounts other than the lagging one (external id %(lagging_id)s) synced at %(synced)s, that one %(lag)s
+-- before.
+UPDATE dsp_accounts
+SET last_sync_at = CASE WHEN external_id = %(lagging_id)s THEN %(synced)s - %(lag)s ELSE %(synced)s END
+WHERE org_id = %(org_id)s;

@@ -633,6 +633,37 @@ def test_demo_data_loads_once_and_its_rules_match(pg_url, migrated_ch_url, click
     assert run["silenced"] == 1
 
 
+
+def test_demo_data_loads_the_metrics_again_into_a_clickhouse_without_them(pg_url, migrated_ch_url, clickhouse_local):
+    """A new ./data beside a PostgreSQL that kept the demo: the metrics come back and the rules match again."""
+    pg, ch = pg_url, migrated_ch_url
+    assert rulesctl("demo-data", pg=pg, ch=ch).returncode == 0
+    loaded = _demo_counts(pg, ch, clickhouse_local)
+    client = ch_client(clickhouse_local, ch)
+    try:
+        for table in ("campaign_metrics_daily", "pacing_snapshots"):
+            client.command(f"TRUNCATE TABLE {table}")
+    finally:
+        client.close()
+    pg_rows(pg, "UPDATE dsp_accounts SET last_sync_at = last_sync_at - interval '5 days'")
+    before = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+    again = rulesctl("demo-data", pg=pg, ch=ch)
+
+    assert again.returncode == 0, again.stderr
+    assert "found without metrics" in again.stdout, again.stdout
+    assert _demo_counts(pg, ch, clickhouse_local) == loaded
+    synced = {row["external_id"]: row["last_sync_at"] for row in pg_rows(
+        pg, "SELECT external_id, last_sync_at FROM dsp_accounts")}
+    assert all(at >= before for external_id, at in synced.items() if external_id != "adv-400"), synced
+    assert synced["adv-400"] == synced["adv-100"] - timedelta(days=1), synced
+    [overspend] = pg_rows(pg, "SELECT id::text AS id FROM rules WHERE name = 'Overspend yesterday'")
+    process = rulesctl("run", overspend["id"], "--json", pg=pg, ch=ch)
+    result = json.loads(process.stdout)
+    assert (result["status"], result["stale"]) == ("succeeded", False), result
+    assert result["matched"] > 0, result
+
+
 # --- runs ---------------------------------------------------------------------------------------------------------
 
 
