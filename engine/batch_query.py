@@ -47,9 +47,10 @@ from engine.windows import WindowBounds
 __all__ = ["MAX_BATCH_AGGREGATES", "MAX_BATCH_RULES", "MAX_PARAMETER_BYTES", "MAX_STATEMENT_BYTES", "BatchMember",
            "batch_aggregation", "batch_evaluation", "batch_evaluation_insert", "batch_member", "split_batch"]
 
-# 100 rules like the bench's (about 750 bytes of statement each) make some 75 KiB, well within the text cap. More
-# would gain little (the scan is shared already; each rule's logic and rows are its own work) while one faulty
-# rule sends every rule of its batch back to separate runs.
+# 100 rules like the load bench's (about 400 bytes of statement each) make some 40 KiB, well within the text cap.
+# More would gain little (the scan is shared already; each rule's logic and rows are its own work, and ClickHouse's
+# analysis of a statement grows faster than its rules) while one faulty rule sends every rule of its batch back to
+# separate runs. Fewer cost more: each batch pays its claims, reads and transitions (README, Performance).
 MAX_BATCH_RULES = 100
 # ClickHouse's default max_query_size.
 MAX_STATEMENT_BYTES = 256 * 1024
