@@ -221,8 +221,8 @@ def _demo_postgres(config: Settings) -> Iterator[Postgres]:
 
 
 def load_demo_data(config: Settings, now: datetime | None = None) -> str:
-    """Loads the demo data set into the configured databases unless it is there already; returns one line saying
-    what happened."""
+    """Loads the demo data set into the configured databases unless it is there already (its metrics again when
+    only they are missing); returns one line saying what happened."""
     clickhouse = ClickHouse(config.clickhouse_url, extra_queries=QUERIES / "clickhouse.sql")
     try:
         with _demo_postgres(config) as postgres:
