@@ -247,8 +247,7 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
         if clickhouse.rows("demo_metric_rows", org_id=org_id)[0]["n"]:
             return f"demo data already loaded: organization {existing['name']!r} (id {org_id})"
         with postgres.transaction() as tx:
-            tx.execute("set_demo_sync_time", org_id=org_id, synced=now.replace(tzinfo=None), lag=LAG,
-                       lagging_id=LAGGING_ACCOUNT[1])
+            _mark_synced(tx, org_id, now)
             metrics, pacing = _load_metrics(clickhouse, org_id, now)
         return (f"demo organization {existing['name']!r} (id {org_id}) found without metrics: loaded {metrics} "
                 f"metric rows and {pacing} pacing snapshots up to now, its accounts synced now")
@@ -263,7 +262,8 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
                                    name=name, last_sync_at=synced)["id"] for dsp, advertiser, name in ACCOUNTS}
         lagging_type, lagging_id, lagging_name = LAGGING_ACCOUNT
         tx.one("insert_dsp_account", org_id=org_id, dsp_type=lagging_type, external_id=lagging_id,
-               name=lagging_name, last_sync_at=synced - LAG)
+               name=lagging_name, last_sync_at=synced)
+        _mark_synced(tx, org_id, now)
         users = _add_people(tx, org_id, campaigns, account_ids, now)
         rule_ids = [tx.one("insert_rule", org_id=org_id, name=rule["name"], module=rule["module"],
                            conditions=json.dumps(rule["conditions"]), actions=json.dumps(rule["actions"]),
@@ -276,6 +276,12 @@ def _load(postgres: Postgres, clickhouse: ClickHouse, now: datetime) -> str:
     return (f"demo data loaded: organization {org_id} ({DEMO_TIMEZONE}), {len(users)} users, {len(campaigns)} campaigns, "
             f"{metrics} metric rows, {pacing} pacing snapshots, rules {', '.join(rule_ids)}; campaign "
             f"{campaigns[SILENCED]['campaign_id']} silenced for {rule_ids[0]} until {utc_iso(now + SILENCE_LENGTH)}")
+
+
+def _mark_synced(tx: Transaction, org_id: int, now: datetime) -> None:
+    """Marks the demo accounts of organization `org_id` synced at `now`, the lagging one LAG before."""
+    tx.execute("set_demo_sync_time", org_id=org_id, synced=now.replace(tzinfo=None), lag=LAG,
+               lagging_id=LAGGING_ACCOUNT[1])
 
 
 def _load_metrics(clickhouse: ClickHouse, org_id: int, now: datetime) -> tuple[int, int]:

@@ -284,6 +284,10 @@ class _Plan:
         # Members over the same slices read the same field SQL: each distinct one is computed once, and each member's
         # column is a name for it (ClickHouse's analysis of a statement grows faster than its size).
         distinct: dict[str, str] = {}
+
+        def computed(sql: str) -> str:
+            return distinct.setdefault(sql, f"__c{len(distinct)}")
+
         columns, tuples = [], []
         for member, (window, previous) in zip(members, sides):
             group = self._groups[_scope_key(member.scope)]
@@ -299,9 +303,8 @@ class _Plan:
                                     assembled.field("dsp_type"), assembled.field("advertiser_id"))
                 else:
                     sql = assembled.field(field)
-                columns.append(f"{distinct.setdefault(sql, f'__c{len(distinct)}')} AS {column(field)}")
-            present = assembled.present()
-            columns.append(f"{distinct.setdefault(present, f'__c{len(distinct)}')} AS {column(_PRESENT)}")
+                columns.append(f"{computed(sql)} AS {column(field)}")
+            columns.append(f"{computed(assembled.present())} AS {column(_PRESENT)}")
             tuples.append(self._outcome(member, column))
             rule_parameter = f"r{member.position}_rule"
             self.parameters[rule_parameter] = member.rule_id

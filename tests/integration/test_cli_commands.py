@@ -633,7 +633,6 @@ def test_demo_data_loads_once_and_its_rules_match(pg_url, migrated_ch_url, click
     assert run["silenced"] == 1
 
 
-
 def test_demo_data_loads_the_metrics_again_into_a_clickhouse_without_them(pg_url, migrated_ch_url, clickhouse_local):
     """A new ./data beside a PostgreSQL that kept the demo: the metrics come back and the rules match again."""
     pg, ch = pg_url, migrated_ch_url
