@@ -6,10 +6,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import re
 import zlib
 from collections.abc import Callable, Iterator
-from email.parser import BytesParser
-from email.policy import HTTP as HTTP_POLICY
 from typing import Any
 
 import lz4.frame
@@ -215,15 +214,45 @@ def content_type(output_format: str) -> str:
 
 
 def parse_multipart(content_type_header: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
-    """The parts of a multipart/form-data body as (field name, file name or None, bytes)."""
-    message = BytesParser(policy=HTTP_POLICY).parsebytes(
-        b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        raise ClickHouseError.named("BAD_ARGUMENTS", "Cannot parse the multipart/form-data request body")
+    """The parts of a multipart/form-data body (RFC 7578) as (field name, file name or None, bytes), in order; parts
+    without a field name are left out. Lines may end in CRLF or a bare LF, as ClickHouse's own reader allows."""
+    boundary = _header_parameters(content_type_header).get("boundary", "").encode("latin-1")
+    if not boundary:
+        raise ClickHouseError.named("BAD_ARGUMENTS", "Cannot parse the multipart/form-data request body: no boundary")
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    found = delimiter.search(body)
     parts = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
+    while found is not None and found.group(1) is None:
+        following = delimiter.search(body, found.end())
+        if following is None:
+            break
+        name, file_name, data = _form_part(body[found.end():following.start()])
         if name:
-            parts.append((str(name), part.get_filename(), part.get_payload(decode=True) or b""))
+            parts.append((name, file_name, data))
+        found = following
+    if found is None or found.group(1) is None:
+        raise ClickHouseError.named("BAD_ARGUMENTS", "Cannot parse the multipart/form-data request body")
     return parts
+
+
+def _form_part(part: bytes) -> tuple[str | None, str | None, bytes]:
+    """A part's field name and file name, from its Content-Disposition header, and the bytes after its headers."""
+    blank_line = _BLANK_LINE.search(part)
+    headers, data = (part, b"") if blank_line is None else (part[:blank_line.start()], part[blank_line.end():])
+    for line in headers.decode("utf-8", "replace").splitlines():
+        header, _, value = line.partition(":")
+        if header.strip().lower() == "content-disposition":
+            parameters = _header_parameters(value)
+            return parameters.get("name"), parameters.get("filename"), data
+    return None, None, data
+
+
+def _header_parameters(value: str) -> dict[str, str]:
+    """The `; name=value` parameters of a header's value, names in lower case, quoted strings unquoted."""
+    return {name.lower(): _QUOTED_PAIR.sub(r"\1", quoted) if quoted else plain.strip()
+            for name, quoted, plain in _PARAMETER.findall(value)}
+
+
+_BLANK_LINE = re.compile(rb"(?:^|\r?\n)\r?\n")
+_PARAMETER = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
+_QUOTED_PAIR = re.compile(r"\\(.)")

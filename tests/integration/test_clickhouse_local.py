@@ -238,6 +238,16 @@ def test_curl(base_url, ch, ch_database):
     assert curl("--compressed", f"{base_url}/?query=SELECT+count()+FROM+{ch_database}.spend") == "2\n"
 
 
+def test_curl_form_with_an_external_table_parameters_and_the_query(base_url, tmp_path):
+    data = tmp_path / "spend.tsv"
+    data.write_bytes(b"alpha\t1.5\nbeta;--x\t2.25\n")
+    query = "SELECT name, cost * {factor:Float64} FROM spend WHERE cost > {floor:Float64} ORDER BY name FORMAT TSV"
+    printed = curl("-F", f"spend=@{data};filename=spend.tsv;type=text/tab-separated-values",
+                   "-F", "param_factor=2", "-F", "param_floor=1", "-F", f"query={query}",
+                   f"{base_url}/?spend_structure=" + urllib.parse.quote("name String, cost Float64"))
+    assert printed == "alpha\t3\nbeta;--x\t4.5\n"
+
+
 # --- HTTP details -------------------------------------------------------------------------------------------------
 
 
