@@ -215,24 +215,34 @@ def content_type(output_format: str) -> str:
 
 def parse_multipart(content_type_header: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
     """The parts of a multipart/form-data body (RFC 7578) as (field name, file name or None, bytes), in order; parts
-    without a field name are left out. Lines may end in CRLF or a bare LF, as ClickHouse's own reader allows."""
+    without a field name are left out. Lines may end in CRLF or a bare LF; a boundary inside a line is data."""
     boundary = _header_parameters(content_type_header).get("boundary", "").encode("latin-1")
     if not boundary:
         raise ClickHouseError.named("BAD_ARGUMENTS", "Cannot parse the multipart/form-data request body: no boundary")
-    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
-    found = delimiter.search(body)
+    delimiter = re.compile(rb"--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    found = _delimiter_line(delimiter, body, 0)
     parts = []
     while found is not None and found.group(1) is None:
-        following = delimiter.search(body, found.end())
+        following = _delimiter_line(delimiter, body, found.end())
         if following is None:
             break
-        name, file_name, data = _form_part(body[found.end():following.start()])
+        # The line break before a delimiter belongs to the delimiter.
+        data_end = following.start() - (body[following.start() - 2:following.start()] == b"\r\n") - 1
+        name, file_name, data = _form_part(body[found.end():max(found.end(), data_end)])
         if name:
             parts.append((name, file_name, data))
         found = following
     if found is None or found.group(1) is None:
         raise ClickHouseError.named("BAD_ARGUMENTS", "Cannot parse the multipart/form-data request body")
     return parts
+
+
+def _delimiter_line(delimiter: re.Pattern[bytes], body: bytes, start: int) -> re.Match[bytes] | None:
+    """The first match of `delimiter` at or after `start` that begins a line."""
+    found = delimiter.search(body, start)
+    while found is not None and found.start() > 0 and body[found.start() - 1] != 0x0A:
+        found = delimiter.search(body, found.start() + 1)
+    return found
 
 
 def _form_part(part: bytes) -> tuple[str | None, str | None, bytes]:

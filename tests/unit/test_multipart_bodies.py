@@ -38,6 +38,13 @@ def test_quoted_boundary_bare_line_feeds_and_quoted_names():
     ]
 
 
+def test_the_boundary_inside_a_line_of_data_is_data():
+    data = b"a--xyz\r\n x--xyz--\r\n--xyzz\r\n\r\n"
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n" + data
+            + b"\r\n--xyz--\r\n")
+    assert parse_multipart("multipart/form-data; boundary=xyz", body) == [("f", "f.bin", data)]
+
+
 @pytest.mark.parametrize("content_type, body", [
     ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--x--\r\n"),
     ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n"),
