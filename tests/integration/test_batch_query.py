@@ -317,7 +317,12 @@ def test_batches_at_their_caps_run_and_write_the_rows_of_separate_runs(metrics):
     """More rules than one batch takes, with logic large enough that statements near the size cap are built."""
     org, at, timezone = next(ORGS), EVALUATION_TIMES[0], "Asia/Kolkata"
     today = resolve_window(at, timezone, "today").today
-    metrics.insert("campaign_metrics_daily", _fixed_campaign_rows(org, today), column_names=_CAMPAIGN_COLUMNS)
+    # A META campaign today, so that every window and scope below has an entity on the first day of a month too.
+    meta_today = _campaign_row(org, today, "meta-today", {
+        "dsp_type": "META", "campaign_name": "m", "advertiser_id": "adv-1", "impressions": 1, "clicks": 1,
+        "conversions": 0, "spend": Decimal("1")})
+    metrics.insert("campaign_metrics_daily", _fixed_campaign_rows(org, today) + [meta_today],
+                   column_names=_CAMPAIGN_COLUMNS)
     fields = sorted(field_types(CAMPAIGN_METRICS, True))
     windows = ["yesterday", "last_7_days", "last_30_days", "month_to_date", "lifetime"]
     members = []
