@@ -226,8 +226,10 @@ def parse_multipart(content_type_header: str, body: bytes) -> list[tuple[str, st
         following = _delimiter_line(delimiter, body, found.end())
         if following is None:
             break
-        # The line break before a delimiter belongs to the delimiter.
-        data_end = following.start() - (body[following.start() - 2:following.start()] == b"\r\n") - 1
+        # The line break before a delimiter (LF or CRLF) belongs to the delimiter.
+        data_end = following.start() - 1
+        if body[data_end - 1:data_end] == b"\r":
+            data_end -= 1
         name, file_name, data = _form_part(body[found.end():max(found.end(), data_end)])
         if name:
             parts.append((name, file_name, data))
