@@ -9,8 +9,8 @@ PostgreSQL; SimulatedStates keeps the same in memory, for a backfill, which neve
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from engine.alert_lifecycle import FIRING, FIRING_STATE, NORMAL, PENDING, RECOVERING, UNSEEN, EntityState, \
@@ -54,10 +54,11 @@ class Lifecycle:
     """What one run does to its rule's entities.
 
     `firing`: the matched entities firing after the run, in their order (they alert unless cooling down);
-    `resolved`: the entities that resolve, as last stored; `changes`: the entities whose state (or streak) moved,
-    as PostgreSQL stores them, with their stored state and their new one; `decided`: the keys of the entities the
-    run moved (or kept) itself, the others being left to the later run that last wrote them; `counts`: how many
-    entities are pending, firing and recovering after the run, and how many it resolved.
+    `resolved`: the entities that resolve, as last stored; `changes`: the entities whose state (or streak) moved
+    (a matched one as the run found it, the others as last stored), with their stored state and their new one;
+    `decided`: the keys, as PostgreSQL stores them, of the entities the run moved (or kept) itself, the others
+    being left to the later run that last wrote them; `counts`: how many entities are pending, firing and
+    recovering after the run, and how many it resolved.
     """
 
     firing: list[Entity]
@@ -66,6 +67,12 @@ class Lifecycle:
     decided: frozenset[tuple[str, str]]
     counts: dict[str, int] = field(default_factory=dict)
 
+    def named(self, names: Mapping[tuple[str, str], Entity]) -> Lifecycle:
+        """This lifecycle with each firing or changed entity whose key `names` holds replaced by its entry there."""
+        return replace(self, firing=[names.get(entity.key, entity) for entity in self.firing],
+                       changes=[(names.get(entity.key, entity), before, after)
+                                for entity, before, after in self.changes])
+
 
 def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered: Collection[tuple[str, str]],
            at: datetime, policy: LifecyclePolicy) -> Lifecycle:
@@ -73,8 +80,8 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
 
     Entities are compared as PostgreSQL stores them (NUL characters replaced). `unrecovered` are the keys of the
     entities for which the rule's recover_when does not hold. A state stored under other conditions (another hash)
-    counts as normal, and its row is written again with the rule's hash. A state written as of `at` or later is left as it is: the entity fires if it matched and that
-    state is firing, and nothing of it is written.
+    counts as normal, and its row is written again with the rule's hash. A state written as of `at` or later is
+    left as it is: the entity fires if it matched and that state is firing, and nothing of it is written.
     """
     moment = at.replace(tzinfo=None)
     current: dict[tuple[str, str], tuple[StoredState, EntityState]] = {}
@@ -92,8 +99,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
     decided: set[tuple[str, str]] = set()
     first_match = next_state(UNSEEN, True, True, policy.pending_runs, policy.recovery_runs)
     for entity in matched:
-        stored_entity = entity.without_nul()
-        key = stored_entity.key
+        key = entity.without_nul().key
         if key in later:
             if later[key].state == FIRING:
                 firing.append(entity)
@@ -102,7 +108,7 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
         after = first_match if row is None else next_state(before, True, True, policy.pending_runs,
                                                              policy.recovery_runs)
         if row is None or after != row.state or row.conditions_hash != policy.conditions_hash:
-            changes.append((stored_entity, row.state.state if row else NORMAL, after))
+            changes.append((entity, row.state.state if row else NORMAL, after))
         if after.state == FIRING:
             firing.append(entity)
         after_states.append(after)
@@ -126,11 +132,12 @@ def decide(stored: Iterable[StoredState], matched: Sequence[Entity], unrecovered
 
 def state_writes(rule_id: str, run_id: str, policy: LifecyclePolicy, lifecycle: Lifecycle,
                  alerted: Sequence[Entity]) -> list[StateWrite]:
-    """The rows one run writes: every change, and each alerted entity (as PostgreSQL stores it) that stays firing,
-    so that its row keeps the name and details of its latest alert."""
-    changed = {entity.key for entity, _, _ in lifecycle.changes}
+    """The rows one run writes, each entity as PostgreSQL stores it: every change, and each alerted entity (as
+    PostgreSQL stores it) that stays firing, so that its row keeps the name and details of its latest alert."""
+    changes = [(entity.without_nul(), before, after) for entity, before, after in lifecycle.changes]
+    changed = {entity.key for entity, _, _ in changes}
     writes = [StateWrite(rule_id, run_id, policy.conditions_hash, entity, before, after)
-              for entity, before, after in lifecycle.changes]
+              for entity, before, after in changes]
     writes += [StateWrite(rule_id, run_id, policy.conditions_hash, entity, FIRING, FIRING_STATE)
                for entity in alerted if entity.key not in changed and entity.key in lifecycle.decided]
     return writes

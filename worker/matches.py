@@ -1,4 +1,4 @@
-"""The entities runs matched, named for its alerts and notices.
+"""The entities runs evaluated, named for their alerts and notices.
 
 A campaign gets its name, DSP and advertiser (what DSP-account grants are matched on) from its latest date with
 data in the window or the previous period; a pacing entity is named by its id and typed by its evaluation.
@@ -7,7 +7,7 @@ data in the window or the previous period; a pacing entity is named by its id an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.evaluation_document import parse_document
 from engine.fields import CAMPAIGN_METRICS
@@ -17,37 +17,34 @@ from worker.audience import Entity
 
 
 @dataclass(frozen=True)
-class RunMatches:
-    """One run's matched evaluations, with what names them: its source and window."""
+class RunEntities:
+    """Some of one run's evaluated entities (as unnamed_entities gives them), with what names them: its source and
+    window."""
 
     source: str
     bounds: WindowBounds
-    matched: Sequence[Evaluation]
+    entities: Sequence[Entity]
 
 
-def matched_entities(results: ResultStore, org_id: int, runs: Sequence[RunMatches]) -> list[list[Entity]]:
-    """Each run's matched evaluations as entities, in their order; a campaign without data keeps its id as its
-    name. The campaigns of all the runs (of one organization) are named in one read."""
+def named_entities(results: ResultStore, org_id: int, runs: Sequence[RunEntities]) -> list[list[Entity]]:
+    """Each run's entities, in their order, each campaign with the name, DSP and advertiser of its latest date with
+    data in the run's window or previous period (one without data keeps its id as its name); everything else of
+    an entity is kept. The campaigns of all the runs (of one organization) are named in one read."""
     ranges = [(run.bounds.previous_first or run.bounds.first, run.bounds.last) for run in runs
               if run.source == CAMPAIGN_METRICS]
-    campaign_ids = sorted({evaluation.entity_id for run in runs if run.source == CAMPAIGN_METRICS
-                           for evaluation in run.matched})
+    campaign_ids = sorted({entity.entity_id for run in runs if run.source == CAMPAIGN_METRICS
+                           for entity in run.entities})
     identities = results.campaign_identities_in_ranges(org_id, campaign_ids, ranges)
     named = []
     for run in runs:
-        if run.source != CAMPAIGN_METRICS:
-            named.append(unnamed_entities(run.source, run.matched))
-            continue
-        found = identities.get((run.bounds.previous_first or run.bounds.first, run.bounds.last), {})
+        found = (identities.get((run.bounds.previous_first or run.bounds.first, run.bounds.last), {})
+                 if run.source == CAMPAIGN_METRICS else {})
         entities = []
-        for evaluation in run.matched:
-            identity = found.get(evaluation.entity_id)
-            if identity is None:
-                entities.append(Entity("campaign", evaluation.entity_id, evaluation.entity_id,
-                                       evaluation.condition_results))
-            else:
-                entities.append(Entity("campaign", evaluation.entity_id, identity.entity_name,
-                                       evaluation.condition_results, identity.dsp_type, identity.advertiser_id))
+        for entity in run.entities:
+            identity = found.get(entity.entity_id)
+            entities.append(entity if identity is None else replace(
+                entity, entity_name=identity.entity_name, dsp_type=identity.dsp_type,
+                advertiser_id=identity.advertiser_id))
         named.append(entities)
     return named
 

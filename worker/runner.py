@@ -49,13 +49,13 @@ from storage.results import AlertEvent, Evaluation, ResultStore, RunScope
 from storage.rule_rows import RuleRow, rule_with_organization
 from storage.runs import RECHECK, Move, NothingToRecheck, RunClaim, RunMovedOn, RunRecord, RunStore, UnknownUser
 from storage.silences import SilenceStore
-from worker.alert_state import AlertState, SimulatedStates, decide, keys_of, lifecycle_policy, out_of_cooldown, \
-    state_writes
+from worker.alert_state import AlertState, Lifecycle, SimulatedStates, decide, keys_of, lifecycle_policy, \
+    out_of_cooldown, state_writes
 from worker.audience import Entity, Recipient, audiences
 from worker.deliveries import pending_delivery_ids, record_deliveries
 from worker.errors import WorkerError
 from worker.interpreter_path import evaluate_batches, evaluation_key, restate
-from worker.matches import RunMatches, matched_entities, unnamed_entities
+from worker.matches import RunEntities, named_entities, unnamed_entities
 from worker.messages import RunNotice
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,12 @@ def _noted(run: RunInHand, detail: str) -> str:
     if run.note:
         detail, run.note = f"{detail} ({run.note})", None
     return detail
+
+
+def _written_or_told(matched: Sequence[Entity], alerting: Sequence[Entity], lifecycle: Lifecycle) -> list[Entity]:
+    """The `matched` entities a run alerts on or whose state it changes, in their order."""
+    keys = {entity.key for entity in alerting} | {entity.key for entity, _, _ in lifecycle.changes}
+    return [entity for entity in matched if entity.key in keys]
 
 
 def _recovering_rule_ids(runs: Sequence[RunInHand]) -> list[str]:
@@ -485,8 +491,9 @@ class RuleRunner:
                            if run.rule.recover_when is not None else [])
             counts = {"entities": len(evaluated), "matched": len(matched)}
         if quieting.concerns(scope.rule_id):
-            [named] = matched_entities(self._results, scope.org_id,
-                                       [RunMatches(run.rule.conditions.source, run.bounds, matched)])
+            source = run.rule.conditions.source
+            [named] = named_entities(self._results, scope.org_id,
+                                     [RunEntities(source, run.bounds, unnamed_entities(source, matched))])
             hush = self._hush(quieting, run, named)
             counts.update(silenced=hush.silenced, acknowledged=hush.acknowledged)
         storm = _storm(run.rule, counts["entities"], counts["matched"])
@@ -595,11 +602,11 @@ class RuleRunner:
                 outcome = outcomes[run.scope.rule_id]
                 run.matched, run.unrecovered = outcome.matched, outcome.unrecovered
         storms = [_storm(run.rule, run.record.entities, len(run.matched)) for run in runs]
-        matched = matched_entities(self._results, org_id, [RunMatches(run.rule.conditions.source, run.bounds,
-                                                                      run.matched) for run in runs])
         # The alerts of a run on stale data say so in their condition_details.
-        matched = [[replace(entity, condition_details=with_stale_mark(entity.condition_details)) for entity in entities]
-                   if run.record.stale else entities for run, entities in zip(runs, matched)]
+        found = [[replace(entity, condition_details=with_stale_mark(entity.condition_details)) for entity in entities]
+                 if run.record.stale else entities
+                 for run, entities in ((run, unnamed_entities(run.rule.conditions.source, run.matched))
+                                       for run in runs)]
         keeper = first.simulated or self._alert_state.states
         if first.simulated is not None:
             first.simulated.evaluated(at, first.matched, first.unrecovered)
@@ -607,15 +614,26 @@ class RuleRunner:
         policies = [lifecycle_policy(run.rule) for run in runs]
         lifecycles = [decide(stored[run.scope.rule_id], entities,
                              keys_of(unnamed_entities(run.rule.conditions.source, run.unrecovered)), at, policy)
-                      for run, entities, policy in zip(runs, matched, policies)]
-        alerted = self._alert_state.alerting(org_id, at, [
+                      for run, entities, policy in zip(runs, found, policies)]
+        alerting = self._alert_state.alerting(org_id, at, [
             (run.scope.rule_id, run.rule.actions.cooldown_minutes, lifecycle.firing)
             for run, lifecycle in zip(runs, lifecycles)])
+        quieting = self._silences.quieting(org_id, at, [run.scope.rule_id for run in runs])
+        # Only the entities a run writes or tells of are named (a silence may cover any matched one by its DSP or
+        # advertiser): those staying firing in their cooldown, most of a steady state, are not.
+        names = [{entity.key: entity for entity in entities} for entities in named_entities(self._results, org_id, [
+            RunEntities(run.rule.conditions.source, run.bounds, entities if quieting.concerns(run.scope.rule_id)
+                        else _written_or_told(entities, run_alerting, lifecycle))
+            for run, entities, run_alerting, lifecycle in zip(runs, found, alerting, lifecycles)])]
+        matched = [[run_names.get(entity.key, entity) for entity in entities]
+                   for run_names, entities in zip(names, found)]
+        lifecycles = [lifecycle.named(run_names) for run_names, lifecycle in zip(names, lifecycles)]
+        alerted = [[run_names.get(entity.key, entity) for entity in entities]
+                   for run_names, entities in zip(names, alerting)]
         # What goes to PostgreSQL (audience, notifications, deliveries, states) is NUL-free.
         stored_alerted = [[entity.without_nul() for entity in entities] for entities in alerted]
         resolved = [lifecycle.resolved if notifies and run.rule.actions.notify_on_resolve else []
                     for run, lifecycle in zip(runs, lifecycles)]
-        quieting = self._silences.quieting(org_id, at, [run.scope.rule_id for run in runs])
         # An acknowledgement lasts while its entity is not normal: matched, or firing or recovering still.
         hushes = [self._hush(quieting, run, run_matched, run_resolved,
                              ongoing={(state.entity_type, state.entity_id) for state in stored[run.scope.rule_id]}
@@ -675,8 +693,9 @@ class RuleRunner:
         if run.record.attempts > 1:
             self._results.delete_alerts(scope)
         restated = self._results.restated(scope)
-        entities = matched_entities(self._results, scope.org_id,
-                                    [RunMatches(run.rule.conditions.source, run.bounds, restated)])[0]
+        source = run.rule.conditions.source
+        [entities] = named_entities(self._results, scope.org_id,
+                                    [RunEntities(source, run.bounds, unnamed_entities(source, restated))])
         matching_now = [entity for entity, evaluation in zip(entities, restated) if evaluation.matched]
         alerted = self._alert_state.alerting(scope.org_id, scope.at,
                                              [(scope.rule_id, actions.cooldown_minutes, matching_now)])[0]

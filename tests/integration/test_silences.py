@@ -156,6 +156,20 @@ def test_a_silence_that_starts_and_ends_between_runs_silences_only_the_runs_insi
         == [[]]
 
 
+def test_a_silence_by_advertiser_counts_the_campaigns_it_covers_while_they_cool_down(env, now):
+    team = make_team(env)
+    rule = env.rule(team.org, OVER_100, {**IN_APP, "cooldown_minutes": 60})
+    first = run(env, rule, now + timedelta(minutes=5))
+    silence(env, team.org, team.owner, SilenceScope(dsp_type="DV360", advertiser_id="adv-1"))
+
+    # Both campaigns stay firing in their cooldown: nothing is alerted or written of them, yet the silence covers c1
+    # by its DSP and advertiser, which only its name tells.
+    cooling = run(env, rule, now + timedelta(minutes=10))
+
+    assert (first["alerts"], first["silenced"]) == (2, 0)
+    assert (cooling["matched"], cooling["alerts"], cooling["silenced"], cooling["notified_users"]) == (2, 0, 1, [])
+
+
 def test_a_silence_of_one_rule_leaves_the_other_rules_alone(env, now):
     team = make_team(env)
     rule, other_rule = env.rule(team.org, OVER_100, IN_APP), env.rule(team.org, OVER_100, IN_APP)

@@ -127,6 +127,25 @@ def test_an_alerted_entity_that_stays_firing_is_written_again_and_one_left_alone
         ("c-3", NORMAL, FIRING), ("c-1", FIRING, FIRING)]
 
 
+def test_a_new_match_with_nul_characters_is_written_as_postgresql_stores_it():
+    matched = [Entity("campaign", "c\x001", "c\x001", '{"conditions":[true]}')]
+    lifecycle = decide([], matched, set(), T, POLICY)
+    [write] = state_writes("rule", "run", POLICY, lifecycle, [])
+    assert write.entity.key == ("campaign", "c\ufffd1") and write.entity.entity_name == "c\ufffd1"
+
+
+def test_naming_a_lifecycle_replaces_its_firing_and_changed_matches_and_leaves_the_stored_ones():
+    lifecycle = decide([stored("c-1", EntityState(FIRING)), stored("c-2", EntityState(FIRING))],
+                       [campaign("c-1"), campaign("c-3")], set(), T, LifecyclePolicy(1, 2, "h"))
+    named = lifecycle.named({("campaign", "c-1"): campaign("c-1", "Spring"),
+                             ("campaign", "c-3"): campaign("c-3", "Push")})
+    assert [entity.entity_name for entity in named.firing] == ["Spring", "Push"]
+    # c-3 is new; c-2 (stored, not matched) starts recovering under its stored name.
+    assert [(entity.entity_name, after.state) for entity, _, after in named.changes] == [
+        ("Push", FIRING), ("name of c-2", RECOVERING)]
+    assert (named.resolved, named.decided, named.counts) == (lifecycle.resolved, lifecycle.decided, lifecycle.counts)
+
+
 def test_the_next_state_of_each_state():
     assert next_state(EntityState(NORMAL), True, True, 1, 1) == EntityState(FIRING)
     assert next_state(EntityState(NORMAL), True, True, 2, 1) == EntityState(PENDING, 1)
