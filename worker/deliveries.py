@@ -100,9 +100,9 @@ def record_deliveries(tx: Transaction, notice: RunNotice, entities: Sequence[Ent
                    status="sent" if owed.sent else "pending", attempts=1 if owed.sent else 0)
 
 
-def pending_delivery_ids(postgres: Postgres, run_id: str) -> list[int]:
-    """The ids of the run's deliveries still pending, in id order."""
-    return [row["id"] for row in postgres.all("pending_deliveries_of_run", run_id=run_id)]
+def pending_delivery_ids(postgres: Postgres, run_ids: Sequence[str]) -> list[int]:
+    """The ids of the deliveries of the runs `run_ids` still pending, in id order (one query)."""
+    return [row["id"] for row in postgres.all("pending_deliveries_of_runs", run_ids=list(run_ids))]
 
 
 def signature(secret: str, body: bytes) -> str:

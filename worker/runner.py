@@ -218,7 +218,7 @@ class RuleRunner:
                  lease_seconds: int = DEFAULT_LEASE_SECONDS, time_limit_seconds: int | None = None,
                  interpreter_only: bool = False, wait_check_seconds: int = DEFAULT_WAIT_CHECK_SECONDS,
                  send_check: Callable[[RunRecord, int], None] | None = None) -> None:
-        """`send_deliveries` hands a run's pending delivery ids to their sender (notifications.deliver); without
+        """`send_deliveries` hands the pending delivery ids of runs to their sender (notifications.deliver); without
         it they stay pending in PostgreSQL until beat's sweeper sends them. With `time_limit_seconds`, the run's
         evaluation statement may use only what is left of that limit, so ClickHouse stops it when the run stops.
         A waiting run is first checked again after `wait_check_seconds`; `send_check` sends the next check of a
@@ -435,8 +435,7 @@ class RuleRunner:
     def _succeed(self, runs: Sequence[RunInHand]) -> None:
         """Hands over the alerted runs' deliveries and records them as succeeded, in one PostgreSQL transaction,
         with the recheck each scheduled run of a rule with `recheck_after` is due."""
-        for run in runs:
-            self._hand_over_deliveries(run)
+        self._hand_over_deliveries(runs)
         with self._postgres.transaction() as tx:
             for run in runs:
                 delay = run.rule.conditions.recheck_delay
@@ -725,11 +724,12 @@ class RuleRunner:
                              alerts=len(alerted), silenced=hush.silenced, acknowledged=hush.acknowledged,
                              notified_users=notified, restated=len(restated), tx=tx)
 
-    def _hand_over_deliveries(self, run: RunInHand) -> None:
-        """Hands the run's pending deliveries to their sender; if that fails, beat's sweeper sends them later."""
+    def _hand_over_deliveries(self, runs: Sequence[RunInHand]) -> None:
+        """Hands the runs' pending deliveries (read in one query) to their sender; if that fails, beat's sweeper
+        sends them later."""
         if self._send_deliveries is None:
             return
-        ids = pending_delivery_ids(self._postgres, run.record.id)
+        ids = pending_delivery_ids(self._postgres, [run.record.id for run in runs])
         if ids:
             self._send_deliveries(ids)
 

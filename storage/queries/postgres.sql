@@ -350,8 +350,8 @@ VALUES (%(idempotency_key)s, %(run_id)s, %(org_id)s, %(rule_id)s, %(kind)s, %(ch
         CASE WHEN %(status)s::text = 'pending' THEN now() AT TIME ZONE 'UTC' END)
 ON CONFLICT (run_id, kind, channel, recipient) DO NOTHING;
 
--- name: pending_deliveries_of_run
-SELECT id FROM deliveries WHERE run_id = %(run_id)s AND status = 'pending' ORDER BY id;
+-- name: pending_deliveries_of_runs
+SELECT id FROM deliveries WHERE run_id = ANY(%(run_ids)s::uuid[]) AND status = 'pending' ORDER BY id;
 
 -- name: claim_delivery
 -- Only a pending delivery that is due, or one whose sender vanished, is claimed, and by one process only.

@@ -163,7 +163,8 @@ def test_a_batch_writes_every_row_that_separate_runs_write(env):
         compile_logic(REFUSED_LOGIC, field_types(CAMPAIGN_METRICS, False))
     org, _ = organization(env)
     batched, separate = two_copies(env, org)
-    runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK)
+    handed: list[list[int]] = []
+    runner = BatchRunner(env.postgres, env.clickhouse, allowed_hosts=LOOPBACK, send_deliveries=handed.append)
 
     for at in (T1, T2):
         batch_summaries = runner.run_batch(BatchRequest(org, at, tuple(batched)))
@@ -184,6 +185,16 @@ def test_a_batch_writes_every_row_that_separate_runs_write(env):
     assert kinds == {"alert", "resolved"}
     assert {row["channel"] for row in env.pg("SELECT channel FROM deliveries")} == {"in_app", "email", "slack",
                                                                                    "webhook"}
+    # Every delivery owed is handed to its sender once (nothing sends them here, so they stay pending); those of a
+    # batch's runs together, in one call.
+    assert sorted(i for ids in handed for i in ids) == [row["id"] for row in env.pg(
+        "SELECT id FROM deliveries WHERE status = 'pending' ORDER BY id")]
+    metrics_batch_at_t1 = {row["id"] for row in env.pg(
+        "SELECT d.id FROM deliveries d JOIN rule_runs r ON r.id = d.run_id WHERE r.rule_id = ANY(%s) "
+        "AND r.scheduled_for = %s AND d.status = 'pending'", (batched[:6], T1.replace(tzinfo=None)))}
+    assert len({row["run_id"] for row in env.pg("SELECT run_id FROM deliveries WHERE id = ANY(%s)",
+                                                (list(metrics_batch_at_t1),))}) > 1
+    assert any(metrics_batch_at_t1 <= set(ids) for ids in handed)
     # Each run says how it ran: in a batch (with its size, per source) or alone and why.
     metrics_batch, pacing_batch = 6, 3
     for index, rule_id in enumerate(batched[:6]):
