@@ -7,7 +7,7 @@ data in the window or the previous period; a pacing entity is named by its id an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from engine.evaluation_document import parse_document
 from engine.fields import CAMPAIGN_METRICS
@@ -42,9 +42,10 @@ def named_entities(results: ResultStore, org_id: int, runs: Sequence[RunEntities
         entities = []
         for entity in run.entities:
             identity = found.get(entity.entity_id)
-            entities.append(entity if identity is None else replace(
-                entity, entity_name=identity.entity_name, dsp_type=identity.dsp_type,
-                advertiser_id=identity.advertiser_id))
+            # Built directly: dataclasses.replace costs twice as much, once per matched campaign.
+            entities.append(entity if identity is None else Entity(
+                entity.entity_type, entity.entity_id, identity.entity_name, entity.condition_details,
+                identity.dsp_type, identity.advertiser_id))
         named.append(entities)
     return named
 
